@@ -1,0 +1,53 @@
+"""Error responses: JSON bodies, 400 for invalid input, nothing internal leaked."""
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from handler.schemas import ErrorDetail, ErrorResponse
+
+logger = logging.getLogger(__name__)
+
+
+def error_response(status_code: int, detail: str, errors: list[ErrorDetail] | None = None) -> JSONResponse:
+    """A JSON error body in the API's one error shape."""
+    body = ErrorResponse(detail=detail, errors=errors).model_dump(exclude_none=True)
+    return JSONResponse(status_code=status_code, content=body)
+
+
+def _field_name(location: tuple[int | str, ...]) -> str:
+    parts = [str(part) for part in location if part not in ("body", "query", "path")]
+    return ".".join(parts) or "body"
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        ErrorDetail(field=_field_name(tuple(error.get("loc", ()))), message=str(error.get("msg", "invalid")))
+        for error in exc.errors()
+    ]
+    summary = "; ".join(f"{error.field}: {error.message}" for error in errors)
+    return error_response(400, f"Invalid request: {summary}", errors)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    response = error_response(exc.status_code, str(exc.detail))
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error", extra={"path": request.url.path})
+    return error_response(500, "Internal server error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every error through the API's JSON error shape."""
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

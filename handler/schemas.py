@@ -1,0 +1,74 @@
+"""Request and response bodies of the HTTP API."""
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+MAX_PROMPT_CHARS = 500
+MAX_SEED = 2**32 - 1
+
+Prompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_PROMPT_CHARS)]
+
+
+class GenerateRequest(BaseModel):
+    """POST /generate/ body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: Prompt = Field(description="Description of the desired music.")
+    duration: int = Field(default=10, ge=1, le=30, strict=True, description="Length in seconds.")
+    guidance_scale: float = Field(
+        default=3.0, ge=0, le=10, description="Text adherence; 1 or less turns classifier-free guidance off."
+    )
+    temperature: float = Field(default=1.0, ge=0, le=2, description="Randomness; 0 means greedy decoding.")
+    seed: int | None = Field(
+        default=None, ge=0, le=MAX_SEED, strict=True, description="Same seed and request give the same audio."
+    )
+
+
+class GenerateResponse(BaseModel):
+    """POST /generate/ result."""
+
+    file_url: str
+    duration: int
+    timestamp: str
+    prompt: str
+    seed: int
+    filename: str
+    sample_rate: int
+
+
+class FileInfo(BaseModel):
+    """One entry of GET /files/."""
+
+    filename: str
+    url: str
+    created_at: str
+    size_kb: float
+
+
+class Health(BaseModel):
+    """GET / result."""
+
+    status: str
+    model: str
+    device: str
+    version: str
+    model_id: str
+    model_loaded: bool
+    model_error: str | None
+    storage: str
+
+
+class ErrorDetail(BaseModel):
+    """One invalid field."""
+
+    field: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx and 5xx body."""
+
+    detail: str
+    errors: list[ErrorDetail] | None = None

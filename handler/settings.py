@@ -1,0 +1,45 @@
+"""Application settings, read from the environment."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every setting the app reads; names match the environment variables."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+
+    model_id: str = Field(
+        default="facebook/musicgen-small",
+        description="Hugging Face hub id or local directory of the MusicGen model.",
+    )
+    storage_dir: Path = Field(
+        default=Path("./generated"),
+        description="Directory for generated files when no S3 bucket is set.",
+    )
+    s3_bucket: str | None = Field(default=None, description="S3 bucket; when set, files are stored in S3.")
+    s3_prefix: str = Field(default="", description="Key prefix for generated files in the bucket.")
+    max_files: int = Field(default=100, ge=1, description="How many generated files are kept.")
+    presign_expiry_seconds: int = Field(
+        default=300, ge=1, le=604800, description="Lifetime of presigned download URLs."
+    )
+
+    @field_validator("s3_bucket", mode="before")
+    @classmethod
+    def _blank_bucket_is_none(cls, value: object) -> object:
+        return value or None
+
+    @field_validator("s3_prefix")
+    @classmethod
+    def _prefix_ends_with_slash(cls, value: str) -> str:
+        value = value.strip("/")
+        return f"{value}/" if value else ""
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

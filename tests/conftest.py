@@ -1,0 +1,118 @@
+"""Shared fixtures: a tiny offline MusicGen, storage backends, a moto S3 server, API clients."""
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from fastapi.testclient import TestClient
+from moto.server import ThreadedMotoServer
+
+from handler.app import create_app
+from handler.engine import TransformersMusicGenerator
+from handler.settings import Settings
+from handler.storage import LocalStorage, S3Storage, Storage, s3_client
+from tests.model_builder import build_tiny_model
+
+S3_REGION = "eu-west-1"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight MusicGen with its processor, saved with save_pretrained."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-musicgen"))
+
+
+@pytest.fixture(scope="session")
+def generator(tiny_model_dir: Path) -> TransformersMusicGenerator:
+    """The real engine, loading the tiny model through MODEL_ID's path."""
+    return TransformersMusicGenerator(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """moto's S3 server on 127.0.0.1: real HTTP for real boto3."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """AWS variables pointing boto3 at the moto server, in a region other than us-east-1."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.setenv("AWS_REGION", S3_REGION)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", S3_REGION)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_endpoint)
+    return moto_endpoint
+
+
+@pytest.fixture
+def s3_bucket(aws_env: str) -> str:
+    """A fresh, empty bucket on the moto server."""
+    name = f"music-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3").create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": S3_REGION})
+    return name
+
+
+@pytest.fixture
+def s3_objects(s3_bucket: str) -> Any:
+    """A function listing every key in the test bucket."""
+
+    def keys() -> list[str]:
+        response = boto3.client("s3").list_objects_v2(Bucket=s3_bucket)
+        return sorted(obj["Key"] for obj in response.get("Contents", []))
+
+    return keys
+
+
+@pytest.fixture
+def local_storage(tmp_path: Path) -> LocalStorage:
+    return LocalStorage(tmp_path / "generated")
+
+
+@pytest.fixture
+def s3_storage(s3_bucket: str) -> S3Storage:
+    return S3Storage(s3_client(), s3_bucket, prefix="generated/")
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage(request: pytest.FixtureRequest) -> Storage:
+    """Each test using this runs once per backend."""
+    backend: Storage = request.getfixturevalue(f"{request.param}_storage")
+    return backend
+
+
+@pytest.fixture
+def settings(tiny_model_dir: Path, tmp_path: Path) -> Settings:
+    return Settings(model_id=str(tiny_model_dir), storage_dir=tmp_path / "generated")
+
+
+@pytest.fixture
+def client(settings: Settings, storage: Storage, generator: TransformersMusicGenerator) -> Iterator[TestClient]:
+    """The app over the tiny model, once with local storage and once with S3."""
+    with TestClient(create_app(settings, storage, generator)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def local_client(
+    settings: Settings, local_storage: LocalStorage, generator: TransformersMusicGenerator
+) -> Iterator[TestClient]:
+    with TestClient(create_app(settings, local_storage, generator)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def s3_client_app(
+    settings: Settings, s3_storage: S3Storage, generator: TransformersMusicGenerator
+) -> Iterator[TestClient]:
+    with TestClient(create_app(settings, s3_storage, generator)) as test_client:
+        yield test_client

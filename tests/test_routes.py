@@ -1,0 +1,338 @@
+"""The HTTP contract, against both storage backends and the tiny real model."""
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import httpx2
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from handler.app import create_app
+from handler.engine import GenerationParams, MusicGenerator, ProgressCallback, TransformersMusicGenerator
+from handler.filenames import is_valid_filename
+from handler.schemas import MAX_PROMPT_CHARS
+from handler.settings import Settings
+from handler.storage import LocalStorage, Storage
+from tests.wav import read_wav
+
+PROMPT = "A lofi hip hop beat with smooth jazz piano and rain sounds"
+
+
+def generate(client: TestClient, path: str = "/generate/", **body: Any) -> httpx2.Response:
+    return client.post(path, json={"text": PROMPT, "duration": 1, **body})
+
+
+def download(client: TestClient, file_url: str) -> bytes:
+    """The file's bytes, following a presigned-URL redirect with a real HTTP client."""
+    response = client.get(file_url, follow_redirects=False)
+    if response.status_code == 307:
+        location = response.headers["location"]
+        s3_response = httpx.get(location)
+        assert s3_response.status_code == 200
+        assert s3_response.headers["content-type"] == "audio/wav"
+        assert "attachment" in s3_response.headers["content-disposition"]
+        assert file_url.rsplit("/", 1)[1] in s3_response.headers["content-disposition"]
+        return s3_response.content
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "audio/wav"
+    return response.content
+
+
+def test_health_reports_the_spec_fields(client: TestClient, tiny_model_dir: Path) -> None:
+    body = client.get("/").json()
+    assert body["status"] == "healthy"
+    assert body["device"] == "cpu"
+    assert body["version"] == "1.0.0"
+    assert body["model"] == tiny_model_dir.name
+    assert body["storage"] in {"local", "s3"}
+
+
+def test_generate_list_download_round_trip(client: TestClient) -> None:
+    response = generate(client, duration=2, seed=7)
+    assert response.status_code == 200
+    body = response.json()
+    filename = body["file_url"].removeprefix("/files/")
+    assert is_valid_filename(filename)
+    assert body["duration"] == 2
+    assert body["prompt"] == PROMPT
+    assert body["seed"] == 7
+    assert filename.startswith(f"gen_{body['timestamp']}_")
+
+    listed = client.get("/files/").json()
+    assert [entry["filename"] for entry in listed] == [filename]
+    assert listed[0]["url"] == body["file_url"]
+    assert listed[0]["size_kb"] > 0
+
+    wav = read_wav(download(client, body["file_url"]))
+    assert (wav.sample_rate, wav.channels, wav.sample_width) == (32000, 1, 2)
+    assert len(wav.samples) == 2 * 32000
+    assert 0 < np.max(np.abs(wav.samples.astype(np.int32))) < 32767
+
+
+@pytest.mark.parametrize("path", ["/generate", "/generate/"])
+def test_generate_answers_on_both_paths_without_redirect(client: TestClient, path: str) -> None:
+    assert generate(client, path).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/files", "/files/"])
+def test_files_answers_on_both_paths_without_redirect(client: TestClient, path: str) -> None:
+    response = client.get(path, follow_redirects=False)
+    assert response.status_code == 200
+    assert response.json() == []
+
+
+def test_same_seed_gives_identical_wav(client: TestClient) -> None:
+    first = generate(client, seed=1234).json()
+    second = generate(client, seed=1234).json()
+    assert first["file_url"] != second["file_url"]
+    assert download(client, first["file_url"]) == download(client, second["file_url"])
+
+
+def test_without_seed_a_random_seed_is_returned(client: TestClient) -> None:
+    body = generate(client).json()
+    assert isinstance(body["seed"], int)
+    assert 0 <= body["seed"] < 2**32
+
+
+@pytest.mark.parametrize(
+    ("options", "duration"),
+    [({"temperature": 0}, 1), ({"guidance_scale": 1.0}, 1), ({"guidance_scale": 0}, 1), ({}, 30)],
+)
+def test_edge_parameters_generate_exact_length(client: TestClient, options: dict[str, Any], duration: int) -> None:
+    response = generate(client, duration=duration, **options)
+    assert response.status_code == 200
+    wav = read_wav(download(client, response.json()["file_url"]))
+    assert len(wav.samples) == duration * 32000
+
+
+def test_greedy_decoding_ignores_the_seed(client: TestClient) -> None:
+    first = generate(client, temperature=0, seed=1).json()
+    second = generate(client, temperature=0, seed=2).json()
+    assert download(client, first["file_url"]) == download(client, second["file_url"])
+
+
+VALID_BOUNDS = [
+    {"duration": 1},
+    {"duration": 30},
+    {"guidance_scale": 0},
+    {"guidance_scale": 10},
+    {"temperature": 0},
+    {"temperature": 2},
+    {"seed": 0},
+    {"seed": 2**32 - 1},
+    {"text": "x" * MAX_PROMPT_CHARS},
+    {"text": "  lofi  "},
+]
+
+INVALID_BOUNDS = [
+    ({"duration": 0}, "duration"),
+    ({"duration": 31}, "duration"),
+    ({"duration": 2.5}, "duration"),
+    ({"duration": "10"}, "duration"),
+    ({"guidance_scale": -0.01}, "guidance_scale"),
+    ({"guidance_scale": 10.01}, "guidance_scale"),
+    ({"temperature": -0.01}, "temperature"),
+    ({"temperature": 2.01}, "temperature"),
+    ({"seed": -1}, "seed"),
+    ({"seed": 2**32}, "seed"),
+    ({"text": ""}, "text"),
+    ({"text": "   "}, "text"),
+    ({"text": "x" * (MAX_PROMPT_CHARS + 1)}, "text"),
+    ({"text": None}, "text"),
+    ({"style": "jazz"}, "style"),
+]
+
+
+@pytest.mark.parametrize("override", VALID_BOUNDS)
+def test_request_validation_accepts_bounds(override: dict[str, Any]) -> None:
+    from handler.schemas import GenerateRequest
+
+    GenerateRequest.model_validate({"text": PROMPT, **override})
+
+
+@pytest.mark.parametrize(("override", "field"), INVALID_BOUNDS)
+def test_invalid_input_is_400_naming_the_field_and_changes_nothing(
+    client: TestClient, storage: Storage, override: dict[str, Any], field: str
+) -> None:
+    response = client.post("/generate/", json={"text": PROMPT, **override})
+    assert response.status_code == 400
+    body = response.json()
+    assert field in {error["field"] for error in body["errors"]}
+    assert field in body["detail"]
+    assert storage.list_files() == []
+
+
+def test_missing_text_and_malformed_json_are_400(client: TestClient) -> None:
+    missing = client.post("/generate/", json={"duration": 5})
+    assert missing.status_code == 400
+    assert missing.json()["errors"][0]["field"] == "text"
+    malformed = client.post("/generate/", content=b"{not json", headers={"content-type": "application/json"})
+    assert malformed.status_code == 400
+
+
+def test_prompt_is_trimmed_and_non_ascii_kept(client: TestClient) -> None:
+    body = generate(client, text="  Raga au sitar, 雨の音  ").json()
+    assert body["prompt"] == "Raga au sitar, 雨の音"
+
+
+@pytest.mark.parametrize(
+    ("query", "field"), [("limit=0", "limit"), ("limit=101", "limit"), ("skip=-1", "skip"), ("limit=abc", "limit")]
+)
+def test_list_query_bounds_are_400(client: TestClient, query: str, field: str) -> None:
+    response = client.get(f"/files/?{query}")
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["field"] == field
+
+
+def test_list_is_newest_first_with_limit_and_skip(client: TestClient) -> None:
+    names = [generate(client).json()["file_url"].removeprefix("/files/") for _ in range(3)]
+    assert [f["filename"] for f in client.get("/files/?limit=100").json()] == names[::-1]
+    assert [f["filename"] for f in client.get("/files/?limit=1&skip=1").json()] == [names[1]]
+    assert client.get("/files/?skip=3").json() == []
+
+
+def test_unknown_file_is_404(client: TestClient) -> None:
+    response = client.get("/files/gen_20250528_134211_a1b2c3d4.wav")
+    assert response.status_code == 404
+    assert response.json() == {"detail": "File not found"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/files/..%2Fx.wav",
+        "/files/..%2F..%2Fetc%2Fpasswd",
+        "/files/%2E%2E",
+        "/files/gen_20250528_134211_a1b2c3d4.json",
+        "/files/gen_20250528_134211_A1B2C3D4.wav",
+        "/files/gen_20250528_134211_a1b2c3d4.wav.bak",
+        "/files/x.wav",
+        "/files/%00.wav",
+    ],
+)
+def test_odd_file_names_are_rejected_before_storage(
+    settings: Settings, generator: TransformersMusicGenerator, tmp_path: Path, path: str
+) -> None:
+    touched: list[str] = []
+
+    class RecordingStorage(LocalStorage):
+        def download(self, filename: str) -> Any:
+            touched.append(filename)
+            return super().download(filename)
+
+    app = create_app(settings, RecordingStorage(tmp_path), generator)
+    response = TestClient(app).get(path, follow_redirects=False)
+    assert response.status_code in {400, 404}
+    assert "detail" in response.json()
+    assert touched == []
+
+
+def test_sidecar_keeps_prompt_and_parameters(
+    local_client: TestClient, settings: Settings, local_storage: LocalStorage
+) -> None:
+    import json
+
+    body = generate(local_client, text="雨の音 and sitar", seed=5, temperature=0.5).json()
+    name = body["file_url"].removeprefix("/files/")
+    sidecar = json.loads((local_storage.directory / name.replace(".wav", ".json")).read_text("utf-8"))
+    assert sidecar["prompt"] == "雨の音 and sitar"
+    assert sidecar["seed"] == 5
+    assert sidecar["temperature"] == 0.5
+    assert sidecar["duration"] == 1
+
+
+def test_openapi_and_docs_are_served(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    assert {"/", "/generate/", "/files/", "/files/{filename}"} <= set(schema["paths"])
+    assert client.get("/docs").status_code == 200
+
+
+class GatedGenerator:
+    """Holds each generation until the test opens the gate, to observe the API meanwhile."""
+
+    def __init__(self, inner: MusicGenerator) -> None:
+        self.inner = inner
+        self.started = threading.Event()
+        self.gate = threading.Event()
+
+    @property
+    def sample_rate(self) -> int:
+        return self.inner.sample_rate
+
+    @property
+    def loaded(self) -> bool:
+        return self.inner.loaded
+
+    @property
+    def load_error(self) -> str | None:
+        return self.inner.load_error
+
+    def load(self) -> None:
+        self.inner.load()
+
+    def generate(self, params: GenerationParams, on_progress: ProgressCallback | None = None) -> Any:
+        self.started.set()
+        assert self.gate.wait(timeout=30)
+        return self.inner.generate(params, on_progress)
+
+
+def test_health_and_listing_answer_while_a_generation_runs(
+    settings: Settings, local_storage: LocalStorage, generator: TransformersMusicGenerator
+) -> None:
+    gated = GatedGenerator(generator)
+    with TestClient(create_app(settings, local_storage, gated)) as client:
+        result: dict[str, httpx2.Response] = {}
+        worker = threading.Thread(target=lambda: result.update(response=generate(client)))
+        worker.start()
+        assert gated.started.wait(timeout=30)
+        assert client.get("/").status_code == 200
+        assert client.get("/files/").json() == []
+        gated.gate.set()
+        worker.join(timeout=60)
+        assert result["response"].status_code == 200
+
+
+def test_model_that_cannot_load_is_503_and_health_says_why(
+    settings: Settings, local_storage: LocalStorage, tmp_path: Path
+) -> None:
+    broken = TransformersMusicGenerator(str(tmp_path / "no-such-model"))
+    with TestClient(create_app(settings, local_storage, broken)) as client:
+        response = generate(client)
+        assert response.status_code == 503
+        assert "could not be loaded" in response.json()["detail"]
+        health = client.get("/").json()
+        assert health["status"] == "degraded"
+        assert health["model_loaded"] is False
+        assert "could not be loaded" in health["model_error"]
+        assert local_storage.list_files() == []
+
+
+class FailingGenerator(GatedGenerator):
+    def generate(self, params: GenerationParams, on_progress: ProgressCallback | None = None) -> Any:
+        raise RuntimeError("secret internal detail /opt/model")
+
+
+def test_generation_failure_is_500_without_internals_and_stores_nothing(
+    settings: Settings, storage: Storage, generator: TransformersMusicGenerator
+) -> None:
+    with TestClient(
+        create_app(settings, storage, FailingGenerator(generator)), raise_server_exceptions=False
+    ) as client:
+        response = generate(client)
+    assert response.status_code == 500
+    assert response.json() == {"detail": "Music generation failed"}
+    assert storage.list_files() == []
+
+
+def test_storage_failure_is_503_and_lists_nothing(
+    settings: Settings, generator: TransformersMusicGenerator, tmp_path: Path
+) -> None:
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the storage directory should be")
+    with TestClient(create_app(settings, LocalStorage(blocked), generator)) as client:
+        response = generate(client)
+        assert response.status_code == 503
+        assert response.json() == {"detail": "Storage unavailable"}
