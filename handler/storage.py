@@ -221,13 +221,16 @@ class S3Storage:
 
 
 def s3_client() -> Any:
-    """An S3 client whose presigned URLs work in any region: SigV4 and the Lambda's own region.
+    """An S3 client whose presigned URLs work in any region.
 
-    boto3 reads only AWS_DEFAULT_REGION; AWS_REGION (set by Lambda) is honoured first here.
-    AWS_ENDPOINT_URL_S3 is read by boto3 itself.
+    SigV4 with the Lambda's own region (boto3 reads only AWS_DEFAULT_REGION; AWS_REGION is
+    honoured first here) and virtual-hosted regional URLs: the legacy global endpoint redirects
+    for buckets outside us-east-1, which breaks presigned URLs. AWS_ENDPOINT_URL_S3 is read by
+    boto3 itself.
     """
     import boto3
     from botocore.config import Config
 
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    return boto3.client("s3", region_name=region, config=Config(signature_version="s3v4"))
+    config = Config(signature_version="s3v4", s3={"addressing_style": "virtual"})
+    return boto3.client("s3", region_name=region, config=config)

@@ -1,7 +1,10 @@
 """Shared fixtures: a tiny offline MusicGen, storage backends, a moto S3 server, API clients."""
 
+import importlib
+import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,7 @@ from moto.server import ThreadedMotoServer
 
 from handler.app import create_app
 from handler.engine import TransformersMusicGenerator
-from handler.settings import Settings
+from handler.settings import Settings, get_settings
 from handler.storage import LocalStorage, S3Storage, Storage, s3_client
 from tests.model_builder import build_tiny_model
 
@@ -116,3 +119,51 @@ def s3_client_app(
 ) -> Iterator[TestClient]:
     with TestClient(create_app(settings, s3_storage, generator)) as test_client:
         yield test_client
+
+
+@dataclass
+class LambdaContext:
+    """The attributes of the context object the Lambda runtime passes to a handler."""
+
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    function_name: str = "MusicFunction"
+    function_version: str = "$LATEST"
+    memory_limit_in_mb: int = 10240
+    invoked_function_arn: str = "arn:aws:lambda:eu-west-1:123456789012:function:MusicFunction"
+    log_group_name: str = "/aws/lambda/MusicFunction"
+    log_stream_name: str = "2026/11/24/[$LATEST]0123456789abcdef"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 900_000
+
+
+EVENTS_DIR = Path(__file__).resolve().parent.parent / "infra" / "events"
+
+
+def load_event(name: str) -> dict[str, Any]:
+    """A sample API Gateway event from infra/events/, as `sam local invoke -e` uses it."""
+    event: dict[str, Any] = json.loads((EVENTS_DIR / f"{name}.json").read_text())
+    return event
+
+
+@pytest.fixture
+def lambda_context() -> LambdaContext:
+    return LambdaContext()
+
+
+@pytest.fixture
+def lambda_handler(
+    tiny_model_dir: Path, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[[dict[str, Any], Any], dict[str, Any]]]:
+    """`handler.app.handler` as a fresh Lambda process sees it: settings from the environment, S3 storage."""
+    import handler.app
+
+    monkeypatch.setenv("MODEL_ID", str(tiny_model_dir))
+    monkeypatch.setenv("S3_BUCKET", s3_bucket)
+    monkeypatch.setenv("S3_PREFIX", "generated")
+    get_settings.cache_clear()
+    module = importlib.reload(handler.app)
+    yield module.handler
+    monkeypatch.undo()
+    get_settings.cache_clear()
+    importlib.reload(handler.app)

@@ -78,7 +78,10 @@ def save_model(config: MusicgenConfig, tokenizer: T5Tokenizer, directory: Path, 
     import torch
 
     torch.manual_seed(seed)
-    model = MusicgenForConditionalGeneration(config)
+    model: Any = MusicgenForConditionalGeneration(config)
+    # EnCodec codebooks start as zeros, which would decode every code to the same audio.
+    for layer in model.audio_encoder.quantizer.layers:
+        layer.codebook.embed.normal_()
     sub_configs: Any = config
     pad = sub_configs.decoder.pad_token_id
     generation = model.generation_config

@@ -1,0 +1,96 @@
+"""The Lambda entry point, driven with the API Gateway events kept in infra/events/."""
+
+import base64
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from tests.conftest import EVENTS_DIR, LambdaContext, load_event
+from tests.wav import read_wav
+
+Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
+
+
+def body_of(response: dict[str, Any]) -> Any:
+    raw = response["body"]
+    if response.get("isBase64Encoded"):
+        raw = base64.b64decode(raw)
+    return json.loads(raw)
+
+
+def test_every_sample_event_is_an_http_api_v2_event() -> None:
+    names = sorted(path.stem for path in EVENTS_DIR.glob("*.json"))
+    assert {"health", "generate", "generate_bad_request", "list_files", "download_file"} <= set(names)
+    for name in names:
+        event = load_event(name)
+        assert event["version"] == "2.0"
+        assert event["isBase64Encoded"] is False
+        if "body" in event:
+            json.loads(event["body"])
+
+
+def test_health_event(lambda_handler: Handler, lambda_context: LambdaContext) -> None:
+    response = lambda_handler(load_event("health"), lambda_context)
+    assert response["statusCode"] == 200
+    body = body_of(response)
+    assert body["status"] == "healthy"
+    assert body["storage"] == "s3"
+    assert body["model_loaded"] is False
+    assert response["headers"]["x-request-id"] == lambda_context.aws_request_id
+
+
+def test_generate_list_and_download_events(
+    lambda_handler: Handler, lambda_context: LambdaContext, s3_objects: Callable[[], list[str]]
+) -> None:
+    generated = lambda_handler(load_event("generate"), lambda_context)
+    assert generated["statusCode"] == 200
+    result = body_of(generated)
+    request = json.loads(load_event("generate")["body"])
+    assert result["prompt"] == request["text"]
+    assert result["duration"] == request["duration"]
+    filename = result["file_url"].removeprefix("/files/")
+    assert s3_objects() == [f"generated/{filename.removesuffix('.wav')}.json", f"generated/{filename}"]
+
+    listed = lambda_handler(load_event("list_files"), LambdaContext())
+    assert listed["statusCode"] == 200
+    assert [entry["filename"] for entry in body_of(listed)] == [filename]
+
+    download_event = load_event("download_file")
+    download_event["rawPath"] = download_event["requestContext"]["http"]["path"] = result["file_url"]
+    redirect = lambda_handler(download_event, LambdaContext())
+    assert redirect["statusCode"] == 307
+    wav = read_wav(httpx.get(redirect["headers"]["location"]).content)
+    assert (wav.sample_rate, len(wav.samples)) == (32000, request["duration"] * 32000)
+
+
+def test_same_seed_event_twice_gives_identical_audio(lambda_handler: Handler, lambda_context: LambdaContext) -> None:
+    urls = []
+    for _ in range(2):
+        file_url = body_of(lambda_handler(load_event("generate"), LambdaContext()))["file_url"]
+        download_event = load_event("download_file")
+        download_event["rawPath"] = download_event["requestContext"]["http"]["path"] = file_url
+        urls.append(lambda_handler(download_event, LambdaContext())["headers"]["location"])
+    assert httpx.get(urls[0]).content == httpx.get(urls[1]).content
+
+
+def test_bad_request_event_is_400(
+    lambda_handler: Handler, lambda_context: LambdaContext, s3_objects: Callable[[], list[str]]
+) -> None:
+    response = lambda_handler(load_event("generate_bad_request"), lambda_context)
+    assert response["statusCode"] == 400
+    assert body_of(response)["errors"][0]["field"] == "duration"
+    assert s3_objects() == []
+
+
+def test_download_of_missing_file_event_is_404(lambda_handler: Handler, lambda_context: LambdaContext) -> None:
+    response = lambda_handler(load_event("download_file"), lambda_context)
+    assert response["statusCode"] == 404
+    assert body_of(response) == {"detail": "File not found"}
+
+
+def test_download_with_traversal_name_event_is_rejected(lambda_handler: Handler, lambda_context: LambdaContext) -> None:
+    response = lambda_handler(load_event("download_invalid_name"), lambda_context)
+    assert response["statusCode"] in {400, 404}
+    assert "detail" in body_of(response)

@@ -1,0 +1,66 @@
+"""The transformers engine over the tiny model."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from handler.engine import GenerationParams, ModelUnavailableError, TransformersMusicGenerator, decode_steps
+
+
+def params(**overrides: object) -> GenerationParams:
+    values: dict[str, object] = {
+        "prompt": "ambient synth pads",
+        "duration": 1,
+        "guidance_scale": 3.0,
+        "temperature": 1.0,
+        "seed": 3,
+    }
+    values.update(overrides)
+    return GenerationParams(**values)  # type: ignore[arg-type]
+
+
+def test_decode_steps_include_the_codebook_delay() -> None:
+    assert decode_steps(10, 50, 4) == 503
+    assert decode_steps(30, 50, 4) == 1503
+
+
+def test_output_is_exactly_the_requested_length(generator: TransformersMusicGenerator) -> None:
+    audio = generator.generate(params(duration=2))
+    assert audio.dtype == np.float32
+    assert audio.shape == (2 * generator.sample_rate,)
+
+
+def test_same_seed_same_audio_other_seed_other_audio(generator: TransformersMusicGenerator) -> None:
+    first = generator.generate(params(seed=11))
+    assert np.array_equal(first, generator.generate(params(seed=11)))
+    assert not np.array_equal(first, generator.generate(params(seed=12)))
+
+
+def test_progress_rises_monotonically_to_one(generator: TransformersMusicGenerator) -> None:
+    seen: list[float] = []
+    generator.generate(params(), on_progress=seen.append)
+    assert seen == sorted(seen)
+    assert seen[-1] == 1.0
+    assert len(seen) >= decode_steps(1, 50, 4)
+
+
+def test_loads_once_and_concurrent_loads_share_the_model(tiny_model_dir: object) -> None:
+    engine = TransformersMusicGenerator(str(tiny_model_dir))
+    assert not engine.loaded
+    threads = [threading.Thread(target=engine.load) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    loaded = engine._loaded
+    engine.generate(params())
+    assert engine._loaded is loaded is not None
+
+
+def test_missing_model_raises_a_clean_error(tmp_path: object) -> None:
+    engine = TransformersMusicGenerator(f"{tmp_path}/absent")
+    with pytest.raises(ModelUnavailableError, match="could not be loaded"):
+        engine.load()
+    assert engine.load_error is not None
+    assert not engine.loaded

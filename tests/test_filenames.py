@@ -1,0 +1,41 @@
+"""Generated file names: format, validation, and order."""
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from handler.filenames import created_at, is_valid_filename, new_filename
+
+MOMENT = datetime(2025, 5, 28, 13, 42, 11, 500_000, tzinfo=UTC)
+
+
+def test_new_name_has_the_spec_format_in_utc() -> None:
+    name = new_filename(MOMENT.astimezone(timezone(timedelta(hours=5))))
+    assert name.startswith("gen_20250528_134211_")
+    assert is_valid_filename(name)
+    assert created_at(name) == MOMENT.replace(microsecond=0)
+
+
+def test_names_sort_in_creation_order_within_a_second() -> None:
+    moments = [MOMENT.replace(microsecond=us) for us in (0, 300, 250_000, 999_999)]
+    names = [new_filename(moment) for moment in moments]
+    assert sorted(names) == names
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "gen_20250528_134211_a1b2c3d4.WAV",
+        "gen_20250528_134211_a1b2c3d.wav",
+        "gen_20250528_134211_a1b2c3d4g.wav",
+        "../gen_20250528_134211_a1b2c3d4.wav",
+        "gen_20250528_134211_a1b2c3d4.wav/",
+        "gen_20250528_134211_a1b2c3d4.wav\n",
+        "gen_2025052_134211_a1b2c3d4.wav",
+        "",
+    ],
+)
+def test_anything_else_is_not_a_valid_name(name: str) -> None:
+    assert not is_valid_filename(name)
+    with pytest.raises(ValueError, match="not a generated file name"):
+        created_at(name)
