@@ -1,0 +1,37 @@
+# `make run` sets everything up and serves the API; `make test` sets everything up and runs every check.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+# On Linux, TORCH_INDEX=https://download.pytorch.org/whl/cpu installs the small CPU-only torch build.
+TORCH_INDEX ?=
+PIP_INSTALL := $(BIN)/python -m pip install --disable-pip-version-check -q $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: setup setup-dev run test lint
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.runtime: requirements.txt | $(BIN)/python
+	$(PIP_INSTALL) -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: requirements.txt requirements-dev.txt | $(BIN)/python
+	$(PIP_INSTALL) -r requirements-dev.txt
+	touch $@ $(VENV)/.runtime
+
+setup: $(VENV)/.runtime
+
+setup-dev: $(VENV)/.dev
+
+run: setup
+	$(BIN)/uvicorn handler.app:app --host $(HOST) --port $(PORT)
+
+lint: setup-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest
