@@ -1,5 +1,8 @@
 """The ASGI app (`handler.app:app`) and the Lambda entry point (`handler.app.handler`)."""
 
+import os
+from typing import Any
+
 from fastapi import FastAPI
 from mangum import Mangum
 
@@ -7,7 +10,9 @@ from handler import __version__
 from handler.dependencies import Services
 from handler.engine import MusicGenerator, TransformersMusicGenerator
 from handler.errors import install_error_handlers
-from handler.logs import configure_logging, log_requests
+from handler.job_records import JobDispatcher, job_id_from_event
+from handler.jobs import LambdaJobInvoker, LocalJobQueue, run_job
+from handler.logs import configure_logging, log_requests, take_cold_start
 from handler.routes import router
 from handler.settings import Settings, get_settings
 from handler.storage import LocalStorage, S3Storage, Storage, s3_client
@@ -20,10 +25,21 @@ def storage_from_settings(settings: Settings) -> Storage:
     return LocalStorage(settings.storage_dir)
 
 
+def jobs_from_settings(settings: Settings) -> JobDispatcher:
+    """Asynchronous self-invocation on Lambda, else a worker thread in this process."""
+    if settings.aws_lambda_function_name:
+        import boto3
+
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        return LambdaJobInvoker(boto3.client("lambda", region_name=region), settings.aws_lambda_function_name)
+    return LocalJobQueue()
+
+
 def create_app(
     settings: Settings | None = None,
     storage: Storage | None = None,
     generator: MusicGenerator | None = None,
+    jobs: JobDispatcher | None = None,
 ) -> FastAPI:
     """Build the app; anything not given is made from the settings."""
     settings = settings or get_settings()
@@ -33,11 +49,15 @@ def create_app(
         description="Generate music from text with Meta's MusicGen.",
         redirect_slashes=False,
     )
-    app.state.services = Services(
+    services = Services(
         settings=settings,
         storage=storage or storage_from_settings(settings),
         generator=generator or TransformersMusicGenerator(settings.model_id),
+        jobs=jobs or jobs_from_settings(settings),
     )
+    if isinstance(services.jobs, LocalJobQueue) and services.jobs.runner is None:
+        services.jobs.runner = lambda job_id: run_job(services, job_id)
+    app.state.services = services
     install_error_handlers(app)
     app.middleware("http")(log_requests)
     app.include_router(router)
@@ -47,4 +67,14 @@ def create_app(
 configure_logging()
 app = create_app()
 # Mangum would run the lifespan on every invocation, so nothing is loaded there.
-handler = Mangum(app, lifespan="off")
+http_handler = Mangum(app, lifespan="off")
+
+
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Lambda entry: job events run a generation job; everything else is an HTTP request."""
+    job_id = job_id_from_event(event)
+    if job_id is None:
+        return http_handler(event, context)
+    take_cold_start()
+    record = run_job(app.state.services, job_id, time_budget_s=context.get_remaining_time_in_millis() / 1000)
+    return {"job_id": job_id, "status": record.status.value if record else "unknown"}

@@ -6,6 +6,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from handler.engine import MusicGenerator
+from handler.job_records import JobDispatcher
 from handler.settings import Settings
 from handler.storage import Storage
 
@@ -17,6 +18,7 @@ class Services:
     settings: Settings
     storage: Storage
     generator: MusicGenerator
+    jobs: JobDispatcher
 
 
 def get_services(request: Request) -> Services:

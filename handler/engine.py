@@ -2,6 +2,7 @@
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -10,6 +11,13 @@ import numpy as np
 import numpy.typing as npt
 
 logger = logging.getLogger(__name__)
+
+MUSICGEN_STEP_SHAPE = (50, 4)
+"""MusicGen's frames per second and codebooks, for estimates made before the model has loaded."""
+
+DEFAULT_STEP_SECONDS = 0.05
+DEFAULT_LOAD_SECONDS = 10.0
+"""Speed assumed until this instance has measured its own: conservative for musicgen-small on Lambda."""
 
 ProgressCallback = Callable[[float], None]
 """Called with the fraction of decode steps done, from 0 to 1."""
@@ -52,6 +60,30 @@ class MusicGenerator(Protocol):
         self, params: GenerationParams, on_progress: ProgressCallback | None = None
     ) -> npt.NDArray[np.float32]: ...
 
+    def estimate_seconds(self, duration: int) -> float:
+        """Expected wall time to generate `duration` seconds now, loading included."""
+        ...
+
+
+class SpeedMeter:
+    """Decode speed measured on this instance, starting from a prior until it has measured."""
+
+    SMOOTHING = 0.5
+
+    def __init__(self, step_seconds: float, load_seconds: float) -> None:
+        self.step_seconds = step_seconds
+        self.load_seconds = load_seconds
+
+    def record_generation(self, steps: int, seconds: float) -> None:
+        measured = seconds / max(steps, 1)
+        self.step_seconds += self.SMOOTHING * (measured - self.step_seconds)
+
+    def record_load(self, seconds: float) -> None:
+        self.load_seconds = seconds
+
+    def estimate(self, steps: int, loaded: bool) -> float:
+        return steps * self.step_seconds + (0.0 if loaded else self.load_seconds)
+
 
 @dataclass(frozen=True)
 class _LoadedModel:
@@ -65,9 +97,15 @@ class _LoadedModel:
 class TransformersMusicGenerator:
     """MusicGen through transformers, loaded lazily from `model_id` (hub id or directory)."""
 
-    def __init__(self, model_id: str, default_sample_rate: int = 32000) -> None:
+    def __init__(
+        self,
+        model_id: str,
+        default_sample_rate: int = 32000,
+        speed: SpeedMeter | None = None,
+    ) -> None:
         self.model_id = model_id
         self._default_sample_rate = default_sample_rate
+        self.speed = speed or SpeedMeter(DEFAULT_STEP_SECONDS, DEFAULT_LOAD_SECONDS)
         self._loaded: _LoadedModel | None = None
         self._load_error: str | None = None
         self._load_lock = threading.Lock()
@@ -92,9 +130,11 @@ class TransformersMusicGenerator:
         with self._load_lock:
             if self._loaded is not None:
                 return
+            started = time.perf_counter()
             try:
                 self._loaded = _load(self.model_id)
                 self._load_error = None
+                self.speed.record_load(time.perf_counter() - started)
             except Exception as exc:
                 logger.exception("model load failed", extra={"model_id": self.model_id})
                 self._load_error = f"model '{self.model_id}' could not be loaded ({type(exc).__name__})"
@@ -105,9 +145,19 @@ class TransformersMusicGenerator:
     ) -> npt.NDArray[np.float32]:
         """Generate `params.duration` seconds of audio; serialised so one runs at a time."""
         self.load()
-        assert self._loaded is not None
+        loaded = self._loaded
+        assert loaded is not None
         with self._generate_lock:
-            return _generate(self._loaded, params, on_progress)
+            started = time.perf_counter()
+            audio = _generate(loaded, params, on_progress)
+            steps = decode_steps(params.duration, loaded.frame_rate, loaded.num_codebooks)
+            self.speed.record_generation(steps, time.perf_counter() - started)
+            return audio
+
+    def estimate_seconds(self, duration: int) -> float:
+        loaded = self._loaded
+        frame_rate, codebooks = (loaded.frame_rate, loaded.num_codebooks) if loaded else MUSICGEN_STEP_SHAPE
+        return self.speed.estimate(decode_steps(duration, frame_rate, codebooks), loaded is not None)
 
 
 def _load(model_id: str) -> _LoadedModel:

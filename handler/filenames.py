@@ -4,7 +4,8 @@ import re
 import secrets
 from datetime import UTC, datetime
 
-FILENAME_PATTERN = re.compile(r"gen_(\d{8}_\d{6})_[0-9a-f]{8}\.wav")
+JOB_ID_PATTERN = re.compile(r"gen_(\d{8}_\d{6})_[0-9a-f]{8}")
+FILENAME_PATTERN = re.compile(JOB_ID_PATTERN.pattern + r"\.wav")
 TIMESTAMP_FORMAT = "%Y%m%d_%H%M%S"
 
 
@@ -31,3 +32,18 @@ def created_at(name: str) -> datetime:
     if match is None:
         raise ValueError(f"not a generated file name: {name!r}")
     return datetime.strptime(match.group(1), TIMESTAMP_FORMAT).replace(tzinfo=UTC)
+
+
+def is_valid_job_id(job_id: str) -> bool:
+    """Whether `job_id` is exactly a job's id: the name of the file it makes, without `.wav`."""
+    return JOB_ID_PATTERN.fullmatch(job_id) is not None
+
+
+def job_id_for(filename: str) -> str:
+    """The id of the job that makes `filename`."""
+    return filename.removesuffix(".wav")
+
+
+def filename_for(job_id: str) -> str:
+    """The file the job `job_id` makes."""
+    return f"{job_id}.wav"

@@ -1,26 +1,50 @@
 """HTTP routes of the published contract."""
 
+import contextlib
 import logging
+import math
 import secrets
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query
-from fastapi.responses import FileResponse, RedirectResponse, Response
+from fastapi import APIRouter, Header, HTTPException, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from handler import __version__
-from handler.audio import encode_wav
 from handler.dependencies import Services, ServicesDep
-from handler.engine import GenerationFailedError, GenerationParams, ModelUnavailableError
-from handler.filenames import TIMESTAMP_FORMAT, is_valid_filename, new_filename
-from handler.schemas import MAX_SEED, ErrorResponse, FileInfo, GenerateRequest, GenerateResponse, Health
-from handler.storage import LocalFile, StorageError, prune
+from handler.engine import GenerationParams
+from handler.filenames import (
+    TIMESTAMP_FORMAT,
+    filename_for,
+    is_valid_filename,
+    is_valid_job_id,
+    job_id_for,
+    new_filename,
+)
+from handler.job_records import JobStatus, JobStore
+from handler.jobs import JobDispatchError
+from handler.music_files import MusicFileError, make_music_file
+from handler.schemas import (
+    MAX_SEED,
+    ErrorResponse,
+    FileInfo,
+    GenerateRequest,
+    GenerateResponse,
+    Health,
+    JobAccepted,
+    JobResponse,
+)
+from handler.storage import LocalFile, StorageError
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter()
+
+API_GATEWAY_BUDGET_S = 27.0
+"""API Gateway HTTP APIs end requests at 30 s; the rest is kept for storage and the response."""
+MAX_RETRY_AFTER_S = 5
 
 ERRORS: dict[int | str, dict[str, object]] = {
     400: {"model": ErrorResponse, "description": "Invalid parameters"},
@@ -32,6 +56,11 @@ ERRORS: dict[int | str, dict[str, object]] = {
 def file_url(filename: str) -> str:
     """The API path a generated file is downloaded from."""
     return f"/files/{filename}"
+
+
+def job_url(job_id: str) -> str:
+    """The API path a job's status is read from."""
+    return f"/jobs/{job_id}"
 
 
 def model_name(model_id: str) -> str:
@@ -56,55 +85,43 @@ def health(services: ServicesDep) -> Health:
 
 
 @router.post("/generate", include_in_schema=False, response_model=GenerateResponse)
-@router.post("/generate/", response_model=GenerateResponse, responses=ERRORS, summary="Generate music")
-async def generate(request: GenerateRequest, services: ServicesDep) -> GenerateResponse:
-    """Generate music from a text description and store it as a WAV file."""
+@router.post(
+    "/generate/",
+    response_model=GenerateResponse,
+    responses={**ERRORS, 202: {"model": JobAccepted, "description": "Accepted as an asynchronous job"}},
+    summary="Generate music",
+)
+async def generate(
+    body: GenerateRequest,
+    services: ServicesDep,
+    request: Request,
+    prefer: Annotated[str | None, Header(description="`respond-async` runs the generation as a job")] = None,
+) -> Response | GenerateResponse:
+    """Generate music from a text description and store it as a WAV file.
+
+    With `Prefer: respond-async`, or when a request through API Gateway could not finish
+    within its 30 s limit, the answer is `202 Accepted` with the job to poll.
+    """
     params = GenerationParams(
-        prompt=request.text,
-        duration=request.duration,
-        guidance_scale=request.guidance_scale,
-        temperature=request.temperature,
-        seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1),
+        prompt=body.text,
+        duration=body.duration,
+        guidance_scale=body.guidance_scale,
+        temperature=body.temperature,
+        seed=body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1),
     )
-    return await run_in_threadpool(create_music_file, services, params)
-
-
-def create_music_file(services: Services, params: GenerationParams) -> GenerateResponse:
-    """Generate, encode and store one file, then keep only the newest files."""
-    generator = services.generator
-    try:
-        samples = generator.generate(params)
-    except ModelUnavailableError as exc:
-        raise HTTPException(503, f"Model unavailable: {exc}") from exc
-    except GenerationFailedError as exc:
-        logger.error("generation failed: %s", exc)
-        raise HTTPException(500, "Music generation failed") from exc
-    except Exception as exc:
-        logger.exception("generation failed")
-        raise HTTPException(500, "Music generation failed") from exc
-    wav = encode_wav(samples, generator.sample_rate)
     now = datetime.now(UTC)
     filename = new_filename(now)
-    metadata = {
-        "prompt": params.prompt,
-        "duration": params.duration,
-        "guidance_scale": params.guidance_scale,
-        "temperature": params.temperature,
-        "seed": params.seed,
-        "model_id": services.settings.model_id,
-        "sample_rate": generator.sample_rate,
-        "created_at": now.isoformat(),
-    }
+    wants_async = prefers_async(prefer)
+    if wants_async or exceeds_gateway_budget(request, services, params.duration):
+        accepted = await run_in_threadpool(start_job, services, params, filename, now)
+        headers = {"Location": accepted.status_url, "Retry-After": str(retry_after(accepted.eta_seconds))}
+        if wants_async:
+            headers["Preference-Applied"] = "respond-async"
+        return JSONResponse(accepted.model_dump(), status_code=202, headers=headers)
     try:
-        services.storage.save(filename, wav, metadata)
-    except StorageError as exc:
-        logger.exception("storage write failed")
-        raise HTTPException(503, "Storage unavailable") from exc
-    try:
-        prune(services.storage, services.settings.max_files)
-    except StorageError:
-        # The new file is safe; the next save prunes again.
-        logger.exception("pruning old files failed")
+        await run_in_threadpool(make_music_file, services, params, filename, now)
+    except MusicFileError as exc:
+        raise HTTPException(exc.status_code, exc.message) from exc
     return GenerateResponse(
         file_url=file_url(filename),
         duration=params.duration,
@@ -112,7 +129,92 @@ def create_music_file(services: Services, params: GenerationParams) -> GenerateR
         prompt=params.prompt,
         seed=params.seed,
         filename=filename,
-        sample_rate=generator.sample_rate,
+        sample_rate=services.generator.sample_rate,
+    )
+
+
+def prefers_async(prefer: str | None) -> bool:
+    """Whether an RFC 7240 `Prefer` header asks for `respond-async`."""
+    if not prefer:
+        return False
+    return any(token.split(";")[0].strip().lower() == "respond-async" for token in prefer.split(","))
+
+
+def exceeds_gateway_budget(request: Request, services: Services, duration: int) -> bool:
+    """Whether this request came through API Gateway and is expected to outlast its 30 s limit."""
+    event = request.scope.get("aws.event")
+    context = event.get("requestContext", {}) if isinstance(event, dict) else {}
+    domain = str(context.get("domainName", ""))
+    through_gateway = bool(context.get("apiId")) and ".lambda-url." not in domain
+    return through_gateway and services.generator.estimate_seconds(duration) > API_GATEWAY_BUDGET_S
+
+
+def retry_after(eta_seconds: float | None) -> int:
+    """Seconds a client should wait before polling again."""
+    return max(1, min(MAX_RETRY_AFTER_S, math.ceil(eta_seconds or 1)))
+
+
+def start_job(services: Services, params: GenerationParams, filename: str, now: datetime) -> JobAccepted:
+    """Record a queued job for `filename` and hand it to a worker."""
+    job_id = job_id_for(filename)
+    store = JobStore(services.storage)
+    estimate = services.generator.estimate_seconds(params.duration)
+    try:
+        record = store.create(job_id, params, now, services.settings.job_queue_timeout_seconds, estimate)
+    except StorageError as exc:
+        raise HTTPException(503, "Storage unavailable") from exc
+    try:
+        services.jobs.submit(job_id)
+    except JobDispatchError as exc:
+        logger.exception("job dispatch failed", extra={"job_id": job_id})
+        failed = record.model_copy(update={"status": JobStatus.FAILED, "error": "Could not start the job"})
+        with contextlib.suppress(StorageError):
+            store.save(failed)
+        raise HTTPException(503, "Could not start the job") from exc
+    return JobAccepted(
+        job_id=job_id,
+        status=record.status.value,
+        status_url=job_url(job_id),
+        file_url=file_url(filename),
+        eta_seconds=record.eta_seconds,
+    )
+
+
+@router.get(
+    "/jobs/{job_id}",
+    response_model=JobResponse,
+    responses={404: {"model": ErrorResponse, "description": "No such job"}, 503: ERRORS[503]},
+    summary="Job status",
+)
+def get_job(job_id: str, services: ServicesDep, response: Response) -> JobResponse:
+    """A job's status, progress and ETA; `file_url` once it has succeeded."""
+    if not is_valid_job_id(job_id):
+        raise HTTPException(404, "Job not found")
+    now = datetime.now(UTC)
+    try:
+        record = JobStore(services.storage).get(job_id, now)
+    except StorageError as exc:
+        raise HTTPException(503, "Storage unavailable") from exc
+    if record is None:
+        raise HTTPException(404, "Job not found")
+    eta = record.eta_at(now)
+    if not record.final:
+        response.headers["Retry-After"] = str(retry_after(eta))
+    return JobResponse(
+        job_id=record.job_id,
+        status=record.status.value,
+        progress=record.progress,
+        eta_seconds=eta,
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+        status_url=job_url(record.job_id),
+        file_url=file_url(filename_for(record.job_id)) if record.status is JobStatus.SUCCEEDED else None,
+        error=record.error,
+        text=record.text,
+        duration=record.duration,
+        guidance_scale=record.guidance_scale,
+        temperature=record.temperature,
+        seed=record.seed,
     )
 
 

@@ -1,5 +1,6 @@
 """Request and response bodies of the HTTP API."""
 
+from datetime import datetime
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -36,6 +37,35 @@ class GenerateResponse(BaseModel):
     seed: int
     filename: str
     sample_rate: int
+
+
+class JobAccepted(BaseModel):
+    """202 body: the job to poll and where its file will be."""
+
+    job_id: str
+    status: str
+    status_url: str
+    file_url: str
+    eta_seconds: float | None
+
+
+class JobResponse(BaseModel):
+    """GET /jobs/{job_id} result, with the request's parameters."""
+
+    job_id: str
+    status: str = Field(description="queued, running, succeeded or failed")
+    progress: float = Field(ge=0, le=1)
+    eta_seconds: float | None
+    created_at: datetime
+    updated_at: datetime
+    status_url: str
+    file_url: str | None = Field(description="Set once the job has succeeded")
+    error: str | None = Field(description="Set when the job has failed")
+    text: str
+    duration: int
+    guidance_scale: float
+    temperature: float
+    seed: int
 
 
 class FileInfo(BaseModel):

@@ -26,6 +26,12 @@ class Settings(BaseSettings):
     presign_expiry_seconds: int = Field(
         default=300, ge=1, le=604800, description="Lifetime of presigned download URLs."
     )
+    job_queue_timeout_seconds: int = Field(
+        default=900, ge=60, description="How long a job may wait for a worker before it counts as failed."
+    )
+    aws_lambda_function_name: str | None = Field(
+        default=None, description="Set by Lambda itself: jobs then run in asynchronous self-invocations."
+    )
 
     @field_validator("s3_bucket", mode="before")
     @classmethod

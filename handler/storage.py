@@ -11,11 +11,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from handler.filenames import created_at, is_valid_filename
+from botocore.exceptions import BotoCoreError, ClientError
+
+from handler.filenames import created_at, is_valid_filename, is_valid_job_id
 
 logger = logging.getLogger(__name__)
 
 WAV_CONTENT_TYPE = "audio/wav"
+S3_ERRORS = (BotoCoreError, ClientError)
+_NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
+
+
+def _is_not_found(exc: ClientError) -> bool:
+    return exc.response.get("Error", {}).get("Code") in _NOT_FOUND_CODES
 
 
 class StorageError(RuntimeError):
@@ -62,6 +70,14 @@ class Storage(Protocol):
 
     def delete(self, filenames: Sequence[str]) -> None: ...
 
+    def put_job(self, job_id: str, record: Mapping[str, Any]) -> None: ...
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None: ...
+
+    def list_jobs(self) -> list[str]: ...
+
+    def delete_jobs(self, job_ids: Sequence[str]) -> None: ...
+
 
 def metadata_name(filename: str) -> str:
     """The sidecar that keeps a file's prompt and parameters."""
@@ -74,11 +90,29 @@ def newest_first(files: list[StoredFile]) -> list[StoredFile]:
 
 
 def prune(storage: Storage, keep: int) -> list[str]:
-    """Delete all but the newest `keep` files in one batch; returns the names deleted."""
+    """Delete all but the newest `keep` files, and of job records, each in one batch.
+
+    Returns the file names deleted. Job ids sort in creation order like file names.
+    """
     excess = [f.filename for f in newest_first(storage.list_files())[keep:]]
     if excess:
         storage.delete(excess)
+    old_jobs = sorted(storage.list_jobs(), reverse=True)[keep:]
+    if old_jobs:
+        storage.delete_jobs(old_jobs)
     return excess
+
+
+JOBS_FOLDER = "jobs"
+"""Job records live in this folder of the storage, beside the generated files."""
+
+
+def _job_name(job_id: str) -> str:
+    return f"{JOBS_FOLDER}/{job_id}.json"
+
+
+def _encode(record: Mapping[str, Any]) -> bytes:
+    return json.dumps(record, ensure_ascii=False).encode()
 
 
 class LocalStorage:
@@ -92,8 +126,8 @@ class LocalStorage:
     def save(self, filename: str, data: bytes, metadata: Mapping[str, Any]) -> None:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            self._write_atomic(metadata_name(filename), json.dumps(metadata, ensure_ascii=False).encode())
-            self._write_atomic(filename, data)
+            self._write_atomic(self.directory / metadata_name(filename), _encode(metadata))
+            self._write_atomic(self.directory / filename, data)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 self._remove(metadata_name(filename))
@@ -120,12 +154,41 @@ class LocalStorage:
         except OSError as exc:
             raise StorageError("could not delete from local storage") from exc
 
-    def _write_atomic(self, name: str, data: bytes) -> None:
-        fd, temp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
+    def put_job(self, job_id: str, record: Mapping[str, Any]) -> None:
+        try:
+            (self.directory / JOBS_FOLDER).mkdir(parents=True, exist_ok=True)
+            self._write_atomic(self.directory / _job_name(job_id), _encode(record))
+        except OSError as exc:
+            raise StorageError("could not write a job record") from exc
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        try:
+            record: dict[str, Any] = json.loads((self.directory / _job_name(job_id)).read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise StorageError("could not read a job record") from exc
+        return record
+
+    def list_jobs(self) -> list[str]:
+        folder = self.directory / JOBS_FOLDER
+        if not folder.is_dir():
+            return []
+        return [path.stem for path in folder.glob("*.json") if is_valid_job_id(path.stem)]
+
+    def delete_jobs(self, job_ids: Sequence[str]) -> None:
+        try:
+            for job_id in job_ids:
+                self._remove(_job_name(job_id))
+        except OSError as exc:
+            raise StorageError("could not delete job records") from exc
+
+    def _write_atomic(self, path: Path, data: bytes) -> None:
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
-            os.replace(temp, self.directory / name)
+            os.replace(temp, path)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
@@ -148,25 +211,21 @@ class S3Storage:
         self.presign_expiry_seconds = presign_expiry_seconds
 
     def save(self, filename: str, data: bytes, metadata: Mapping[str, Any]) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         sidecar = self._key(metadata_name(filename))
         try:
             self.client.put_object(
                 Bucket=self.bucket,
                 Key=sidecar,
-                Body=json.dumps(metadata, ensure_ascii=False).encode(),
+                Body=_encode(metadata),
                 ContentType="application/json; charset=utf-8",
             )
             self.client.put_object(Bucket=self.bucket, Key=self._key(filename), Body=data, ContentType=WAV_CONTENT_TYPE)
-        except (BotoCoreError, ClientError) as exc:
-            with contextlib.suppress(BotoCoreError, ClientError):
+        except S3_ERRORS as exc:
+            with contextlib.suppress(*S3_ERRORS):
                 self.client.delete_object(Bucket=self.bucket, Key=sidecar)
             raise StorageError("could not write to S3") from exc
 
     def list_files(self) -> list[StoredFile]:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         files = []
         try:
             pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix)
@@ -175,18 +234,16 @@ class S3Storage:
                     name = obj["Key"][len(self.prefix) :]
                     if is_valid_filename(name):
                         files.append(StoredFile(name, int(obj["Size"]), created_at(name)))
-        except (BotoCoreError, ClientError) as exc:
+        except S3_ERRORS as exc:
             raise StorageError("could not list S3 objects") from exc
         return newest_first(files)
 
     def download(self, filename: str) -> Download | None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         key = self._key(filename)
         try:
             self.client.head_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+            if _is_not_found(exc):
                 return None
             raise StorageError("could not read from S3") from exc
         except BotoCoreError as exc:
@@ -204,16 +261,58 @@ class S3Storage:
         return RemoteFile(url)
 
     def delete(self, filenames: Sequence[str]) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
+        self._delete_keys([self._key(name) for f in filenames for name in (f, metadata_name(f))])
 
-        keys = [self._key(name) for f in filenames for name in (f, metadata_name(f))]
+    def put_job(self, job_id: str, record: Mapping[str, Any]) -> None:
+        try:
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=self._key(_job_name(job_id)),
+                Body=_encode(record),
+                ContentType="application/json; charset=utf-8",
+            )
+        except S3_ERRORS as exc:
+            raise StorageError("could not write a job record") from exc
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(_job_name(job_id)))["Body"].read()
+        except ClientError as exc:
+            if _is_not_found(exc):
+                return None
+            raise StorageError("could not read a job record") from exc
+        except BotoCoreError as exc:
+            raise StorageError("could not read a job record") from exc
+        try:
+            record: dict[str, Any] = json.loads(body)
+        except ValueError as exc:
+            raise StorageError("job record is not JSON") from exc
+        return record
+
+    def list_jobs(self) -> list[str]:
+        folder = self._key(f"{JOBS_FOLDER}/")
+        job_ids = []
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=folder):
+                for obj in page.get("Contents", []):
+                    job_id = obj["Key"][len(folder) :].removesuffix(".json")
+                    if is_valid_job_id(job_id):
+                        job_ids.append(job_id)
+        except S3_ERRORS as exc:
+            raise StorageError("could not list job records") from exc
+        return job_ids
+
+    def delete_jobs(self, job_ids: Sequence[str]) -> None:
+        self._delete_keys([self._key(_job_name(job_id)) for job_id in job_ids])
+
+    def _delete_keys(self, keys: Sequence[str]) -> None:
         try:
             for start in range(0, len(keys), 1000):
                 batch = [{"Key": key} for key in keys[start : start + 1000]]
                 result = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
                 if result.get("Errors"):
                     raise StorageError(f"S3 refused to delete {len(result['Errors'])} objects")
-        except (BotoCoreError, ClientError) as exc:
+        except S3_ERRORS as exc:
             raise StorageError("could not delete S3 objects") from exc
 
     def _key(self, name: str) -> str:

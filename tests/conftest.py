@@ -4,6 +4,7 @@ import importlib
 import json
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,8 @@ from fastapi.testclient import TestClient
 from moto.server import ThreadedMotoServer
 
 from handler.app import create_app
-from handler.engine import TransformersMusicGenerator
+from handler.engine import MusicGenerator, TransformersMusicGenerator
+from handler.jobs import LocalJobQueue
 from handler.settings import Settings, get_settings
 from handler.storage import LocalStorage, S3Storage, Storage, s3_client
 from tests.model_builder import build_tiny_model
@@ -98,10 +100,23 @@ def settings(tiny_model_dir: Path, tmp_path: Path) -> Settings:
     return Settings(model_id=str(tiny_model_dir), storage_dir=tmp_path / "generated")
 
 
+@contextmanager
+def serve(
+    settings: Settings, storage: Storage, generator: MusicGenerator, raise_server_exceptions: bool = True
+) -> Iterator[TestClient]:
+    """A test client over a fresh app; on exit, waits for the app's background jobs to finish."""
+    app = create_app(settings, storage, generator)
+    with TestClient(app, raise_server_exceptions=raise_server_exceptions) as test_client:
+        yield test_client
+    jobs = app.state.services.jobs
+    if isinstance(jobs, LocalJobQueue):
+        jobs.wait_until_idle()
+
+
 @pytest.fixture
 def client(settings: Settings, storage: Storage, generator: TransformersMusicGenerator) -> Iterator[TestClient]:
     """The app over the tiny model, once with local storage and once with S3."""
-    with TestClient(create_app(settings, storage, generator)) as test_client:
+    with serve(settings, storage, generator) as test_client:
         yield test_client
 
 
@@ -109,15 +124,7 @@ def client(settings: Settings, storage: Storage, generator: TransformersMusicGen
 def local_client(
     settings: Settings, local_storage: LocalStorage, generator: TransformersMusicGenerator
 ) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, local_storage, generator)) as test_client:
-        yield test_client
-
-
-@pytest.fixture
-def s3_client_app(
-    settings: Settings, s3_storage: S3Storage, generator: TransformersMusicGenerator
-) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, s3_storage, generator)) as test_client:
+    with serve(settings, local_storage, generator) as test_client:
         yield test_client
 
 
@@ -161,6 +168,7 @@ def lambda_handler(
     monkeypatch.setenv("MODEL_ID", str(tiny_model_dir))
     monkeypatch.setenv("S3_BUCKET", s3_bucket)
     monkeypatch.setenv("S3_PREFIX", "generated")
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "MusicFunction")
     get_settings.cache_clear()
     module = importlib.reload(handler.app)
     yield module.handler

@@ -11,11 +11,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from handler.app import create_app
-from handler.engine import GenerationParams, MusicGenerator, ProgressCallback, TransformersMusicGenerator
+from handler.engine import TransformersMusicGenerator
 from handler.filenames import is_valid_filename
 from handler.schemas import MAX_PROMPT_CHARS
 from handler.settings import Settings
 from handler.storage import LocalStorage, Storage
+from tests.conftest import serve
+from tests.doubles import FailingGenerator, GatedGenerator
 from tests.wav import read_wav
 
 PROMPT = "A lofi hip hop beat with smooth jazz piano and rain sounds"
@@ -250,40 +252,11 @@ def test_openapi_and_docs_are_served(client: TestClient) -> None:
     assert client.get("/docs").status_code == 200
 
 
-class GatedGenerator:
-    """Holds each generation until the test opens the gate, to observe the API meanwhile."""
-
-    def __init__(self, inner: MusicGenerator) -> None:
-        self.inner = inner
-        self.started = threading.Event()
-        self.gate = threading.Event()
-
-    @property
-    def sample_rate(self) -> int:
-        return self.inner.sample_rate
-
-    @property
-    def loaded(self) -> bool:
-        return self.inner.loaded
-
-    @property
-    def load_error(self) -> str | None:
-        return self.inner.load_error
-
-    def load(self) -> None:
-        self.inner.load()
-
-    def generate(self, params: GenerationParams, on_progress: ProgressCallback | None = None) -> Any:
-        self.started.set()
-        assert self.gate.wait(timeout=30)
-        return self.inner.generate(params, on_progress)
-
-
 def test_health_and_listing_answer_while_a_generation_runs(
     settings: Settings, local_storage: LocalStorage, generator: TransformersMusicGenerator
 ) -> None:
     gated = GatedGenerator(generator)
-    with TestClient(create_app(settings, local_storage, gated)) as client:
+    with serve(settings, local_storage, gated) as client:
         result: dict[str, httpx2.Response] = {}
         worker = threading.Thread(target=lambda: result.update(response=generate(client)))
         worker.start()
@@ -299,7 +272,7 @@ def test_model_that_cannot_load_is_503_and_health_says_why(
     settings: Settings, local_storage: LocalStorage, tmp_path: Path
 ) -> None:
     broken = TransformersMusicGenerator(str(tmp_path / "no-such-model"))
-    with TestClient(create_app(settings, local_storage, broken)) as client:
+    with serve(settings, local_storage, broken) as client:
         response = generate(client)
         assert response.status_code == 503
         assert "could not be loaded" in response.json()["detail"]
@@ -310,17 +283,10 @@ def test_model_that_cannot_load_is_503_and_health_says_why(
         assert local_storage.list_files() == []
 
 
-class FailingGenerator(GatedGenerator):
-    def generate(self, params: GenerationParams, on_progress: ProgressCallback | None = None) -> Any:
-        raise RuntimeError("secret internal detail /opt/model")
-
-
 def test_generation_failure_is_500_without_internals_and_stores_nothing(
     settings: Settings, storage: Storage, generator: TransformersMusicGenerator
 ) -> None:
-    with TestClient(
-        create_app(settings, storage, FailingGenerator(generator)), raise_server_exceptions=False
-    ) as client:
+    with serve(settings, storage, FailingGenerator(generator), raise_server_exceptions=False) as client:
         response = generate(client)
     assert response.status_code == 500
     assert response.json() == {"detail": "Music generation failed"}
@@ -332,7 +298,7 @@ def test_storage_failure_is_503_and_lists_nothing(
 ) -> None:
     blocked = tmp_path / "not-a-directory"
     blocked.write_text("a file where the storage directory should be")
-    with TestClient(create_app(settings, LocalStorage(blocked), generator)) as client:
+    with serve(settings, LocalStorage(blocked), generator) as client:
         response = generate(client)
         assert response.status_code == 503
         assert response.json() == {"detail": "Storage unavailable"}

@@ -121,3 +121,14 @@ def test_cap_keeps_the_newest_100_after_two_more_generations(client: TestClient,
     assert set(older[:2]).isdisjoint(remaining)
     assert remaining == new[::-1] + older[2:][::-1]
     assert storage.download(older[0]) is None
+
+
+def test_job_records_round_trip_and_are_pruned_with_the_files(storage: Storage) -> None:
+    job_ids = [new_filename(START + timedelta(minutes=i)).removesuffix(".wav") for i in range(4)]
+    for job_id in job_ids:
+        storage.put_job(job_id, {"job_id": job_id, "text": "雨"})
+    assert storage.get_job(job_ids[0]) == {"job_id": job_ids[0], "text": "雨"}
+    assert storage.get_job("gen_20990101_000000_00000000") is None
+    prune(storage, keep=2)
+    assert sorted(storage.list_jobs()) == job_ids[2:]
+    assert storage.list_files() == []

@@ -1,0 +1,123 @@
+"""Job records: what an asynchronous generation is, kept in the storage backend."""
+
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+
+from handler.engine import GenerationParams
+from handler.storage import Storage
+
+EXPIRED_ERROR = "The job's worker did not finish before its deadline"
+
+JOB_EVENT_KEY = "srocks_music_job"
+"""The key that marks a Lambda event as a job to run rather than an HTTP request."""
+
+
+class JobStatus(StrEnum):
+    """Where a job is in its life."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+FINAL_STATES = {JobStatus.SUCCEEDED, JobStatus.FAILED}
+
+
+class JobRecord(BaseModel):
+    """One job as stored; its id is also the name of the file it makes, without `.wav`."""
+
+    job_id: str
+    status: JobStatus
+    progress: float = 0.0
+    eta_seconds: float | None = None
+    created_at: datetime
+    updated_at: datetime
+    deadline: datetime
+    error: str | None = None
+    text: str
+    duration: int
+    guidance_scale: float
+    temperature: float
+    seed: int
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_STATES
+
+    @property
+    def params(self) -> GenerationParams:
+        return GenerationParams(self.text, self.duration, self.guidance_scale, self.temperature, self.seed)
+
+    def eta_at(self, now: datetime) -> float | None:
+        """The remaining time estimated at the last update, less the time since."""
+        if self.final:
+            return 0.0
+        if self.eta_seconds is None:
+            return None
+        return round(max(0.0, self.eta_seconds - (now - self.updated_at).total_seconds()), 1)
+
+
+class JobDispatcher(Protocol):
+    """Starts a recorded job somewhere: a local worker thread or an asynchronous Lambda invocation."""
+
+    def submit(self, job_id: str) -> None: ...
+
+
+class JobStore:
+    """Job records in the storage backend, so any instance can answer for any job."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    def create(
+        self, job_id: str, params: GenerationParams, now: datetime, queue_timeout_s: float, eta_s: float
+    ) -> JobRecord:
+        record = JobRecord(
+            job_id=job_id,
+            status=JobStatus.QUEUED,
+            eta_seconds=round(eta_s, 1),
+            created_at=now,
+            updated_at=now,
+            deadline=now + timedelta(seconds=queue_timeout_s),
+            text=params.prompt,
+            duration=params.duration,
+            guidance_scale=params.guidance_scale,
+            temperature=params.temperature,
+            seed=params.seed,
+        )
+        self.save(record)
+        return record
+
+    def save(self, record: JobRecord) -> None:
+        self.storage.put_job(record.job_id, record.model_dump(mode="json"))
+
+    def get(self, job_id: str, now: datetime | None = None) -> JobRecord | None:
+        """The job, with a non-final job past its deadline recorded as failed."""
+        data = self.storage.get_job(job_id)
+        if data is None:
+            return None
+        record = JobRecord.model_validate(data)
+        now = now or datetime.now(UTC)
+        if not record.final and now > record.deadline:
+            record = record.model_copy(
+                update={"status": JobStatus.FAILED, "error": EXPIRED_ERROR, "updated_at": now, "eta_seconds": None}
+            )
+            self.save(record)
+        return record
+
+
+def job_event(job_id: str) -> dict[str, Any]:
+    """The payload of the asynchronous invocation that runs `job_id`."""
+    return {JOB_EVENT_KEY: {"job_id": job_id}}
+
+
+def job_id_from_event(event: Any) -> str | None:
+    """The job id when `event` is a job event, else None (an HTTP event)."""
+    if isinstance(event, dict) and isinstance(job := event.get(JOB_EVENT_KEY), dict):
+        job_id = job.get("job_id")
+        return job_id if isinstance(job_id, str) else None
+    return None

@@ -1,0 +1,65 @@
+"""Making one music file: generate, encode, store, keep the newest. Shared by requests and jobs."""
+
+import logging
+from datetime import datetime
+
+from handler.audio import encode_wav
+from handler.dependencies import Services
+from handler.engine import GenerationFailedError, GenerationParams, ModelUnavailableError, ProgressCallback
+from handler.storage import StorageError, prune
+
+logger = logging.getLogger(__name__)
+
+
+class MusicFileError(RuntimeError):
+    """Making the file failed; `status_code` and the message are safe to show to clients."""
+
+    def __init__(self, status_code: int, message: str) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+
+
+def make_music_file(
+    services: Services,
+    params: GenerationParams,
+    filename: str,
+    requested_at: datetime,
+    on_progress: ProgressCallback | None = None,
+) -> None:
+    """Generate `params` into `filename`, then delete the oldest files beyond the cap.
+
+    Raises MusicFileError (503 model or storage unavailable, 500 generation failed); on any
+    failure nothing is stored.
+    """
+    generator = services.generator
+    try:
+        samples = generator.generate(params, on_progress)
+    except ModelUnavailableError as exc:
+        raise MusicFileError(503, f"Model unavailable: {exc}") from exc
+    except GenerationFailedError as exc:
+        logger.error("generation failed: %s", exc)
+        raise MusicFileError(500, "Music generation failed") from exc
+    except Exception as exc:
+        logger.exception("generation failed")
+        raise MusicFileError(500, "Music generation failed") from exc
+    metadata = {
+        "prompt": params.prompt,
+        "duration": params.duration,
+        "guidance_scale": params.guidance_scale,
+        "temperature": params.temperature,
+        "seed": params.seed,
+        "model_id": services.settings.model_id,
+        "sample_rate": generator.sample_rate,
+        "created_at": requested_at.isoformat(),
+    }
+    try:
+        services.storage.save(filename, encode_wav(samples, generator.sample_rate), metadata)
+    except StorageError as exc:
+        logger.exception("storage write failed")
+        raise MusicFileError(503, "Storage unavailable") from exc
+    try:
+        prune(services.storage, services.settings.max_files)
+    except StorageError:
+        # The new file is safe; the next save prunes again.
+        logger.exception("pruning old files failed")

@@ -1,0 +1,43 @@
+"""Engines for tests that need to hold or break a generation around the real one."""
+
+import threading
+from typing import Any
+
+from handler.engine import GenerationParams, MusicGenerator, ProgressCallback
+
+
+class GatedGenerator:
+    """Holds each generation until the test opens the gate, to observe the API meanwhile."""
+
+    def __init__(self, inner: MusicGenerator) -> None:
+        self.inner = inner
+        self.started = threading.Event()
+        self.gate = threading.Event()
+
+    @property
+    def sample_rate(self) -> int:
+        return self.inner.sample_rate
+
+    @property
+    def loaded(self) -> bool:
+        return self.inner.loaded
+
+    @property
+    def load_error(self) -> str | None:
+        return self.inner.load_error
+
+    def load(self) -> None:
+        self.inner.load()
+
+    def estimate_seconds(self, duration: int) -> float:
+        return self.inner.estimate_seconds(duration)
+
+    def generate(self, params: GenerationParams, on_progress: ProgressCallback | None = None) -> Any:
+        self.started.set()
+        assert self.gate.wait(timeout=30)
+        return self.inner.generate(params, on_progress)
+
+
+class FailingGenerator(GatedGenerator):
+    def generate(self, params: GenerationParams, on_progress: ProgressCallback | None = None) -> Any:
+        raise RuntimeError("secret internal detail /opt/model")

@@ -1,0 +1,256 @@
+"""Asynchronous generation jobs: local worker, Lambda self-invocation, deadlines, the 30 s budget."""
+
+import importlib
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from botocore.stub import ANY, Stubber
+from fastapi.testclient import TestClient
+
+from handler.engine import GenerationParams, TransformersMusicGenerator
+from handler.job_records import EXPIRED_ERROR, JOB_EVENT_KEY, JobStatus, JobStore, job_event, job_id_from_event
+from handler.jobs import LocalJobQueue
+from handler.routes import prefers_async
+from handler.settings import Settings
+from handler.storage import LocalStorage, Storage
+from tests.conftest import LambdaContext, load_event, serve
+from tests.doubles import FailingGenerator, GatedGenerator
+from tests.wav import read_wav
+
+ASYNC = {"Prefer": "respond-async"}
+Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
+
+
+class RecordingStorage(LocalStorage):
+    """Local storage that keeps every job record written, to watch progress."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.job_writes: list[dict[str, Any]] = []
+
+    def put_job(self, job_id: str, record: Any) -> None:
+        self.job_writes.append(dict(record))
+        super().put_job(job_id, record)
+
+
+def wait_for_jobs(client: TestClient) -> None:
+    jobs = client.app.state.services.jobs  # type: ignore[attr-defined]
+    assert isinstance(jobs, LocalJobQueue)
+    jobs.wait_until_idle()
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("respond-async", True),
+        ("Respond-Async", True),
+        ("wait=10, respond-async", True),
+        ("respond-async; foo=bar", True),
+        ("return=minimal", False),
+        ("respond-asynchronously", False),
+        (None, False),
+    ],
+)
+def test_prefer_header_parsing(header: str | None, expected: bool) -> None:
+    assert prefers_async(header) is expected
+
+
+def test_job_events_are_told_from_http_events() -> None:
+    assert job_id_from_event(job_event("gen_20250528_134211_a1b2c3d4")) == "gen_20250528_134211_a1b2c3d4"
+    assert job_id_from_event(load_event("generate")) is None
+    assert job_id_from_event({JOB_EVENT_KEY: "x"}) is None
+
+
+def test_async_job_runs_locally_to_success_with_rising_progress(
+    settings: Settings, generator: TransformersMusicGenerator, tmp_path: Any
+) -> None:
+    storage = RecordingStorage(tmp_path / "generated")
+    with serve(settings, storage, generator) as client:
+        response = client.post(
+            "/generate/", json={"text": "rain on a tin roof", "duration": 30, "seed": 9}, headers=ASYNC
+        )
+        assert response.status_code == 202
+        body = response.json()
+        job_id = body["job_id"]
+        assert response.headers["location"] == body["status_url"] == f"/jobs/{job_id}"
+        assert response.headers["preference-applied"] == "respond-async"
+        assert int(response.headers["retry-after"]) >= 1
+        assert body["status"] == "queued"
+        assert body["file_url"] == f"/files/{job_id}.wav"
+        wait_for_jobs(client)
+
+        status = client.get(body["status_url"])
+        assert status.status_code == 200
+        job = status.json()
+        assert job["status"] == "succeeded"
+        assert job["progress"] == 1.0
+        assert job["file_url"] == body["file_url"]
+        assert job["error"] is None
+        assert (job["text"], job["duration"], job["seed"]) == ("rain on a tin roof", 30, 9)
+        assert "retry-after" not in status.headers
+
+        wav = read_wav(client.get(body["file_url"]).content)
+        assert (wav.sample_rate, len(wav.samples)) == (32000, 30 * 32000)
+
+    progress = [write["progress"] for write in storage.job_writes]
+    statuses = [write["status"] for write in storage.job_writes]
+    assert statuses[0] == "queued"
+    assert statuses[-1] == "succeeded"
+    assert progress == sorted(progress)
+    assert progress[-1] == 1.0
+    assert any(0 < value < 1 for value in progress), "progress is written during generation"
+
+
+def test_running_job_reports_running_with_retry_after(
+    settings: Settings, local_storage: LocalStorage, generator: TransformersMusicGenerator
+) -> None:
+    gated = GatedGenerator(generator)
+    with serve(settings, local_storage, gated) as client:
+        body = client.post("/generate/", json={"text": "drums", "duration": 1}, headers=ASYNC).json()
+        assert gated.started.wait(timeout=30)
+        running = client.get(body["status_url"])
+        assert running.json()["status"] == "running"
+        assert running.json()["file_url"] is None
+        assert int(running.headers["retry-after"]) >= 1
+        gated.gate.set()
+        wait_for_jobs(client)
+        assert client.get(body["status_url"]).json()["status"] == "succeeded"
+
+
+def test_failed_job_has_a_clear_error_and_no_file(
+    settings: Settings, storage: Storage, generator: TransformersMusicGenerator
+) -> None:
+    with serve(settings, storage, FailingGenerator(generator)) as client:
+        body = client.post("/generate/", json={"text": "drums", "duration": 1}, headers=ASYNC).json()
+        wait_for_jobs(client)
+        job = client.get(body["status_url"]).json()
+        assert job["status"] == "failed"
+        assert job["error"] == "Music generation failed"
+        assert job["file_url"] is None
+        assert client.get(body["file_url"]).status_code == 404
+    assert storage.list_files() == []
+
+
+@pytest.mark.parametrize(
+    "job_id", ["gen_20250528_134211_a1b2c3d4", "nope", "..%2Fjobs", "gen_20250528_134211_a1b2c3d4.json"]
+)
+def test_unknown_or_malformed_job_is_404(client: TestClient, job_id: str) -> None:
+    response = client.get(f"/jobs/{job_id}")
+    assert response.status_code == 404
+    assert response.json()["detail"] in {"Job not found", "Not Found"}
+
+
+def test_job_past_its_deadline_reads_as_failed(client: TestClient, storage: Storage) -> None:
+    store = JobStore(storage)
+    past = datetime.now(UTC) - timedelta(hours=1)
+    record = store.create(
+        "gen_20250528_134211_a1b2c3d4", GenerationParams("x", 1, 3.0, 1.0, 1), past, queue_timeout_s=60, eta_s=5
+    )
+    store.save(record.model_copy(update={"status": JobStatus.RUNNING}))
+    job = client.get("/jobs/gen_20250528_134211_a1b2c3d4").json()
+    assert job["status"] == "failed"
+    assert job["error"] == EXPIRED_ERROR
+    assert "retry-after" not in client.get("/jobs/gen_20250528_134211_a1b2c3d4").headers
+    assert JobStore(storage).get("gen_20250528_134211_a1b2c3d4").status is JobStatus.FAILED  # type: ignore[union-attr]
+
+
+def test_local_queue_runs_jobs_in_order_one_at_a_time() -> None:
+    queue = LocalJobQueue()
+    order: list[str] = []
+    running: list[str] = []
+
+    def run(job_id: str) -> None:
+        assert running == []
+        running.append(job_id)
+        order.append(job_id)
+        running.remove(job_id)
+
+    queue.runner = run
+    for job_id in ["a", "b", "c"]:
+        queue.submit(job_id)
+    queue.wait_until_idle()
+    assert order == ["a", "b", "c"]
+
+
+def lambda_app() -> Any:
+    return importlib.import_module("handler.app").app
+
+
+def capture_invocations(client: Any) -> list[dict[str, Any]]:
+    """Every Invoke call's parameters, as they reach botocore."""
+    calls: list[dict[str, Any]] = []
+    client.meta.events.register("provide-client-params.lambda.Invoke", lambda params, **_: calls.append(params))
+    return calls
+
+
+def generate_event(duration: int, function_url: bool = False) -> dict[str, Any]:
+    event = load_event("generate")
+    event["body"] = json.dumps({**json.loads(event["body"]), "duration": duration})
+    if function_url:
+        domain = "abcdefghij.lambda-url.eu-west-1.on.aws"
+        event["requestContext"]["domainName"] = event["headers"]["host"] = domain
+    return event
+
+
+def test_lambda_async_request_invokes_itself_and_the_job_event_runs_it(
+    lambda_handler: Handler, s3_objects: Callable[[], list[str]]
+) -> None:
+    invoker = lambda_app().state.services.jobs
+    calls = capture_invocations(invoker.client)
+    stubber = Stubber(invoker.client)
+    event = generate_event(1)
+    event["headers"]["prefer"] = "respond-async"
+    stubber.add_response(
+        "invoke",
+        {"StatusCode": 202},
+        expected_params={"FunctionName": "MusicFunction", "InvocationType": "Event", "Payload": ANY},
+    )
+    with stubber:
+        accepted = lambda_handler(event, LambdaContext())
+        stubber.assert_no_pending_responses()
+    assert accepted["statusCode"] == 202
+    body = json.loads(accepted["body"])
+    [call] = calls
+    payload = json.loads(call["Payload"])
+    assert payload == job_event(body["job_id"])
+
+    result = lambda_handler(payload, LambdaContext())
+    assert result == {"job_id": body["job_id"], "status": "succeeded"}
+    assert f"generated/{body['job_id']}.wav" in s3_objects()
+    assert f"generated/jobs/{body['job_id']}.json" in s3_objects()
+
+    status_event = load_event("health")
+    status_event["rawPath"] = status_event["requestContext"]["http"]["path"] = body["status_url"]
+    job = json.loads(lambda_handler(status_event, LambdaContext())["body"])
+    assert job["status"] == "succeeded"
+
+    download = load_event("download_file")
+    download["rawPath"] = download["requestContext"]["http"]["path"] = body["file_url"]
+    location = lambda_handler(download, LambdaContext())["headers"]["location"]
+    assert len(read_wav(httpx.get(location).content).samples) == 32000
+
+
+def test_gateway_request_over_budget_gets_202_within_budget_gets_200(lambda_handler: Handler) -> None:
+    invoker = lambda_app().state.services.jobs
+    stubber = Stubber(invoker.client)
+    stubber.add_response("invoke", {"StatusCode": 202})
+    with stubber:
+        long_clip = lambda_handler(generate_event(30), LambdaContext())
+        stubber.assert_no_pending_responses()
+    assert long_clip["statusCode"] == 202
+    assert long_clip["headers"]["location"].startswith("/jobs/gen_")
+    assert "preference-applied" not in long_clip["headers"]
+
+    short_clip = lambda_handler(generate_event(1), LambdaContext())
+    assert short_clip["statusCode"] == 200
+    assert json.loads(short_clip["body"])["duration"] == 1
+
+
+def test_function_url_requests_run_synchronously_whatever_the_length(lambda_handler: Handler) -> None:
+    response = lambda_handler(generate_event(30, function_url=True), LambdaContext())
+    assert response["statusCode"] == 200
+    assert json.loads(response["body"])["duration"] == 30
