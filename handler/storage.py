@@ -180,17 +180,9 @@ class S3Storage:
         return newest_first(files)
 
     def download(self, filename: str) -> Download | None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         key = self._key(filename)
-        try:
-            self.client.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
-                return None
-            raise StorageError("could not read from S3") from exc
-        except BotoCoreError as exc:
-            raise StorageError("could not read from S3") from exc
+        if not self._exists(key):
+            return None
         url = self.client.generate_presigned_url(
             "get_object",
             Params={
@@ -218,6 +210,22 @@ class S3Storage:
 
     def _key(self, name: str) -> str:
         return f"{self.prefix}{name}"
+
+    def _exists(self, key: str) -> bool:
+        """Whether `key` exists, asked as a listing under the key itself.
+
+        Not HeadObject: for a missing key S3 answers HeadObject with 404 only to callers allowed
+        s3:ListBucket on the whole bucket, and 403 to a role whose ListBucket is limited to the
+        prefix (template.yaml's least privilege). A listing with Prefix=key is covered by that
+        grant; the key itself is the first match if it exists, as it sorts before longer keys.
+        """
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            response = self.client.list_objects_v2(Bucket=self.bucket, Prefix=key, MaxKeys=1)
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageError("could not read from S3") from exc
+        return any(obj["Key"] == key for obj in response.get("Contents", []))
 
 
 def s3_client() -> Any:
