@@ -92,5 +92,5 @@ def test_download_of_missing_file_event_is_404(lambda_handler: Handler, lambda_c
 
 def test_download_with_traversal_name_event_is_rejected(lambda_handler: Handler, lambda_context: LambdaContext) -> None:
     response = lambda_handler(load_event("download_invalid_name"), lambda_context)
-    assert response["statusCode"] in {400, 404}
-    assert "detail" in body_of(response)
+    assert response["statusCode"] == 400
+    assert body_of(response)["detail"].startswith("Invalid file name")
