@@ -2,6 +2,10 @@
 
 import importlib
 import json
+import os
+import subprocess
+import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -17,7 +21,9 @@ from handler.app import create_app
 from handler.engine import TransformersMusicGenerator
 from handler.settings import Settings, get_settings
 from handler.storage import LocalStorage, S3Storage, Storage, s3_client
+from tests.infra_files import ROOT, dockerfile_stages, function_environment
 from tests.model_builder import build_tiny_model
+from tests.runtime_api import RuntimeApiStub
 
 S3_REGION = "eu-west-1"
 
@@ -167,3 +173,57 @@ def lambda_handler(
     monkeypatch.undo()
     get_settings.cache_clear()
     importlib.reload(handler.app)
+
+
+@dataclass
+class LambdaRuntime:
+    """`python -m awslambdaric <the image's CMD>` running against a Runtime API stand-in."""
+
+    api: RuntimeApiStub
+    log_path: Path
+    environment: dict[str, str]
+
+    def log(self) -> str:
+        """What the function printed so far (for failure messages)."""
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def lambda_runtime(tiny_model_dir: Path, s3_bucket: str, tmp_path: Path) -> Iterator[LambdaRuntime]:
+    """The image's entry point without Docker: AWS's runtime interface client in its own process,
+    with the environment template.yaml and the Dockerfile give it (MODEL_ID moved to the tiny
+    model, /tmp to a temporary directory, S3 to the moto server), polling a local Runtime API.
+    """
+    api = RuntimeApiStub()
+    api.start()
+    environment = function_environment(s3_bucket, tmp_path / "lambda-tmp")
+    environment |= {
+        "MODEL_ID": str(tiny_model_dir),
+        "AWS_LAMBDA_RUNTIME_API": api.address,
+        "LAMBDA_TASK_ROOT": str(ROOT),
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path / "home"),
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
+    for name in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_ENDPOINT_URL_S3",
+    ):
+        environment[name] = os.environ[name]
+    command = [sys.executable, "-m", "awslambdaric", *dockerfile_stages()[-1].cmd()]
+    log_path = tmp_path / "runtime.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT)
+
+    def watch() -> None:
+        process.wait()
+        api.abort(f"the runtime exited with status {process.returncode}")
+
+    threading.Thread(target=watch, daemon=True).start()
+    yield LambdaRuntime(api, log_path, environment)
+    process.terminate()
+    process.wait(timeout=60)
+    api.close()
