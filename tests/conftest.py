@@ -21,7 +21,7 @@ from handler.app import create_app
 from handler.engine import TransformersMusicGenerator
 from handler.settings import Settings, get_settings
 from handler.storage import LocalStorage, S3Storage, Storage, s3_client
-from tests.infra_files import ROOT, dockerfile_stages, function_environment
+from tests.infra_files import ROOT, dockerfile_stages, function_environment, load_template, parameter_defaults
 from tests.model_builder import build_tiny_model
 from tests.runtime_api import RuntimeApiStub
 
@@ -125,6 +125,28 @@ def s3_client_app(
 ) -> Iterator[TestClient]:
     with TestClient(create_app(settings, s3_storage, generator)) as test_client:
         yield test_client
+
+
+@dataclass(frozen=True)
+class S3Request:
+    """One S3 request the storage code made or presigned: the API operation and its parameters."""
+
+    operation: str
+    params: dict[str, Any]
+
+
+@pytest.fixture
+def recording_s3_storage(s3_bucket: str) -> tuple[S3Storage, list[S3Request]]:
+    """S3 storage under template.yaml's default prefix, and every request its client builds or presigns."""
+    client = s3_client()
+    requests: list[S3Request] = []
+
+    def record(params: dict[str, Any], model: Any, **_: Any) -> None:
+        requests.append(S3Request(model.name, dict(params)))
+
+    client.meta.events.register("before-parameter-build.s3", record)
+    prefix = parameter_defaults(load_template())["FilePrefix"]
+    return S3Storage(client, s3_bucket, Settings(s3_prefix=prefix).s3_prefix), requests
 
 
 @dataclass
