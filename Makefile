@@ -32,6 +32,7 @@ lint: setup-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/cfn-lint template.yaml --append-rules cfn_lint_serverless.rules
 
 test: lint
 	$(BIN)/python -m pytest

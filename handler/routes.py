@@ -242,7 +242,7 @@ def list_files(
 
 
 @router.get(
-    "/files/{filename}",
+    "/files/{filename:path}",
     responses={
         200: {"content": {"audio/wav": {}}, "description": "The WAV file (local storage)"},
         307: {"description": "Redirect to a presigned download URL (S3 storage)"},

@@ -26,6 +26,10 @@ def _is_not_found(exc: ClientError) -> bool:
     return exc.response.get("Error", {}).get("Code") in _NOT_FOUND_CODES
 
 
+def _is_access_denied(exc: ClientError) -> bool:
+    return exc.response.get("Error", {}).get("Code") in {"403", "AccessDenied"}
+
+
 class StorageError(RuntimeError):
     """The storage backend failed; nothing half-written is left listed."""
 
@@ -240,14 +244,8 @@ class S3Storage:
 
     def download(self, filename: str) -> Download | None:
         key = self._key(filename)
-        try:
-            self.client.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if _is_not_found(exc):
-                return None
-            raise StorageError("could not read from S3") from exc
-        except BotoCoreError as exc:
-            raise StorageError("could not read from S3") from exc
+        if not self._exists(key):
+            return None
         url = self.client.generate_presigned_url(
             "get_object",
             Params={
@@ -275,10 +273,12 @@ class S3Storage:
             raise StorageError("could not write a job record") from exc
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
+        key = self._key(_job_name(job_id))
         try:
-            body = self.client.get_object(Bucket=self.bucket, Key=self._key(_job_name(job_id)))["Body"].read()
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         except ClientError as exc:
-            if _is_not_found(exc):
+            # A missing key reads as 403, not 404, under a prefix-limited ListBucket (see _exists).
+            if _is_not_found(exc) or (_is_access_denied(exc) and not self._exists(key)):
                 return None
             raise StorageError("could not read a job record") from exc
         except BotoCoreError as exc:
@@ -317,6 +317,20 @@ class S3Storage:
 
     def _key(self, name: str) -> str:
         return f"{self.prefix}{name}"
+
+    def _exists(self, key: str) -> bool:
+        """Whether `key` exists, asked as a listing under the key itself.
+
+        Not HeadObject: for a missing key S3 answers HeadObject with 404 only to callers allowed
+        s3:ListBucket on the whole bucket, and 403 to a role whose ListBucket is limited to the
+        prefix (template.yaml's least privilege). A listing with Prefix=key is covered by that
+        grant; the key itself is the first match if it exists, as it sorts before longer keys.
+        """
+        try:
+            response = self.client.list_objects_v2(Bucket=self.bucket, Prefix=key, MaxKeys=1)
+        except S3_ERRORS as exc:
+            raise StorageError("could not read from S3") from exc
+        return any(obj["Key"] == key for obj in response.get("Contents", []))
 
 
 def s3_client() -> Any:

@@ -2,6 +2,10 @@
 
 import importlib
 import json
+import os
+import subprocess
+import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,7 +23,9 @@ from handler.engine import MusicGenerator, TransformersMusicGenerator
 from handler.jobs import LocalJobQueue
 from handler.settings import Settings, get_settings
 from handler.storage import LocalStorage, S3Storage, Storage, s3_client
+from tests.infra_files import ROOT, dockerfile_stages, function_environment, load_template, parameter_defaults
 from tests.model_builder import build_tiny_model
+from tests.runtime_api import RuntimeApiStub
 
 S3_REGION = "eu-west-1"
 
@@ -128,6 +134,28 @@ def local_client(
         yield test_client
 
 
+@dataclass(frozen=True)
+class S3Request:
+    """One S3 request the storage code made or presigned: the API operation and its parameters."""
+
+    operation: str
+    params: dict[str, Any]
+
+
+@pytest.fixture
+def recording_s3_storage(s3_bucket: str) -> tuple[S3Storage, list[S3Request]]:
+    """S3 storage under template.yaml's default prefix, and every request its client builds or presigns."""
+    client = s3_client()
+    requests: list[S3Request] = []
+
+    def record(params: dict[str, Any], model: Any, **_: Any) -> None:
+        requests.append(S3Request(model.name, dict(params)))
+
+    client.meta.events.register("before-parameter-build.s3", record)
+    prefix = parameter_defaults(load_template())["FilePrefix"]
+    return S3Storage(client, s3_bucket, Settings(s3_prefix=prefix).s3_prefix), requests
+
+
 @dataclass
 class LambdaContext:
     """The attributes of the context object the Lambda runtime passes to a handler."""
@@ -175,3 +203,57 @@ def lambda_handler(
     monkeypatch.undo()
     get_settings.cache_clear()
     importlib.reload(handler.app)
+
+
+@dataclass
+class LambdaRuntime:
+    """`python -m awslambdaric <the image's CMD>` running against a Runtime API stand-in."""
+
+    api: RuntimeApiStub
+    log_path: Path
+    environment: dict[str, str]
+
+    def log(self) -> str:
+        """What the function printed so far (for failure messages)."""
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def lambda_runtime(tiny_model_dir: Path, s3_bucket: str, tmp_path: Path) -> Iterator[LambdaRuntime]:
+    """The image's entry point without Docker: AWS's runtime interface client in its own process,
+    with the environment template.yaml and the Dockerfile give it (MODEL_ID moved to the tiny
+    model, /tmp to a temporary directory, S3 to the moto server), polling a local Runtime API.
+    """
+    api = RuntimeApiStub()
+    api.start()
+    environment = function_environment(s3_bucket, tmp_path / "lambda-tmp")
+    environment |= {
+        "MODEL_ID": str(tiny_model_dir),
+        "AWS_LAMBDA_RUNTIME_API": api.address,
+        "LAMBDA_TASK_ROOT": str(ROOT),
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path / "home"),
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
+    for name in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_ENDPOINT_URL_S3",
+    ):
+        environment[name] = os.environ[name]
+    command = [sys.executable, "-m", "awslambdaric", *dockerfile_stages()[-1].cmd()]
+    log_path = tmp_path / "runtime.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT)
+
+    def watch() -> None:
+        process.wait()
+        api.abort(f"the runtime exited with status {process.returncode}")
+
+    threading.Thread(target=watch, daemon=True).start()
+    yield LambdaRuntime(api, log_path, environment)
+    process.terminate()
+    process.wait(timeout=60)
+    api.close()

@@ -1,23 +1,17 @@
 """The Lambda entry point, driven with the API Gateway events kept in infra/events/."""
 
-import base64
 import json
 from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.conftest import EVENTS_DIR, LambdaContext, load_event
+from tests.contract import EXPECTED, body_of, check_response
 from tests.wav import read_wav
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
-
-
-def body_of(response: dict[str, Any]) -> Any:
-    raw = response["body"]
-    if response.get("isBase64Encoded"):
-        raw = base64.b64decode(raw)
-    return json.loads(raw)
 
 
 def test_every_sample_event_is_an_http_api_v2_event() -> None:
@@ -29,6 +23,22 @@ def test_every_sample_event_is_an_http_api_v2_event() -> None:
         assert event["isBase64Encoded"] is False
         if "body" in event:
             json.loads(event["body"])
+
+
+SAMPLE_EVENTS = sorted(path.stem for path in EVENTS_DIR.glob("*.json"))
+
+
+def test_every_sample_event_has_a_contract_check() -> None:
+    assert sorted(EXPECTED) == SAMPLE_EVENTS
+
+
+@pytest.mark.parametrize("name", SAMPLE_EVENTS)
+def test_sample_event_gets_the_contract_response(name: str, lambda_handler: Handler) -> None:
+    event = load_event(name)
+    context = LambdaContext()
+    response = lambda_handler(event, context)
+    check_response(name, event, response)
+    assert response["headers"]["x-request-id"] == context.aws_request_id
 
 
 def test_health_event(lambda_handler: Handler, lambda_context: LambdaContext) -> None:
@@ -92,5 +102,5 @@ def test_download_of_missing_file_event_is_404(lambda_handler: Handler, lambda_c
 
 def test_download_with_traversal_name_event_is_rejected(lambda_handler: Handler, lambda_context: LambdaContext) -> None:
     response = lambda_handler(load_event("download_invalid_name"), lambda_context)
-    assert response["statusCode"] in {400, 404}
-    assert "detail" in body_of(response)
+    assert response["statusCode"] == 400
+    assert body_of(response)["detail"].startswith("Invalid file name")

@@ -227,8 +227,8 @@ def test_odd_file_names_are_rejected_before_storage(
 
     app = create_app(settings, RecordingStorage(tmp_path), generator)
     response = TestClient(app).get(path, follow_redirects=False)
-    assert response.status_code in {400, 404}
-    assert "detail" in response.json()
+    assert response.status_code == 400
+    assert response.json()["detail"].startswith("Invalid file name")
     assert touched == []
 
 

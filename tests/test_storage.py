@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+import boto3
 import httpx
 import pytest
 from fastapi.testclient import TestClient
@@ -39,6 +40,14 @@ def test_saved_file_is_listed_and_downloadable(storage: Storage) -> None:
 
 def test_missing_file_downloads_as_none(storage: Storage) -> None:
     assert storage.download(new_filename(START)) is None
+
+
+def test_s3_download_matches_the_exact_key_only(s3_storage: S3Storage, s3_bucket: str) -> None:
+    name = new_filename(START)
+    boto3.client("s3").put_object(Bucket=s3_bucket, Key=f"generated/{name}.partial", Body=b"x")
+    assert s3_storage.download(name) is None
+    s3_storage.save(name, b"RIFF", {})
+    assert isinstance(s3_storage.download(name), RemoteFile)
 
 
 def test_listing_is_newest_first_even_within_one_second(storage: Storage) -> None:
@@ -110,6 +119,8 @@ def test_unreachable_s3_raises_storage_error(aws_env: str, monkeypatch: pytest.M
         storage.list_files()
     with pytest.raises(StorageError):
         storage.save(new_filename(START), b"x", {})
+    with pytest.raises(StorageError):
+        storage.download(new_filename(START))
 
 
 def test_cap_keeps_the_newest_100_after_two_more_generations(client: TestClient, storage: Storage) -> None:

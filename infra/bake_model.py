@@ -1,0 +1,35 @@
+"""Bake the model into the Lambda image: `python bake_model.py SOURCE TARGET`.
+
+Loads SOURCE (a Hugging Face hub id or a directory) exactly as the app does and saves it with
+`save_pretrained` to TARGET, which the image's MODEL_ID names: only safetensors weights, the
+configs and the tokenizer, nothing the app would fetch at run time. Standalone on purpose (no
+imports from `handler`), so the Dockerfile's model stage needs just this file and a different
+bake (e.g. a pre-quantized artifact) can replace it.
+"""
+
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def bake(source: str, target: Path) -> None:
+    """Save the processor and model of `source` to `target`."""
+    from transformers import AutoProcessor, MusicgenForConditionalGeneration
+
+    processor: Any = AutoProcessor.from_pretrained(source)  # type: ignore[no-untyped-call]
+    model: Any = MusicgenForConditionalGeneration.from_pretrained(source)
+    target.mkdir(parents=True, exist_ok=True)
+    processor.save_pretrained(target)
+    model.save_pretrained(target)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3:
+        print(f"usage: {argv[0]} SOURCE TARGET", file=sys.stderr)
+        return 2
+    bake(argv[1], Path(argv[2]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
