@@ -52,7 +52,7 @@ def create_app(
     services = Services(
         settings=settings,
         storage=storage or storage_from_settings(settings),
-        generator=generator or TransformersMusicGenerator(settings.model_id),
+        generator=generator or TransformersMusicGenerator(settings.model_id, settings.model_precision),
         jobs=jobs or jobs_from_settings(settings),
     )
     if isinstance(services.jobs, LocalJobQueue) and services.jobs.runner is None:

@@ -5,7 +5,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -14,6 +15,12 @@ logger = logging.getLogger(__name__)
 
 MUSICGEN_STEP_SHAPE = (50, 4)
 """MusicGen's frames per second and codebooks, for estimates made before the model has loaded."""
+
+Precision = Literal["int8", "bf16", "fp32"]
+
+DEFAULT_TOP_K = 250
+DECODE_SHARE = 0.95
+"""Share of the progress bar given to the decode steps; EnCodec decoding takes the rest."""
 
 DEFAULT_STEP_SECONDS = 0.05
 DEFAULT_LOAD_SECONDS = 10.0
@@ -87,23 +94,30 @@ class SpeedMeter:
 
 @dataclass(frozen=True)
 class _LoadedModel:
-    model: Any
+    decoder: Any
     processor: Any
     sample_rate: int
     frame_rate: int
     num_codebooks: int
+    top_k: int
 
 
 class TransformersMusicGenerator:
-    """MusicGen through transformers, loaded lazily from `model_id` (hub id or directory)."""
+    """MusicGen loaded lazily with transformers from `model_id` (hub id or directory).
+
+    Decoding runs in FastMusicgen's lean loop over the model's own modules, with the decoder's
+    Linear layers in `precision`.
+    """
 
     def __init__(
         self,
         model_id: str,
+        precision: Precision = "int8",
         default_sample_rate: int = 32000,
         speed: SpeedMeter | None = None,
     ) -> None:
         self.model_id = model_id
+        self.precision = effective_precision(precision)
         self._default_sample_rate = default_sample_rate
         self.speed = speed or SpeedMeter(DEFAULT_STEP_SECONDS, DEFAULT_LOAD_SECONDS)
         self._loaded: _LoadedModel | None = None
@@ -132,7 +146,7 @@ class TransformersMusicGenerator:
                 return
             started = time.perf_counter()
             try:
-                self._loaded = _load(self.model_id)
+                self._loaded = _load(self.model_id, self.precision)
                 self._load_error = None
                 self.speed.record_load(time.perf_counter() - started)
             except Exception as exc:
@@ -160,19 +174,21 @@ class TransformersMusicGenerator:
         return self.speed.estimate(decode_steps(duration, frame_rate, codebooks), loaded is not None)
 
 
-def _load(model_id: str) -> _LoadedModel:
+def _load(model_id: str, precision: Precision) -> _LoadedModel:
     from transformers import AutoProcessor, MusicgenForConditionalGeneration
+
+    from handler.fast_decoder import FastMusicgen
 
     processor: Any = AutoProcessor.from_pretrained(model_id)  # type: ignore[no-untyped-call]
     model: Any = MusicgenForConditionalGeneration.from_pretrained(model_id)
-    model.eval()
-    audio_config = model.config.audio_encoder
+    decoder = FastMusicgen(model, precision)
     return _LoadedModel(
-        model=model,
+        decoder=decoder,
         processor=processor,
-        sample_rate=int(audio_config.sampling_rate),
-        frame_rate=int(audio_config.frame_rate),
-        num_codebooks=int(model.config.decoder.num_codebooks),
+        sample_rate=decoder.sampling_rate,
+        frame_rate=decoder.frame_rate,
+        num_codebooks=decoder.num_codebooks,
+        top_k=int(model.generation_config.top_k or DEFAULT_TOP_K),
     )
 
 
@@ -184,24 +200,25 @@ def decode_steps(duration: int, frame_rate: int, num_codebooks: int) -> int:
 def _generate(
     loaded: _LoadedModel, params: GenerationParams, on_progress: ProgressCallback | None
 ) -> npt.NDArray[np.float32]:
-    import torch
-    from transformers import LogitsProcessorList
-
     steps = decode_steps(params.duration, loaded.frame_rate, loaded.num_codebooks)
     inputs = loaded.processor(text=[params.prompt], padding=True, return_tensors="pt")
-    sampling = params.temperature > 0
-    options: dict[str, Any] = {
-        "do_sample": sampling,
-        "guidance_scale": params.guidance_scale if params.guidance_scale > 1 else 1.0,
-        "max_new_tokens": steps,
-    }
-    if sampling:
-        options["temperature"] = params.temperature
-    processors = LogitsProcessorList([_ProgressReporter(steps, on_progress)] if on_progress else [])
-    torch.manual_seed(params.seed)
-    with torch.inference_mode():
-        audio = loaded.model.generate(**inputs, logits_processor=processors, **options)
-    samples = audio[0, 0].float().numpy()
+
+    def report_step(done: int, total: int) -> None:
+        if on_progress is not None:
+            # The last few percent are EnCodec decoding.
+            on_progress(DECODE_SHARE * done / total)
+
+    codes = loaded.decoder.generate_codes(
+        inputs["input_ids"],
+        inputs["attention_mask"],
+        steps=steps,
+        guidance_scale=params.guidance_scale,
+        temperature=params.temperature,
+        top_k=loaded.top_k,
+        seed=params.seed,
+        on_step=report_step if on_progress else None,
+    )
+    samples = loaded.decoder.decode_audio(codes)[0, 0].float().numpy()
     expected = params.duration * loaded.sample_rate
     if samples.shape[0] < expected:
         raise GenerationFailedError(f"model produced {samples.shape[0]} samples, expected {expected}")
@@ -210,15 +227,18 @@ def _generate(
     return np.ascontiguousarray(samples[:expected], dtype=np.float32)
 
 
-class _ProgressReporter:
-    """A logits processor that only counts decode steps, to report progress."""
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
-    def __init__(self, total_steps: int, on_progress: ProgressCallback) -> None:
-        self._total = total_steps
-        self._done = 0
-        self._on_progress = on_progress
 
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        self._done += 1
-        self._on_progress(min(self._done / self._total, 1.0))
-        return scores
+def effective_precision(requested: Precision) -> Precision:
+    """`requested`, except bf16 on a CPU without bf16 instructions, which falls back to int8."""
+    if requested == "bf16" and not cpu_has_bf16():
+        logger.warning("bf16 requested but this CPU has no bf16 instructions; using int8")
+        return "int8"
+    return requested

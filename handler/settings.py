@@ -2,6 +2,7 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -15,6 +16,10 @@ class Settings(BaseSettings):
     model_id: str = Field(
         default="facebook/musicgen-small",
         description="Hugging Face hub id or local directory of the MusicGen model.",
+    )
+    model_precision: Literal["int8", "bf16", "fp32"] = Field(
+        default="int8",
+        description="Weights of the decoder's Linear layers: int8 (fast on any CPU), bf16 (CPUs with bf16), fp32.",
     )
     storage_dir: Path = Field(
         default=Path("./generated"),

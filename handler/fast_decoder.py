@@ -1,0 +1,367 @@
+"""Lean CPU decode loop for MusicGen (musicgen-small and same-structure models).
+
+``FastMusicgen`` takes a ``MusicgenForConditionalGeneration`` and runs its own autoregressive loop
+over the model's modules instead of ``model.generate``:
+
+* the text encoder runs once; the cross-attention K/V of every decoder layer are computed once;
+* the self-attention KV cache is a preallocated static tensor for the whole clip;
+* q/k/v projections are fused into one Linear, the cross-attention k/v into one Linear and the
+  four codebook heads into one Linear (fewer, larger GEMMs and fewer Python calls);
+* classifier-free guidance runs as one batch (cond rows, then uncond rows), exactly as
+  transformers does it: the unconditional rows see a zeroed encoder hidden state with an all-zero
+  attention mask, so their cross-attention output is exactly zero;
+* the codebook delay pattern is the one of ``MusicgenForCausalLM.build_delay_pattern_mask``;
+* sampling is CFG -> temperature -> top-k -> softmax -> multinomial with a ``torch.Generator``
+  seeded from an integer (same seed => identical codes); ``temperature == 0`` is greedy argmax;
+* precision ``"int8"`` (default) quantizes the decoder Linear layers with dynamic int8
+  quantization (per-output-channel weight scales), ``"bf16"`` casts the decoder to bfloat16,
+  ``"fp32"`` keeps it exact (greedy codes match ``model.generate`` bit for bit).
+
+The decoder is converted in place: after construction ``model.generate`` no longer works on the
+same model object (its decoder layers are consumed to avoid holding two copies of the weights).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+from transformers import MusicgenForConditionalGeneration
+
+Precision = Literal["int8", "bf16", "fp32"]
+
+
+def cpu_quota_threads() -> int:
+    """Number of CPUs this process may use: cgroup CPU quota, else affinity, else os.cpu_count()."""
+    try:
+        n_aff = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n_aff = os.cpu_count() or 1
+    quota: float | None = None
+    try:  # cgroup v2
+        parts = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if parts and parts[0] != "max":
+            quota = int(parts[0]) / int(parts[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    if quota is None:
+        try:  # cgroup v1
+            q = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+            p = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+            if q > 0 and p > 0:
+                quota = q / p
+        except (OSError, ValueError):
+            pass
+    n = n_aff if quota is None else min(n_aff, max(1, math.floor(quota)))
+    return max(1, n)
+
+
+def _fuse_linears(linears: list[nn.Linear]) -> nn.Linear:
+    """Concatenate Linear layers sharing an input along the output dim (frees nothing itself)."""
+    w = torch.cat([lin.weight.detach() for lin in linears], dim=0)
+    has_bias = all(lin.bias is not None for lin in linears)
+    fused = nn.Linear(w.shape[1], w.shape[0], bias=has_bias, device="meta")
+    fused.weight = nn.Parameter(w, requires_grad=False)
+    if has_bias:
+        b = torch.cat([lin.bias.detach() for lin in linears if lin.bias is not None], dim=0)
+        fused.bias = nn.Parameter(b, requires_grad=False)
+    return fused
+
+
+def _own_linear(lin: nn.Linear) -> nn.Linear:
+    out = nn.Linear(lin.in_features, lin.out_features, bias=lin.bias is not None, device="meta")
+    out.weight = nn.Parameter(lin.weight.detach(), requires_grad=False)
+    if lin.bias is not None:
+        out.bias = nn.Parameter(lin.bias.detach(), requires_grad=False)
+    return out
+
+
+class _Layer(nn.Module):
+    """Weights of one decoder layer, rearranged for decoding."""
+
+    def __init__(self, layer: Any) -> None:
+        super().__init__()
+        sa, ca = layer.self_attn, layer.encoder_attn
+        self.ln1: nn.Module = layer.self_attn_layer_norm
+        # Linear now, quantized dynamic Linear after int8 conversion
+        self.qkv: nn.Module = _fuse_linears([sa.q_proj, sa.k_proj, sa.v_proj])
+        self.o: nn.Module = _own_linear(sa.out_proj)
+        self.ln2: nn.Module = layer.encoder_attn_layer_norm
+        self.xq: nn.Module = _own_linear(ca.q_proj)
+        self.xkv: nn.Module = _fuse_linears([ca.k_proj, ca.v_proj])
+        self.xo: nn.Module = _own_linear(ca.out_proj)
+        self.ln3: nn.Module = layer.final_layer_norm
+        self.fc1: nn.Module = _own_linear(layer.fc1)
+        self.fc2: nn.Module = _own_linear(layer.fc2)
+        self.act: nn.Module = layer.activation_fn
+        # the q/k/v scaling of transformers' sdpa path is head_dim**-0.5, which is sdpa's default
+        self.scaling = float(sa.scaling)
+
+
+@dataclass
+class _CrossKV:
+    k: list[torch.Tensor]  # per layer (B, H, S, hd)
+    v: list[torch.Tensor]
+    mask: torch.Tensor | None  # (B, 1, 1, S) bool, None if no padding
+
+
+@dataclass
+class _State:
+    cross: _CrossKV
+    k_cache: torch.Tensor  # (layers, rows, H, L, hd), preallocated for the whole clip
+    v_cache: torch.Tensor
+    cross_out: torch.Tensor  # (rows, 1, D); uncond rows stay exactly zero
+    rows: int
+    cond_rows: int
+
+
+def _quantize_int8(module: nn.Module) -> nn.Module:
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    quantized: nn.Module = quantize_dynamic(  # type: ignore[no-untyped-call]
+        module, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True
+    )
+    return quantized
+
+
+class FastMusicgen:
+    """Fast CPU decoding engine over a ``MusicgenForConditionalGeneration`` (see module docs)."""
+
+    def __init__(self, model: MusicgenForConditionalGeneration, precision: Precision = "int8") -> None:
+        if precision not in ("int8", "bf16", "fp32"):
+            raise ValueError(f"unknown precision {precision!r}")
+        torch.set_num_threads(cpu_quota_threads())
+        self.model: Any = model
+        model.eval()  # type: ignore[no-untyped-call]
+        self.precision: Precision = precision
+        dcfg: Any = model.config.decoder
+        acfg: Any = model.config.audio_encoder
+        if int(dcfg.audio_channels) != 1:
+            raise NotImplementedError("only mono MusicGen checkpoints are supported")
+        self.num_codebooks = int(dcfg.num_codebooks)
+        self.vocab_size = int(dcfg.vocab_size)
+        self.hidden = int(dcfg.hidden_size)
+        self.num_heads = int(dcfg.num_attention_heads)
+        self.head_dim = self.hidden // self.num_heads
+        self.max_positions = int(dcfg.max_position_embeddings)
+        gen_cfg: Any = model.generation_config
+        pad = gen_cfg.pad_token_id if gen_cfg.pad_token_id is not None else dcfg.pad_token_id
+        start = gen_cfg.decoder_start_token_id
+        self.pad_token_id = int(pad)
+        self.start_token_id = int(start if start is not None else pad)
+        self.sampling_rate = int(acfg.sampling_rate)
+        self.frame_rate = int(acfg.frame_rate)
+        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+
+        dec: Any = model.decoder.model.decoder
+        with torch.no_grad():
+            emb = torch.cat([e.weight.detach() for e in dec.embed_tokens], dim=0)
+            self.embed = emb.to(self.dtype)  # (K * (V+1), D)
+            self.embed_offsets = (torch.arange(self.num_codebooks, dtype=torch.long) * (self.vocab_size + 1)).view(
+                1, -1
+            )
+            self.positions = dec.embed_positions.weights.detach().to(self.dtype)
+            self.final_ln: nn.Module = dec.layer_norm
+            layers: list[_Layer] = []
+            # convert layer by layer and drop the originals so peak memory stays ~1 copy
+            for i in range(len(dec.layers)):
+                fl = _Layer(dec.layers[i])
+                dec.layers[i] = nn.Identity()  # release original modules (weights now in fl)
+                self._convert(fl)
+                layers.append(fl)
+            self.layers = nn.ModuleList(layers)
+            self._layers: list[_Layer] = layers
+            heads: Any = model.decoder.lm_heads
+            self.lm_head: nn.Module = _fuse_linears(list(heads))
+            model.decoder.lm_heads = nn.ModuleList()
+            holder = nn.ModuleDict({"h": self.lm_head})
+            self._convert(holder)
+            self.lm_head = holder["h"]
+            self.final_ln.to(self.dtype)
+        self._fast_ready = True
+
+    def _convert(self, module: nn.Module) -> None:
+        if self.precision == "int8":
+            _quantize_int8(module)
+        elif self.precision == "bf16":
+            module.to(torch.bfloat16)
+
+    # ------------------------------------------------------------------ encoder side
+    def _encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        m = self.model
+        hs = m.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if m.text_encoder.config.hidden_size != self.hidden and (m.config.decoder.cross_attention_hidden_size is None):
+            hs = m.enc_to_dec_proj(hs)
+        hs = hs * attention_mask[..., None]
+        return hs, attention_mask
+
+    def _cross_kv(self, hs: torch.Tensor, attention_mask: torch.Tensor) -> _CrossKV:
+        b, s, _ = hs.shape
+        x = hs.to(self.dtype)
+        ks: list[torch.Tensor] = []
+        vs: list[torch.Tensor] = []
+        for layer in self._layers:
+            kv = layer.xkv(x).view(b, s, 2, self.num_heads, self.head_dim)
+            ks.append(kv[:, :, 0].transpose(1, 2).contiguous())
+            vs.append(kv[:, :, 1].transpose(1, 2).contiguous())
+        mask: torch.Tensor | None = None
+        if not bool(attention_mask.bool().all()):
+            mask = attention_mask.bool().view(b, 1, 1, s)
+        return _CrossKV(ks, vs, mask)
+
+    # ------------------------------------------------------------------ decoding
+    def _delay_forced(self, total_len: int) -> torch.Tensor:
+        """(K, L) bool: positions the delay pattern forces to the pad token (mono layout)."""
+        k = self.num_codebooks
+        ones = torch.ones((k, total_len), dtype=torch.bool)
+        if total_len < 2 * k - 1:  # transformers returns the ids unchanged in this case
+            return torch.zeros((k, total_len), dtype=torch.bool)
+        return torch.triu(ones, diagonal=total_len - k + 1) | torch.tril(ones)
+
+    def _new_state(self, hs: torch.Tensor, attention_mask: torch.Tensor, rows: int, total_len: int) -> _State:
+        n_layers = len(self.layers)
+        shape = (n_layers, rows, self.num_heads, total_len, self.head_dim)
+        return _State(
+            cross=self._cross_kv(hs, attention_mask),
+            k_cache=torch.zeros(shape, dtype=self.dtype),
+            v_cache=torch.zeros(shape, dtype=self.dtype),
+            cross_out=torch.zeros((rows, 1, self.hidden), dtype=self.dtype),
+            rows=rows,
+            cond_rows=int(hs.shape[0]),
+        )
+
+    def _step(self, st: _State, tok: torch.Tensor, t: int) -> torch.Tensor:
+        """One decoder step for tokens ``tok`` (rows, K) at position ``t`` -> (rows, K, V) fp32."""
+        rows, bsz = st.rows, st.cond_rows
+        d, h, hd = self.hidden, self.num_heads, self.head_dim
+        k_cache, v_cache, cross, cross_out = st.k_cache, st.v_cache, st.cross, st.cross_out
+        x = F.embedding(tok + self.embed_offsets, self.embed).sum(dim=1, keepdim=True)
+        x = x + self.positions[t]
+        for li, layer in enumerate(self._layers):
+            # self attention with static KV cache
+            qkv = layer.qkv(layer.ln1(x)).view(rows, 3, h, hd)
+            q = qkv[:, 0].unsqueeze(2)  # (rows, H, 1, hd)
+            k_cache[li, :, :, t] = qkv[:, 1]
+            v_cache[li, :, :, t] = qkv[:, 2]
+            a = F.scaled_dot_product_attention(q, k_cache[li, :, :, : t + 1], v_cache[li, :, :, : t + 1])
+            x = x + layer.o(a.reshape(rows, 1, d))
+            # cross attention (cond rows only; uncond rows contribute exactly zero)
+            xq = layer.xq(layer.ln2(x))
+            qc = xq[:bsz].view(bsz, 1, h, hd).transpose(1, 2)
+            ac = F.scaled_dot_product_attention(qc, cross.k[li], cross.v[li], attn_mask=cross.mask)
+            cross_out[:bsz] = ac.reshape(bsz, 1, d)
+            x = x + layer.xo(cross_out)
+            # feed forward
+            x = x + layer.fc2(layer.act(layer.fc1(layer.ln3(x))))
+        logits: torch.Tensor = self.lm_head(self.final_ln(x))
+        return logits.view(rows, self.num_codebooks, self.vocab_size).float()
+
+    @torch.inference_mode()
+    def teacher_forced_logits(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        seq: torch.Tensor,
+        *,
+        guidance_scale: float,
+    ) -> torch.Tensor:
+        """CFG-combined next-token logits (T, batch, K, V) along a given delayed token sequence.
+
+        ``seq`` is (batch, K, L) in the delay-pattern layout (position 0 = start token); position
+        ``t``'s logits predict ``seq[:, :, t + 1]``.  Used by quality.py.
+        """
+        bsz, _, total_len = seq.shape
+        cfg = guidance_scale > 1.0
+        rows = 2 * bsz if cfg else bsz
+        hs, am = self._encode_text(input_ids, attention_mask)
+        state = self._new_state(hs, am, rows, total_len)
+        out: list[torch.Tensor] = []
+        for t in range(total_len - 1):
+            tok = seq[:, :, t].repeat(2, 1) if cfg else seq[:, :, t]
+            logits = self._step(state, tok, t)
+            if cfg:
+                cond, uncond = logits[:bsz], logits[bsz:]
+                logits = uncond + (cond - uncond) * guidance_scale
+            out.append(logits)
+        return torch.stack(out)
+
+    @torch.inference_mode()
+    def generate_codes(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        *,
+        steps: int,
+        guidance_scale: float,
+        temperature: float,
+        top_k: int,
+        seed: int,
+        on_step: Callable[[int, int], None] | None = None,
+    ) -> torch.Tensor:
+        """Run ``steps`` decode steps (== transformers' ``max_new_tokens``).
+
+        Returns codes of shape ``(1, batch, num_codebooks, steps + 1 - num_codebooks)`` ready for
+        ``model.audio_encoder.decode(codes, [None] * batch)``.
+        """
+        kcb = self.num_codebooks
+        total_len = steps + 1
+        if steps < kcb:
+            raise ValueError(f"steps must be >= {kcb}")
+        if total_len > self.max_positions:
+            raise ValueError(f"steps + 1 must be <= {self.max_positions}")
+        bsz = int(input_ids.shape[0])
+        cfg = guidance_scale > 1.0
+        rows = 2 * bsz if cfg else bsz
+        greedy = temperature <= 0.0
+        gen = torch.Generator(device="cpu")
+        gen.manual_seed(int(seed))
+
+        hs, am = self._encode_text(input_ids, attention_mask)
+        state = self._new_state(hs, am, rows, total_len)
+        forced = self._delay_forced(total_len)
+        seq = torch.full((bsz, kcb, total_len), self.pad_token_id, dtype=torch.long)
+        seq[:, :, 0] = self.start_token_id
+        pad_col = torch.full((bsz, kcb), self.pad_token_id, dtype=torch.long)
+        top_k_eff = min(int(top_k), self.vocab_size) if top_k > 0 else self.vocab_size
+        inv_temp = 1.0 / temperature if not greedy else 1.0
+        gscale = float(guidance_scale)
+
+        for t in range(steps):
+            tok = seq[:, :, t]
+            if cfg:
+                tok = tok.repeat(2, 1)
+            logits = self._step(state, tok, t)
+            if cfg:
+                cond, uncond = logits[:bsz], logits[bsz:]
+                scores = uncond + (cond - uncond) * gscale
+            else:
+                scores = logits
+            if greedy:
+                nxt = scores.argmax(dim=-1)
+            else:
+                vals, idx = torch.topk(scores * inv_temp, top_k_eff, dim=-1)
+                probs = torch.softmax(vals, dim=-1).view(bsz * kcb, top_k_eff)
+                pick = torch.multinomial(probs, 1, generator=gen)
+                nxt = idx.view(bsz * kcb, top_k_eff).gather(1, pick).view(bsz, kcb)
+            seq[:, :, t + 1] = torch.where(forced[:, t + 1], pad_col, nxt)
+            if on_step is not None:
+                on_step(t + 1, steps)
+
+        n_frames = total_len - kcb
+        codes = torch.stack([seq[:, k, k + 1 : k + 1 + n_frames] for k in range(kcb)], dim=1)
+        return codes.unsqueeze(0)
+
+    @torch.inference_mode()
+    def decode_audio(self, codes: torch.Tensor) -> torch.Tensor:
+        """EnCodec decode of ``generate_codes`` output -> (batch, 1, samples) float32."""
+        bsz = int(codes.shape[1])
+        out = self.model.audio_encoder.decode(codes, audio_scales=[None] * bsz)
+        values: torch.Tensor = out.audio_values
+        return values
