@@ -73,6 +73,68 @@ def tiny_config(text_vocab_size: int) -> MusicgenConfig:
     return MusicgenConfig(text_encoder=text, audio_encoder=audio, decoder=decoder)
 
 
+def musicgen_small_config(text_vocab_size: int = 32128) -> MusicgenConfig:
+    """Exactly facebook/musicgen-small's architecture (../shared/reference/musicgen-small.md)."""
+    text = T5Config(
+        vocab_size=text_vocab_size,
+        d_model=768,
+        d_kv=64,
+        d_ff=3072,
+        num_layers=12,
+        num_heads=12,
+        relative_attention_num_buckets=32,
+        relative_attention_max_distance=128,
+        feed_forward_proj="relu",
+        layer_norm_epsilon=1e-6,
+    )
+    audio = EncodecConfig(
+        sampling_rate=32000,
+        audio_channels=1,
+        num_filters=64,
+        upsampling_ratios=[8, 5, 4, 4],
+        codebook_size=2048,
+        codebook_dim=128,
+        hidden_size=128,
+        num_lstm_layers=2,
+        num_residual_layers=1,
+        target_bandwidths=[2.2],
+        use_causal_conv=False,
+        use_conv_shortcut=False,
+        normalize=False,
+        norm_type="weight_norm",
+        pad_mode="reflect",
+        kernel_size=7,
+        last_kernel_size=7,
+        residual_kernel_size=3,
+        dilation_growth_rate=2,
+        compress=2,
+        trim_right_ratio=1.0,
+        chunk_length_s=None,
+        overlap=None,
+    )
+    decoder = MusicgenDecoderConfig(
+        vocab_size=2048,
+        max_position_embeddings=2048,
+        num_hidden_layers=24,
+        hidden_size=1024,
+        ffn_dim=4096,
+        num_attention_heads=16,
+        num_codebooks=4,
+        activation_function="gelu",
+        audio_channels=1,
+        pad_token_id=2048,
+        bos_token_id=2048,
+        scale_embedding=False,
+        tie_word_embeddings=False,
+    )
+    return MusicgenConfig(text_encoder=text, audio_encoder=audio, decoder=decoder)
+
+
+def build_musicgen_small(directory: Path) -> Path:
+    """Save a random-weight model with musicgen-small's exact shape; the text vocabulary stays 32128."""
+    return save_model(musicgen_small_config(), train_tokenizer(), directory)
+
+
 def save_model(config: MusicgenConfig, tokenizer: T5Tokenizer, directory: Path, seed: int = 0) -> Path:
     """Build a random-weight model from `config` and save it with its processor, hub layout."""
     import torch

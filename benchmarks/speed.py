@@ -1,0 +1,316 @@
+"""Speed of our engine against plain transformers `generate`, on the same model in one run.
+
+    python -m benchmarks.speed            # musicgen-small architecture, random weights (cached)
+    python -m benchmarks.speed --smoke    # tiny model, seconds; what CI runs
+
+Each measurement runs in its own process, so load time and peak memory belong to it alone.
+Prints a table and writes the figures as JSON.
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+PROMPT = "A lofi hip hop beat with smooth jazz piano and rain sounds"
+CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "srocks-music"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def model_dir(smoke: bool, cache_dir: Path) -> Path:
+    """The benchmark model, built once and cached outside the repository."""
+    from tests.model_builder import build_musicgen_small, build_tiny_model
+
+    directory = cache_dir / ("tiny-musicgen-random" if smoke else "musicgen-small-random")
+    if not any(directory.glob("*.safetensors")):
+        directory.mkdir(parents=True, exist_ok=True)
+        (build_tiny_model if smoke else build_musicgen_small)(directory)
+    return directory
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def since_process_start() -> float:
+    started: float = psutil.Process().create_time()
+    return time.time() - started
+
+
+def steps_for(seconds: int) -> int:
+    return 50 * seconds + 3
+
+
+def step_timer() -> tuple[list[float], Callable[..., None]]:
+    stamps: list[float] = []
+    return stamps, lambda *_: stamps.append(time.perf_counter())
+
+
+def ms_per_step(stamps: list[float]) -> float:
+    # Between the first and last step: excludes text encoding and EnCodec decoding.
+    return 1000 * (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+
+
+def measure_baseline(directory: Path, seconds: int) -> dict[str, Any]:
+    """Plain `model.generate` in fp32, as most MusicGen servers call it."""
+    import torch
+    from transformers import AutoProcessor, LogitsProcessorList, MusicgenForConditionalGeneration
+
+    processor: Any = AutoProcessor.from_pretrained(directory)  # type: ignore[no-untyped-call]
+    model: Any = MusicgenForConditionalGeneration.from_pretrained(directory)
+    model.eval()
+    ready = since_process_start()
+    inputs = processor(text=[PROMPT], padding=True, return_tensors="pt")
+    stamps, on_step = step_timer()
+
+    def count(input_ids: Any, scores: Any) -> Any:
+        on_step()
+        return scores
+
+    torch.manual_seed(0)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        audio = model.generate(
+            **inputs, do_sample=True, guidance_scale=3.0, max_new_tokens=steps_for(seconds),
+            logits_processor=LogitsProcessorList([count]),
+        )  # fmt: skip
+    wall = time.perf_counter() - started
+    assert audio.shape[-1] >= seconds * 32000
+    return {"ms_per_step": ms_per_step(stamps), "wall_s": wall, "ready_s": ready, "peak_rss_mb": peak_rss_mb()}
+
+
+def measure_engine(directory: Path, seconds: int, precision: str, long_seconds: int) -> dict[str, Any]:
+    """Our engine as the app runs it: `TransformersMusicGenerator` from `handler.engine`."""
+    from handler.engine import GenerationParams, TransformersMusicGenerator
+
+    generator = TransformersMusicGenerator(str(directory), precision)  # type: ignore[arg-type]
+    generator.load()
+    ready = since_process_start()
+    stamps, on_step = step_timer()
+    params = GenerationParams(PROMPT, seconds, 3.0, 1.0, seed=0)
+    started = time.perf_counter()
+    audio = generator.generate(params, on_progress=on_step)
+    wall = time.perf_counter() - started
+    assert audio.shape == (seconds * 32000,)
+    result = {
+        "ms_per_step": ms_per_step(stamps[:-1]),
+        "wall_s": wall,
+        "encodec_s": stamps[-1] - stamps[-2],
+        "ready_s": ready,
+        "precision": generator.precision,
+    }
+    generator.generate(GenerationParams(PROMPT, long_seconds, 3.0, 1.0, seed=1))
+    result["peak_rss_mb"] = peak_rss_mb()
+    result["peak_rss_clip_s"] = long_seconds
+    return result
+
+
+def measure_quality(directory: Path, seconds: int) -> dict[str, Any]:
+    """How far int8 moves next-token distributions from fp32 on one teacher-forced sequence."""
+    import torch
+    from transformers import AutoProcessor, MusicgenForConditionalGeneration
+
+    from handler.fast_decoder import FastMusicgen
+
+    processor: Any = AutoProcessor.from_pretrained(directory)  # type: ignore[no-untyped-call]
+    inputs = processor(text=[PROMPT], padding=True, return_tensors="pt")
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+
+    def engine(precision: str) -> FastMusicgen:
+        return FastMusicgen(MusicgenForConditionalGeneration.from_pretrained(directory), precision)  # type: ignore[arg-type]
+
+    reference = engine("fp32")
+    codes = reference.generate_codes(
+        ids, mask, steps=steps_for(seconds), guidance_scale=3.0, temperature=1.0, top_k=250, seed=0
+    )
+    sequence = torch.full((1, 4, codes.shape[-1] + 4), reference.pad_token_id, dtype=torch.long)
+    sequence[:, :, 0] = reference.start_token_id
+    for k in range(4):
+        sequence[:, k, k + 1 : k + 1 + codes.shape[-1]] = codes[0, :, k]
+    valid = ~reference._delay_forced(sequence.shape[-1])[:, 1:].T
+    fp32 = reference.teacher_forced_logits(ids, mask, sequence, guidance_scale=3.0)[:, 0]
+    int8 = engine("int8").teacher_forced_logits(ids, mask, sequence, guidance_scale=3.0)[:, 0]
+    log_p, log_q = torch.log_softmax(fp32, -1), torch.log_softmax(int8, -1)
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+    top_k = min(250, fp32.shape[-1])
+    in_reference = torch.zeros_like(fp32, dtype=torch.bool).scatter_(-1, fp32.topk(top_k, -1).indices, True)
+    overlap = in_reference.gather(-1, int8.topk(top_k, -1).indices).float().mean(-1)
+    entropy = -(log_p.exp() * log_p).sum(-1)
+    per_codebook = range(fp32.shape[1])
+    return {
+        "kl_per_codebook": [round(float(kl[valid[:, c], c].mean()), 5) for c in per_codebook],
+        "top250_overlap_per_codebook": [round(float(overlap[valid[:, c], c].mean()), 4) for c in per_codebook],
+        "fp32_entropy_nats": [round(float(entropy[valid[:, c], c].mean()), 3) for c in per_codebook],
+        "positions": int(valid.sum()),
+    }
+
+
+def measure_http(directory: Path, seconds: int) -> dict[str, Any]:
+    """`POST /generate/` against the local server: the number users feel."""
+    import httpx
+
+    with tempfile.TemporaryDirectory() as storage, FreePort() as port:
+        env = {**os.environ, "MODEL_ID": str(directory), "STORAGE_DIR": storage}
+        env.pop("S3_BUCKET", None)
+        started = time.perf_counter()
+        server = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "handler.app:app", "--port", str(port), "--log-level", "warning"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            url = f"http://127.0.0.1:{port}"
+            with httpx.Client(base_url=url, timeout=600) as client:
+                up = wait_until_up(client)
+                body = {"text": PROMPT, "duration": seconds, "seed": 0}
+                t0 = time.perf_counter()
+                first = client.post("/generate/", json=body)
+                cold = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                second = client.post("/generate/", json=body)
+                warm = time.perf_counter() - t0
+                assert first.status_code == second.status_code == 200, (first.text, second.text)
+                rss = psutil.Process(server.pid).memory_info().rss / 2**20
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    return {
+        "server_up_s": up - started,
+        "first_request_s": cold,
+        "warm_request_s": warm,
+        "warm_rtf": warm / seconds,
+        "server_rss_mb": rss,
+    }
+
+
+class FreePort:
+    """A free loopback port (context manager)."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        return port
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+
+def wait_until_up(client: Any) -> float:
+    import httpx
+
+    deadline = time.perf_counter() + 120
+    while time.perf_counter() < deadline:
+        try:
+            if client.get("/").status_code == 200:
+                return time.perf_counter()
+        except httpx.TransportError:
+            time.sleep(0.1)  # the server process is still importing; there is nothing to await
+    raise TimeoutError("server did not come up")
+
+
+MEASUREMENTS: dict[str, Callable[..., dict[str, Any]]] = {
+    "baseline": measure_baseline,
+    "engine": measure_engine,
+    "quality": measure_quality,
+}
+
+
+def run_isolated(name: str, **options: Any) -> dict[str, Any]:
+    """One measurement in a fresh Python process."""
+    command = [sys.executable, "-m", "benchmarks.speed", "--only", name, "--options", json.dumps(options, default=str)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"{name} failed:\n{done.stderr[-4000:]}")
+    result: dict[str, Any] = json.loads(lines[-1].removeprefix("RESULT "))
+    return result
+
+
+def table(report: dict[str, Any]) -> str:
+    seconds = report["clip_seconds"]
+    base, ours, http = report["baseline"], report["engine"], report["http"]
+    rows = [
+        ("", "baseline (generate, fp32)", f"ours ({ours['precision']})"),
+        ("ms per decode step", f"{base['ms_per_step']:.1f}", f"{ours['ms_per_step']:.1f}"),
+        (f"wall time, {seconds} s clip", f"{base['wall_s']:.2f} s", f"{ours['wall_s']:.2f} s"),
+        ("real-time factor", f"{base['wall_s'] / seconds:.2f}", f"{ours['wall_s'] / seconds:.2f}"),
+        ("process start to ready", f"{base['ready_s']:.2f} s", f"{ours['ready_s']:.2f} s"),
+        (
+            "peak resident memory",
+            f"{base['peak_rss_mb']:.0f} MB",
+            f"{ours['peak_rss_mb']:.0f} MB ({ours['peak_rss_clip_s']} s clip)",
+        ),
+        ("EnCodec decode", "", f"{ours['encodec_s']:.2f} s"),
+        (
+            f"HTTP POST /generate/ {seconds} s, warm",
+            "",
+            f"{http['warm_request_s']:.2f} s (RTF {http['warm_rtf']:.2f})",
+        ),
+        ("HTTP first request (loads model)", "", f"{http['first_request_s']:.2f} s"),
+        ("speed-up, wall time", "", f"{base['wall_s'] / ours['wall_s']:.1f}x"),
+    ]  # fmt: skip
+    width = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = [" | ".join(cell.ljust(width[i]) for i, cell in enumerate(row)) for row in rows]
+    lines.insert(1, "-+-".join("-" * w for w in width))
+    if quality := report.get("quality"):
+        lines.append("")
+        lines.append(f"int8 vs fp32 next-token KL per codebook: {quality['kl_per_codebook']}")
+        lines.append(f"int8 vs fp32 top-250 overlap per codebook: {quality['top250_overlap_per_codebook']}")
+        lines.append(f"(fp32 entropy, nats: {quality['fp32_entropy_nats']}; random weights are near uniform)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="tiny model and short clips (CI)")
+    parser.add_argument("--seconds", type=int, default=10, help="clip length for the timings")
+    parser.add_argument("--long-seconds", type=int, default=30, help="clip length for peak memory")
+    parser.add_argument("--precision", default="int8", choices=["int8", "bf16", "fp32"])
+    parser.add_argument("--no-quality", action="store_true")
+    parser.add_argument("--cache-dir", type=Path, default=CACHE_DIR, help="where the benchmark model is kept")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "speed.json")
+    parser.add_argument("--only", help=argparse.SUPPRESS)
+    parser.add_argument("--options", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.only:
+        print("RESULT " + json.dumps(MEASUREMENTS[args.only](**json.loads(args.options))))
+        return {}
+    seconds, long_seconds = (1, 2) if args.smoke else (args.seconds, args.long_seconds)
+    directory = model_dir(args.smoke, args.cache_dir)
+    report: dict[str, Any] = {
+        "model": "tiny random MusicGen" if args.smoke else "musicgen-small architecture, random weights",
+        "clip_seconds": seconds,
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cpus_usable": len(os.sched_getaffinity(0)),
+            "python": platform.python_version(),
+        },
+    }
+    report["baseline"] = run_isolated("baseline", directory=directory, seconds=seconds)
+    report["engine"] = run_isolated(
+        "engine", directory=directory, seconds=seconds, precision=args.precision, long_seconds=long_seconds
+    )
+    report["http"] = measure_http(directory, seconds)
+    if not args.no_quality:
+        report["quality"] = run_isolated("quality", directory=directory, seconds=1 if args.smoke else 2)
+    print(table(report))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {args.out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
