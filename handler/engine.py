@@ -177,18 +177,22 @@ class TransformersMusicGenerator:
 def _load(model_id: str, precision: Precision) -> _LoadedModel:
     from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
-    from handler.fast_decoder import FastMusicgen
+    from handler.fast_decoder import ARTIFACT_NAME, FastMusicgen, load_artifact
 
     processor: Any = AutoProcessor.from_pretrained(model_id)  # type: ignore[no-untyped-call]
-    model: Any = MusicgenForConditionalGeneration.from_pretrained(model_id)
-    decoder = FastMusicgen(model, precision)
+    artifact = Path(model_id) / ARTIFACT_NAME
+    if precision == "int8" and artifact.is_file():
+        # Baked at build time: int8 weights as saved, no fp32 decoder read or converted.
+        decoder = load_artifact(artifact)
+    else:
+        decoder = FastMusicgen(MusicgenForConditionalGeneration.from_pretrained(model_id), precision)
     return _LoadedModel(
         decoder=decoder,
         processor=processor,
         sample_rate=decoder.sampling_rate,
         frame_rate=decoder.frame_rate,
         num_codebooks=decoder.num_codebooks,
-        top_k=int(model.generation_config.top_k or DEFAULT_TOP_K),
+        top_k=int(decoder.model.generation_config.top_k or DEFAULT_TOP_K),
     )
 
 

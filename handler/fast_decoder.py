@@ -131,6 +131,24 @@ def _quantize_int8(module: nn.Module) -> nn.Module:
     return quantized
 
 
+def _fold_weight_norms(module: nn.Module) -> None:
+    """Bake EnCodec's weight-norm parametrizations into plain weights.
+
+    They are recomputed on every forward otherwise, and parametrized modules cannot be pickled
+    into the serving artifact.
+    """
+    from torch.nn.utils import parametrize
+
+    for submodule in module.modules():
+        if parametrize.is_parametrized(submodule):
+            for name in list(submodule.parametrizations.keys()):  # type: ignore[union-attr,operator]
+                parametrize.remove_parametrizations(submodule, name, leave_parametrized=True)
+        # weight_norm also leaves a local-function state-dict hook, which cannot be pickled.
+        hooks = submodule._load_state_dict_pre_hooks
+        for key in [k for k, hook in hooks.items() if "weight_norm" in getattr(hook, "__qualname__", repr(hook))]:
+            del hooks[key]
+
+
 class FastMusicgen:
     """Fast CPU decoding engine over a ``MusicgenForConditionalGeneration`` (see module docs)."""
 
@@ -185,6 +203,7 @@ class FastMusicgen:
             self._convert(holder)
             self.lm_head = holder["h"]
             self.final_ln.to(self.dtype)
+            _fold_weight_norms(model.audio_encoder)
         self._fast_ready = True
 
     def _convert(self, module: nn.Module) -> None:
@@ -365,3 +384,19 @@ class FastMusicgen:
         out = self.model.audio_encoder.decode(codes, audio_scales=[None] * bsz)
         values: torch.Tensor = out.audio_values
         return values
+
+
+ARTIFACT_NAME = "fast-musicgen-int8.pt"
+"""The serving artifact beside a saved model: the whole engine, decoder already in int8."""
+
+
+def save_artifact(engine: FastMusicgen, path: Path) -> None:
+    """Save a prepared engine, so serving loads int8 weights instead of converting fp32 ones."""
+    torch.save(engine, path)
+
+
+def load_artifact(path: Path) -> FastMusicgen:
+    """Load an engine saved by `save_artifact`. Only for artifacts this project baked: it unpickles."""
+    engine: FastMusicgen = torch.load(path, weights_only=False, mmap=True)
+    torch.set_num_threads(cpu_quota_threads())
+    return engine

@@ -2,9 +2,9 @@
 
 Loads SOURCE (a Hugging Face hub id or a directory) exactly as the app does and saves it with
 `save_pretrained` to TARGET, which the image's MODEL_ID names: only safetensors weights, the
-configs and the tokenizer, nothing the app would fetch at run time. Standalone on purpose (no
-imports from `handler`), so the Dockerfile's model stage needs just this file and a different
-bake (e.g. a pre-quantized artifact) can replace it.
+configs and the tokenizer, nothing the app would fetch at run time. Beside them it saves the
+serving artifact: the engine with its decoder already in int8, which the app loads instead of
+converting fp32 weights at every cold start.
 """
 
 import sys
@@ -21,6 +21,10 @@ def bake(source: str, target: Path) -> None:
     target.mkdir(parents=True, exist_ok=True)
     processor.save_pretrained(target)
     model.save_pretrained(target)
+
+    from handler.fast_decoder import ARTIFACT_NAME, FastMusicgen, save_artifact
+
+    save_artifact(FastMusicgen(model, "int8"), target / ARTIFACT_NAME)
 
 
 def main(argv: list[str]) -> int:

@@ -3,8 +3,10 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from handler.engine import GenerationParams, TransformersMusicGenerator
+from handler.engine import GenerationParams, ModelUnavailableError, TransformersMusicGenerator
+from handler.fast_decoder import ARTIFACT_NAME
 from infra.bake_model import bake, main
 
 
@@ -14,10 +16,25 @@ def test_baked_model_generates_what_its_source_does(
     target = tmp_path / "opt" / "model"
     bake(str(tiny_model_dir), target)
     assert list(target.glob("*.safetensors"))
-    assert not list(target.glob("*.bin"))  # no pickled weights
+    assert not list(target.glob("*.bin"))
+    assert (target / ARTIFACT_NAME).is_file()
     params = GenerationParams(prompt="rain on a tin roof", duration=1, guidance_scale=3.0, temperature=1.0, seed=7)
     baked = TransformersMusicGenerator(str(target))
     np.testing.assert_array_equal(baked.generate(params), generator.generate(params))
+
+
+def test_int8_serving_loads_the_artifact_not_the_fp32_weights(
+    tiny_model_dir: Path, generator: TransformersMusicGenerator, tmp_path: Path
+) -> None:
+    target = tmp_path / "model"
+    bake(str(tiny_model_dir), target)
+    for weights in target.glob("*.safetensors"):
+        weights.unlink()
+    params = GenerationParams(prompt="rain", duration=1, guidance_scale=3.0, temperature=1.0, seed=3)
+    np.testing.assert_array_equal(TransformersMusicGenerator(str(target)).generate(params), generator.generate(params))
+    fp32 = TransformersMusicGenerator(str(target), precision="fp32")
+    with pytest.raises(ModelUnavailableError):
+        fp32.load()
 
 
 def test_usage_error_without_both_arguments() -> None:
