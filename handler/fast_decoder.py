@@ -204,6 +204,9 @@ class FastMusicgen:
             self.lm_head = holder["h"]
             self.final_ln.to(self.dtype)
             _fold_weight_norms(model.audio_encoder)
+            if precision == "int8":
+                # Runs once per request, so speed hardly matters; a quarter of the memory does.
+                _quantize_int8(model.text_encoder)
         self._fast_ready = True
 
     def _convert(self, module: nn.Module) -> None:
