@@ -1,5 +1,6 @@
 """Running jobs: the runner, a local worker thread, and asynchronous Lambda self-invocation."""
 
+import contextlib
 import json
 import logging
 import queue
@@ -10,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from handler.dependencies import Services
+from handler.engine import GenerationParams
 from handler.filenames import filename_for
 from handler.job_records import JobRecord, JobStatus, JobStore, job_event
 from handler.music_files import MusicFileError, make_music_file
@@ -47,6 +49,25 @@ class ProgressWriter:
             self.store.save(self.record)
         except StorageError:
             logger.warning("could not write job progress", extra={"job_id": self.record.job_id})
+
+
+def submit_job(services: Services, params: GenerationParams, job_id: str, now: datetime) -> JobRecord:
+    """Record a queued job and hand it to a worker; a job that cannot be handed over is recorded failed.
+
+    Raises StorageError (the record could not be written) or JobDispatchError.
+    """
+    store = JobStore(services.storage)
+    estimate = services.generator.estimate_seconds(params.duration)
+    record = store.create(job_id, params, now, services.settings.job_queue_timeout_seconds, estimate)
+    try:
+        services.jobs.submit(job_id)
+    except JobDispatchError:
+        logger.exception("job dispatch failed", extra={"job_id": job_id})
+        failed = record.model_copy(update={"status": JobStatus.FAILED, "error": "Could not start the job"})
+        with contextlib.suppress(StorageError):
+            store.save(failed)
+        raise
+    return record
 
 
 def run_job(services: Services, job_id: str, time_budget_s: float | None = None) -> JobRecord | None:

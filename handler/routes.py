@@ -1,6 +1,5 @@
 """HTTP routes of the published contract."""
 
-import contextlib
 import logging
 import math
 import secrets
@@ -24,7 +23,7 @@ from handler.filenames import (
     new_filename,
 )
 from handler.job_records import JobStatus, JobStore
-from handler.jobs import JobDispatchError
+from handler.jobs import JobDispatchError, submit_job
 from handler.music_files import MusicFileError, make_music_file
 from handler.schemas import (
     MAX_SEED,
@@ -156,25 +155,16 @@ def retry_after(eta_seconds: float | None) -> int:
 
 def start_job(services: Services, params: GenerationParams, filename: str, now: datetime) -> JobAccepted:
     """Record a queued job for `filename` and hand it to a worker."""
-    job_id = job_id_for(filename)
-    store = JobStore(services.storage)
-    estimate = services.generator.estimate_seconds(params.duration)
     try:
-        record = store.create(job_id, params, now, services.settings.job_queue_timeout_seconds, estimate)
+        record = submit_job(services, params, job_id_for(filename), now)
     except StorageError as exc:
         raise HTTPException(503, "Storage unavailable") from exc
-    try:
-        services.jobs.submit(job_id)
     except JobDispatchError as exc:
-        logger.exception("job dispatch failed", extra={"job_id": job_id})
-        failed = record.model_copy(update={"status": JobStatus.FAILED, "error": "Could not start the job"})
-        with contextlib.suppress(StorageError):
-            store.save(failed)
         raise HTTPException(503, "Could not start the job") from exc
     return JobAccepted(
-        job_id=job_id,
+        job_id=record.job_id,
         status=record.status.value,
-        status_url=job_url(job_id),
+        status_url=job_url(record.job_id),
         file_url=file_url(filename),
         eta_seconds=record.eta_seconds,
     )

@@ -254,3 +254,25 @@ def test_function_url_requests_run_synchronously_whatever_the_length(lambda_hand
     response = lambda_handler(generate_event(30, function_url=True), LambdaContext())
     assert response["statusCode"] == 200
     assert json.loads(response["body"])["duration"] == 30
+
+
+def test_job_that_cannot_be_dispatched_is_503_and_recorded_failed(
+    settings: Settings, local_storage: LocalStorage, generator: TransformersMusicGenerator
+) -> None:
+    import boto3
+
+    from handler.app import create_app
+    from handler.jobs import LambdaJobInvoker
+
+    invoker = LambdaJobInvoker(boto3.client("lambda", region_name="eu-west-1"), "MusicFunction")
+    stubber = Stubber(invoker.client)
+    stubber.add_client_error("invoke", service_error_code="TooManyRequestsException", http_status_code=429)
+    with stubber, TestClient(create_app(settings, local_storage, generator, invoker)) as client:
+        response = client.post("/generate/", json={"text": "drums", "duration": 1}, headers=ASYNC)
+    assert response.status_code == 503
+    assert response.json() == {"detail": "Could not start the job"}
+    [job_id] = local_storage.list_jobs()
+    record = JobStore(local_storage).get(job_id)
+    assert record is not None
+    assert record.status is JobStatus.FAILED
+    assert record.error == "Could not start the job"
