@@ -13,9 +13,10 @@ over the model's modules instead of ``model.generate``:
 * the codebook delay pattern is the one of ``MusicgenForCausalLM.build_delay_pattern_mask``;
 * sampling is CFG -> temperature -> top-k -> softmax -> multinomial with a ``torch.Generator``
   seeded from an integer (same seed => identical codes); ``temperature == 0`` is greedy argmax;
-* precision ``"int8"`` (default) quantizes the decoder Linear layers with dynamic int8
-  quantization (per-output-channel weight scales), ``"bf16"`` casts the decoder to bfloat16,
-  ``"fp32"`` keeps it exact (greedy codes match ``model.generate`` bit for bit).
+* precision ``"int8"`` (default) quantizes the decoder's and the text encoder's Linear layers with
+  dynamic int8 quantization (per-output-channel weight scales), ``"bf16"`` casts the decoder to
+  bfloat16, ``"fp32"`` keeps it exact (greedy codes match ``model.generate`` bit for bit);
+* EnCodec's weight norms are folded into plain weights (computed once, not at every forward).
 
 The decoder is converted in place: after construction ``model.generate`` no longer works on the
 same model object (its decoder layers are consumed to avoid holding two copies of the weights).
@@ -207,7 +208,6 @@ class FastMusicgen:
             if precision == "int8":
                 # Runs once per request, so speed hardly matters; a quarter of the memory does.
                 _quantize_int8(model.text_encoder)
-        self._fast_ready = True
 
     def _convert(self, module: nn.Module) -> None:
         if self.precision == "int8":
