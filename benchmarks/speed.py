@@ -18,9 +18,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import psutil
+
+from handler.settings import Precision
 
 PROMPT = "A lofi hip hop beat with smooth jazz piano and rain sounds"
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "srocks-music"
@@ -282,7 +284,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--smoke", action="store_true", help="tiny model and short clips (CI)")
     parser.add_argument("--seconds", type=int, default=10, help="clip length for the timings")
     parser.add_argument("--long-seconds", type=int, default=30, help="clip length for peak memory")
-    parser.add_argument("--precision", default="int8", choices=["int8", "bf16", "fp32"])
+    parser.add_argument("--precision", default="int8", choices=get_args(Precision))
     parser.add_argument("--no-quality", action="store_true")
     parser.add_argument("--cache-dir", type=Path, default=CACHE_DIR, help="where the benchmark model is kept")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "speed.json")

@@ -6,17 +6,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+from handler.settings import Precision
 
 logger = logging.getLogger(__name__)
 
 MUSICGEN_STEP_SHAPE = (50, 4)
 """MusicGen's frames per second and codebooks, for estimates made before the model has loaded."""
-
-Precision = Literal["int8", "bf16", "fp32"]
 
 DEFAULT_TOP_K = 250
 DECODE_SHARE = 0.95

@@ -29,14 +29,14 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, get_args
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 from transformers import MusicgenForConditionalGeneration
 
-Precision = Literal["int8", "bf16", "fp32"]
+from handler.settings import Precision
 
 
 def cpu_quota_threads() -> int:
@@ -102,8 +102,6 @@ class _Layer(nn.Module):
         self.fc1: nn.Module = _own_linear(layer.fc1)
         self.fc2: nn.Module = _own_linear(layer.fc2)
         self.act: nn.Module = layer.activation_fn
-        # the q/k/v scaling of transformers' sdpa path is head_dim**-0.5, which is sdpa's default
-        self.scaling = float(sa.scaling)
 
 
 @dataclass
@@ -154,7 +152,7 @@ class FastMusicgen:
     """Fast CPU decoding engine over a ``MusicgenForConditionalGeneration`` (see module docs)."""
 
     def __init__(self, model: MusicgenForConditionalGeneration, precision: Precision = "int8") -> None:
-        if precision not in ("int8", "bf16", "fp32"):
+        if precision not in get_args(Precision):
             raise ValueError(f"unknown precision {precision!r}")
         torch.set_num_threads(cpu_quota_threads())
         self.model: Any = model
@@ -252,8 +250,10 @@ class FastMusicgen:
         shape = (n_layers, rows, self.num_heads, total_len, self.head_dim)
         return _State(
             cross=self._cross_kv(hs, attention_mask),
-            k_cache=torch.zeros(shape, dtype=self.dtype),
-            v_cache=torch.zeros(shape, dtype=self.dtype),
+            # Uninitialised: attention only reads positions already written, and untouched pages
+            # of a long clip's cache cost no memory until they are.
+            k_cache=torch.empty(shape, dtype=self.dtype),
+            v_cache=torch.empty(shape, dtype=self.dtype),
             cross_out=torch.zeros((rows, 1, self.hidden), dtype=self.dtype),
             rows=rows,
             cond_rows=int(hs.shape[0]),
@@ -297,7 +297,7 @@ class FastMusicgen:
         """CFG-combined next-token logits (T, batch, K, V) along a given delayed token sequence.
 
         ``seq`` is (batch, K, L) in the delay-pattern layout (position 0 = start token); position
-        ``t``'s logits predict ``seq[:, :, t + 1]``.  Used by quality.py.
+        ``t``'s logits predict ``seq[:, :, t + 1]``.  Used by the benchmark's quality measurement.
         """
         bsz, _, total_len = seq.shape
         cfg = guidance_scale > 1.0
@@ -368,7 +368,9 @@ class FastMusicgen:
             if greedy:
                 nxt = scores.argmax(dim=-1)
             else:
-                vals, idx = torch.topk(scores * inv_temp, top_k_eff, dim=-1)
+                # Scaling by a positive temperature keeps the order, so only the top-k are scaled.
+                vals, idx = torch.topk(scores, top_k_eff, dim=-1)
+                vals = vals * inv_temp
                 probs = torch.softmax(vals, dim=-1).view(bsz * kcb, top_k_eff)
                 pick = torch.multinomial(probs, 1, generator=gen)
                 nxt = idx.view(bsz * kcb, top_k_eff).gather(1, pick).view(bsz, kcb)

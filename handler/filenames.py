@@ -22,8 +22,17 @@ def new_filename(now: datetime) -> str:
 
 
 def is_valid_filename(name: str) -> bool:
-    """Whether `name` is exactly a generated file's name (no paths, no other extensions)."""
-    return FILENAME_PATTERN.fullmatch(name) is not None
+    """Whether `name` is exactly a generated file's name (no paths, no other extensions, a real date)."""
+    match = FILENAME_PATTERN.fullmatch(name)
+    return match is not None and _is_timestamp(match.group(1))
+
+
+def _is_timestamp(text: str) -> bool:
+    try:
+        datetime.strptime(text, TIMESTAMP_FORMAT)
+    except ValueError:
+        return False
+    return True
 
 
 def created_at(name: str) -> datetime:
@@ -36,7 +45,7 @@ def created_at(name: str) -> datetime:
 
 def is_valid_job_id(job_id: str) -> bool:
     """Whether `job_id` is exactly a job's id: the name of the file it makes, without `.wav`."""
-    return JOB_ID_PATTERN.fullmatch(job_id) is not None
+    return is_valid_filename(filename_for(job_id))
 
 
 def job_id_for(filename: str) -> str:

@@ -96,17 +96,18 @@ class JobStore:
         self.storage.put_job(record.job_id, record.model_dump(mode="json"))
 
     def get(self, job_id: str, now: datetime | None = None) -> JobRecord | None:
-        """The job, with a non-final job past its deadline recorded as failed."""
+        """The job; one not final and past its deadline reads as failed.
+
+        Nothing is written here: the worker owns the record, and a worker that is alive keeps
+        moving the deadline forward, so a status never goes backwards.
+        """
         data = self.storage.get_job(job_id)
         if data is None:
             return None
         record = JobRecord.model_validate(data)
         now = now or datetime.now(UTC)
         if not record.final and now > record.deadline:
-            record = record.model_copy(
-                update={"status": JobStatus.FAILED, "error": EXPIRED_ERROR, "updated_at": now, "eta_seconds": None}
-            )
-            self.save(record)
+            return record.model_copy(update={"status": JobStatus.FAILED, "error": EXPIRED_ERROR, "eta_seconds": None})
         return record
 
 

@@ -20,6 +20,8 @@ from handler.storage import StorageError
 logger = logging.getLogger(__name__)
 
 PROGRESS_WRITE_INTERVAL_S = 1.0
+HEARTBEAT_GRACE_S = 60.0
+"""Each progress write moves a running job's deadline this far ahead: a live worker never expires."""
 
 
 class JobDispatchError(RuntimeError):
@@ -42,8 +44,14 @@ class ProgressWriter:
             return
         self._last_write = now
         eta = (now - self._started) / fraction * (1.0 - fraction)
+        now_utc = datetime.now(UTC)
         self.record = self.record.model_copy(
-            update={"progress": round(fraction, 4), "eta_seconds": round(eta, 1), "updated_at": datetime.now(UTC)}
+            update={
+                "progress": round(fraction, 4),
+                "eta_seconds": round(eta, 1),
+                "updated_at": now_utc,
+                "deadline": max(self.record.deadline, now_utc + timedelta(seconds=HEARTBEAT_GRACE_S)),
+            }
         )
         try:
             self.store.save(self.record)
@@ -71,10 +79,14 @@ def submit_job(services: Services, params: GenerationParams, job_id: str, now: d
 
 
 def run_job(services: Services, job_id: str, time_budget_s: float | None = None) -> JobRecord | None:
-    """Run a queued job to its end and record the outcome; a final or unknown job is left alone."""
+    """Run a queued job to its end and record the outcome.
+
+    Only a queued job runs: a running, final or unknown one is left alone, so a second delivery
+    of the same asynchronous event does not generate twice.
+    """
     store = JobStore(services.storage)
     record = store.get(job_id)
-    if record is None or record.final:
+    if record is None or record.status is not JobStatus.QUEUED:
         return record
     estimate = services.generator.estimate_seconds(record.duration)
     budget = time_budget_s if time_budget_s is not None else max(120.0, 3 * estimate)
@@ -87,17 +99,24 @@ def run_job(services: Services, job_id: str, time_budget_s: float | None = None)
             "eta_seconds": round(estimate, 1),
         }
     )
-    store.save(record)
     progress = ProgressWriter(store, record)
     outcome: dict[str, object]
     try:
+        store.save(record)
         make_music_file(services, record.params, filename_for(job_id), record.created_at, progress)
     except MusicFileError as exc:
         outcome = {"status": JobStatus.FAILED, "error": exc.message, "eta_seconds": None}
+    except Exception:
+        logger.exception("job failed", extra={"job_id": job_id})
+        outcome = {"status": JobStatus.FAILED, "error": "Music generation failed", "eta_seconds": None}
     else:
         outcome = {"status": JobStatus.SUCCEEDED, "progress": 1.0, "eta_seconds": 0.0}
     record = progress.record.model_copy(update={**outcome, "updated_at": datetime.now(UTC)})
-    store.save(record)
+    try:
+        store.save(record)
+    except StorageError:
+        # The record then expires at its deadline and reads as failed.
+        logger.exception("could not record the job's outcome", extra={"job_id": job_id})
     logger.info("job finished", extra={"job_id": job_id, "status": record.status.value})
     return record
 

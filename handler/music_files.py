@@ -59,7 +59,7 @@ def make_music_file(
         logger.exception("storage write failed")
         raise MusicFileError(503, "Storage unavailable") from exc
     try:
-        prune(services.storage, services.settings.max_files)
-    except StorageError:
+        prune(services.storage, services.settings.max_files, protect=filename)
+    except Exception:
         # The new file is safe; the next save prunes again.
         logger.exception("pruning old files failed")

@@ -7,6 +7,9 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+Precision = Literal["int8", "bf16", "fp32"]
+"""Weights of the decoder's Linear layers."""
+
 
 class Settings(BaseSettings):
     """Every setting the app reads; names match the environment variables."""
@@ -17,7 +20,7 @@ class Settings(BaseSettings):
         default="facebook/musicgen-small",
         description="Hugging Face hub id or local directory of the MusicGen model.",
     )
-    model_precision: Literal["int8", "bf16", "fp32"] = Field(
+    model_precision: Precision = Field(
         default="int8",
         description="Weights of the decoder's Linear layers: int8 (fast on any CPU), bf16 (CPUs with bf16), fp32.",
     )

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from handler.filenames import created_at, is_valid_filename, is_valid_job_id
+from handler.filenames import created_at, is_valid_filename, is_valid_job_id, job_id_for
 
 logger = logging.getLogger(__name__)
 
@@ -93,15 +93,23 @@ def newest_first(files: list[StoredFile]) -> list[StoredFile]:
     return sorted(files, key=lambda f: f.filename, reverse=True)
 
 
-def prune(storage: Storage, keep: int) -> list[str]:
+def prune(storage: Storage, keep: int, protect: str | None = None) -> list[str]:
     """Delete all but the newest `keep` files, and of job records, each in one batch.
 
-    Returns the file names deleted. Job ids sort in creation order like file names.
+    Returns the file names deleted. `protect` (the file just saved) is never among them, even
+    when its name, given when its request arrived, sorts older than files saved before it.
+    Job records go with their files; job ids sort in creation order like file names.
     """
-    excess = [f.filename for f in newest_first(storage.list_files())[keep:]]
+    files = [f.filename for f in newest_first(storage.list_files())]
+    if protect in files:
+        files.remove(protect)
+        files.insert(0, protect)
+    excess = files[keep:]
     if excess:
         storage.delete(excess)
-    old_jobs = sorted(storage.list_jobs(), reverse=True)[keep:]
+    pruned_jobs = {job_id_for(name) for name in excess}
+    job_ids = sorted(storage.list_jobs(), reverse=True)
+    old_jobs = [job_id for index, job_id in enumerate(job_ids) if index >= keep or job_id in pruned_jobs]
     if old_jobs:
         storage.delete_jobs(old_jobs)
     return excess
@@ -140,10 +148,14 @@ class LocalStorage:
     def list_files(self) -> list[StoredFile]:
         if not self.directory.is_dir():
             return []
-        files = []
-        for entry in os.scandir(self.directory):
-            if is_valid_filename(entry.name) and entry.is_file():
-                files.append(StoredFile(entry.name, entry.stat().st_size, created_at(entry.name)))
+        try:
+            files = [
+                StoredFile(entry.name, entry.stat().st_size, created_at(entry.name))
+                for entry in os.scandir(self.directory)
+                if is_valid_filename(entry.name) and entry.is_file()
+            ]
+        except OSError as exc:
+            raise StorageError("could not list local storage") from exc
         return newest_first(files)
 
     def download(self, filename: str) -> Download | None:
@@ -178,7 +190,10 @@ class LocalStorage:
         folder = self.directory / JOBS_FOLDER
         if not folder.is_dir():
             return []
-        return [path.stem for path in folder.glob("*.json") if is_valid_job_id(path.stem)]
+        try:
+            return [path.stem for path in folder.glob("*.json") if is_valid_job_id(path.stem)]
+        except OSError as exc:
+            raise StorageError("could not list job records") from exc
 
     def delete_jobs(self, job_ids: Sequence[str]) -> None:
         try:
@@ -232,8 +247,9 @@ class S3Storage:
     def list_files(self) -> list[StoredFile]:
         files = []
         try:
-            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix)
-            for page in pages:
+            # The delimiter keeps job records (a folder below the prefix) out of the listing.
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix, Delimiter="/"):
                 for obj in page.get("Contents", []):
                     name = obj["Key"][len(self.prefix) :]
                     if is_valid_filename(name):
@@ -246,16 +262,19 @@ class S3Storage:
         key = self._key(filename)
         if not self._exists(key):
             return None
-        url = self.client.generate_presigned_url(
-            "get_object",
-            Params={
-                "Bucket": self.bucket,
-                "Key": key,
-                "ResponseContentType": WAV_CONTENT_TYPE,
-                "ResponseContentDisposition": f'attachment; filename="{filename}"',
-            },
-            ExpiresIn=self.presign_expiry_seconds,
-        )
+        try:
+            url = self.client.generate_presigned_url(
+                "get_object",
+                Params={
+                    "Bucket": self.bucket,
+                    "Key": key,
+                    "ResponseContentType": WAV_CONTENT_TYPE,
+                    "ResponseContentDisposition": f'attachment; filename="{filename}"',
+                },
+                ExpiresIn=self.presign_expiry_seconds,
+            )
+        except S3_ERRORS as exc:
+            raise StorageError("could not sign a download URL") from exc
         return RemoteFile(url)
 
     def delete(self, filenames: Sequence[str]) -> None:
