@@ -1,6 +1,5 @@
 """The ASGI app (`handler.app:app`) and the Lambda entry point (`handler.app.handler`)."""
 
-import os
 from typing import Any
 
 from fastapi import FastAPI
@@ -15,7 +14,7 @@ from handler.jobs import LambdaJobInvoker, LocalJobQueue, run_job
 from handler.logs import configure_logging, log_requests, take_cold_start
 from handler.routes import router
 from handler.settings import Settings, get_settings
-from handler.storage import LocalStorage, S3Storage, Storage, s3_client
+from handler.storage import LocalStorage, S3Storage, Storage, aws_region, s3_client
 
 
 def storage_from_settings(settings: Settings) -> Storage:
@@ -30,8 +29,7 @@ def jobs_from_settings(settings: Settings) -> JobDispatcher:
     if settings.aws_lambda_function_name:
         import boto3
 
-        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-        return LambdaJobInvoker(boto3.client("lambda", region_name=region), settings.aws_lambda_function_name)
+        return LambdaJobInvoker(boto3.client("lambda", region_name=aws_region()), settings.aws_lambda_function_name)
     return LocalJobQueue()
 
 

@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from handler.schemas import ErrorDetail, ErrorResponse
+from handler.storage import StorageError
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,11 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return response
 
 
+async def _storage_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("storage unavailable: %s", exc, extra={"path": request.url.path})
+    return error_response(503, "Storage unavailable")
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error", extra={"path": request.url.path})
     return error_response(500, "Internal server error")
@@ -50,4 +56,5 @@ def install_error_handlers(app: FastAPI) -> None:
     """Route every error through the API's JSON error shape."""
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(StorageError, _storage_error)
     app.add_exception_handler(Exception, _unexpected_error)

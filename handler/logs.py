@@ -13,6 +13,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from handler.errors import error_response
+
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 _cold_start = True
@@ -75,6 +77,10 @@ async def log_requests(request: Request, call_next: Callable[[Request], Awaitabl
     cold_start = take_cold_start()
     try:
         response = await call_next(request)
+    except Exception:
+        # Answered here, not by the outer error middleware, so it is logged and tagged like the rest.
+        logging.getLogger("handler.errors").exception("unhandled error", extra={"path": request.url.path})
+        response = error_response(500, "Internal server error")
     finally:
         request_id.reset(token)
     logging.getLogger("handler.access").info(

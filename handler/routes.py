@@ -35,7 +35,7 @@ from handler.schemas import (
     JobAccepted,
     JobResponse,
 )
-from handler.storage import LocalFile, StorageError
+from handler.storage import LocalFile
 
 logger = logging.getLogger(__name__)
 
@@ -157,8 +157,6 @@ def start_job(services: Services, params: GenerationParams, filename: str, now: 
     """Record a queued job for `filename` and hand it to a worker."""
     try:
         record = submit_job(services, params, job_id_for(filename), now)
-    except StorageError as exc:
-        raise HTTPException(503, "Storage unavailable") from exc
     except JobDispatchError as exc:
         raise HTTPException(503, "Could not start the job") from exc
     return JobAccepted(
@@ -181,10 +179,7 @@ def get_job(job_id: str, services: ServicesDep, response: Response) -> JobRespon
     if not is_valid_job_id(job_id):
         raise HTTPException(404, "Job not found")
     now = datetime.now(UTC)
-    try:
-        record = JobStore(services.storage).get(job_id, now)
-    except StorageError as exc:
-        raise HTTPException(503, "Storage unavailable") from exc
+    record = JobStore(services.storage).get(job_id, now)
     if record is None:
         raise HTTPException(404, "Job not found")
     eta = record.eta_at(now)
@@ -216,10 +211,7 @@ def list_files(
     skip: Annotated[int, Query(ge=0, description="Number of files to skip")] = 0,
 ) -> list[FileInfo]:
     """Generated files, newest first."""
-    try:
-        files = services.storage.list_files()
-    except StorageError as exc:
-        raise HTTPException(503, "Storage unavailable") from exc
+    files = services.storage.list_files()
     return [
         FileInfo(
             filename=f.filename,
@@ -246,10 +238,7 @@ def download_file(filename: str, services: ServicesDep) -> Response:
     """The WAV itself (local storage) or a redirect to a short-lived presigned URL (S3)."""
     if not is_valid_filename(filename):
         raise HTTPException(400, "Invalid file name: expected gen_YYYYMMDD_HHMMSS_xxxxxxxx.wav")
-    try:
-        target = services.storage.download(filename)
-    except StorageError as exc:
-        raise HTTPException(503, "Storage unavailable") from exc
+    target = services.storage.download(filename)
     if target is None:
         raise HTTPException(404, "File not found")
     if isinstance(target, LocalFile):

@@ -19,9 +19,13 @@ class GenerateRequest(BaseModel):
     text: Prompt = Field(description="Description of the desired music.")
     duration: int = Field(default=10, ge=1, le=30, strict=True, description="Length in seconds.")
     guidance_scale: float = Field(
-        default=3.0, ge=0, le=10, description="Text adherence; 1 or less turns classifier-free guidance off."
+        default=3.0,
+        ge=0,
+        le=10,
+        strict=True,
+        description="Text adherence; 1 or less turns classifier-free guidance off.",
     )
-    temperature: float = Field(default=1.0, ge=0, le=2, description="Randomness; 0 means greedy decoding.")
+    temperature: float = Field(default=1.0, ge=0, le=2, strict=True, description="Randomness; 0 means greedy decoding.")
     seed: int | None = Field(
         default=None, ge=0, le=MAX_SEED, strict=True, description="Same seed and request give the same audio."
     )

@@ -363,6 +363,10 @@ def s3_client() -> Any:
     import boto3
     from botocore.config import Config
 
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     config = Config(signature_version="s3v4", s3={"addressing_style": "virtual"})
-    return boto3.client("s3", region_name=region, config=config)
+    return boto3.client("s3", region_name=aws_region(), config=config)
+
+
+def aws_region() -> str | None:
+    """The Lambda's own region (AWS_REGION), else boto3's AWS_DEFAULT_REGION."""
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")

@@ -155,7 +155,39 @@ def test_job_past_its_deadline_reads_as_failed(client: TestClient, storage: Stor
     assert job["status"] == "failed"
     assert job["error"] == EXPIRED_ERROR
     assert "retry-after" not in client.get("/jobs/gen_20250528_134211_a1b2c3d4").headers
-    assert JobStore(storage).get("gen_20250528_134211_a1b2c3d4").status is JobStatus.FAILED  # type: ignore[union-attr]
+    # Derived on read, never written: the worker owns the record.
+    assert storage.get_job("gen_20250528_134211_a1b2c3d4")["status"] == "running"  # type: ignore[index]
+
+
+def test_a_second_delivery_of_a_running_job_does_not_run_it_again(
+    settings: Settings, local_storage: LocalStorage, generator: TransformersMusicGenerator
+) -> None:
+    from handler.app import create_app
+    from handler.jobs import run_job
+
+    store = JobStore(local_storage)
+    now = datetime.now(UTC)
+    record = store.create("gen_20250528_134211_a1b2c3d4", GenerationParams("x", 1, 3.0, 1.0, 1), now, 60, 5)
+    store.save(record.model_copy(update={"status": JobStatus.RUNNING, "deadline": now + timedelta(hours=1)}))
+    services = create_app(settings, local_storage, generator).state.services
+    assert run_job(services, record.job_id).status is JobStatus.RUNNING  # type: ignore[union-attr]
+    assert local_storage.list_files() == []
+
+
+def test_progress_writes_move_the_deadline_forward(local_storage: LocalStorage) -> None:
+    from handler.jobs import HEARTBEAT_GRACE_S, ProgressWriter
+
+    store = JobStore(local_storage)
+    now = datetime.now(UTC)
+    record = store.create("gen_20250528_134211_a1b2c3d4", GenerationParams("x", 1, 3.0, 1.0, 1), now, 60, 5)
+    record = record.model_copy(update={"status": JobStatus.RUNNING, "deadline": now + timedelta(seconds=1)})
+    writer = ProgressWriter(store, record, interval_s=0.0)
+    writer(0.5)
+    saved = store.get(record.job_id)
+    assert saved is not None
+    assert saved.status is JobStatus.RUNNING
+    assert saved.progress == 0.5
+    assert saved.deadline >= now + timedelta(seconds=HEARTBEAT_GRACE_S)
 
 
 def test_local_queue_runs_jobs_in_order_one_at_a_time() -> None:

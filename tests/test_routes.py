@@ -136,6 +136,8 @@ INVALID_BOUNDS = [
     ({"duration": "10"}, "duration"),
     ({"guidance_scale": -0.01}, "guidance_scale"),
     ({"guidance_scale": 10.01}, "guidance_scale"),
+    ({"guidance_scale": True}, "guidance_scale"),
+    ({"temperature": "1.0"}, "temperature"),
     ({"temperature": -0.01}, "temperature"),
     ({"temperature": 2.01}, "temperature"),
     ({"seed": -1}, "seed"),
@@ -302,3 +304,18 @@ def test_storage_failure_is_503_and_lists_nothing(
         response = generate(client)
         assert response.status_code == 503
         assert response.json() == {"detail": "Storage unavailable"}
+
+
+def test_unexpected_error_is_a_clean_500_that_is_logged_and_tagged(
+    settings: Settings, generator: TransformersMusicGenerator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class BrokenStorage(LocalStorage):
+        def list_files(self) -> Any:
+            raise RuntimeError("secret internal detail")
+
+    with serve(settings, BrokenStorage(tmp_path), generator, raise_server_exceptions=False) as client:
+        response = client.get("/files/")
+    assert response.status_code == 500
+    assert response.json() == {"detail": "Internal server error"}
+    assert response.headers["x-request-id"]
+    assert '"status": 500' in capsys.readouterr().out

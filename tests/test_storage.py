@@ -143,3 +143,24 @@ def test_job_records_round_trip_and_are_pruned_with_the_files(storage: Storage) 
     prune(storage, keep=2)
     assert sorted(storage.list_jobs()) == job_ids[2:]
     assert storage.list_files() == []
+
+
+def test_names_with_impossible_dates_are_not_files(local_storage: LocalStorage) -> None:
+    [name] = fill(local_storage, 1)
+    (local_storage.directory / "gen_20251399_999999_abcdef12.wav").write_bytes(b"x")
+    assert [f.filename for f in local_storage.list_files()] == [name]
+    assert prune(local_storage, keep=1) == []
+
+
+def test_prune_never_deletes_the_file_just_saved(storage: Storage) -> None:
+    older_name_saved_last, *others = fill(storage, 3)
+    assert prune(storage, keep=2, protect=older_name_saved_last) == [others[0]]
+    assert {f.filename for f in storage.list_files()} == {older_name_saved_last, others[1]}
+
+
+def test_prune_drops_the_job_records_of_the_files_it_deletes(storage: Storage) -> None:
+    names = fill(storage, 3)
+    for name in names:
+        storage.put_job(name.removesuffix(".wav"), {"job_id": name})
+    prune(storage, keep=2)
+    assert sorted(storage.list_jobs()) == [name.removesuffix(".wav") for name in names[1:]]

@@ -70,6 +70,12 @@ def test_bucket_and_prefix_reach_the_app() -> None:
     assert expiring[0]["ExpirationInDays"] == {"Ref": "FileExpirationDays"}
 
 
+def test_health_reports_the_baked_model_as_musicgen_small() -> None:
+    from handler.routes import model_name
+
+    assert model_name(ENVIRONMENT["MODEL_ID"]) == "musicgen-small"
+
+
 def test_model_id_is_the_directory_the_image_bakes() -> None:
     assert ENVIRONMENT["MODEL_ID"] == FINAL_STAGE.env()["MODEL_ID"]
     model_stage = next(stage for stage in dockerfile_stages() if stage.name == "model")
