@@ -227,7 +227,13 @@ def wait_until_up(client: Any) -> float:
     raise TimeoutError("server did not come up")
 
 
+def prepare(smoke: bool, cache_dir: str) -> dict[str, Any]:
+    """Build and bake the benchmark model (in its own process: peak memory is inherited by children)."""
+    return {"directory": str(model_dir(smoke, Path(cache_dir)))}
+
+
 MEASUREMENTS: dict[str, Callable[..., dict[str, Any]]] = {
+    "prepare": prepare,
     "baseline": measure_baseline,
     "engine": measure_engine,
     "quality": measure_quality,
@@ -295,7 +301,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print("RESULT " + json.dumps(MEASUREMENTS[args.only](**json.loads(args.options))))
         return {}
     seconds, long_seconds = (1, 2) if args.smoke else (args.seconds, args.long_seconds)
-    directory = model_dir(args.smoke, args.cache_dir)
+    directory = Path(run_isolated("prepare", smoke=args.smoke, cache_dir=args.cache_dir)["directory"])
     report: dict[str, Any] = {
         "model": "tiny random MusicGen" if args.smoke else "musicgen-small architecture, random weights",
         "clip_seconds": seconds,
