@@ -186,20 +186,11 @@ def get_job(job_id: str, services: ServicesDep, response: Response) -> JobRespon
     if not record.final:
         response.headers["Retry-After"] = str(retry_after(eta))
     return JobResponse(
-        job_id=record.job_id,
+        **record.model_dump(exclude={"status", "eta_seconds", "deadline"}),
         status=record.status.value,
-        progress=record.progress,
         eta_seconds=eta,
-        created_at=record.created_at,
-        updated_at=record.updated_at,
         status_url=job_url(record.job_id),
         file_url=file_url(filename_for(record.job_id)) if record.status is JobStatus.SUCCEEDED else None,
-        error=record.error,
-        text=record.text,
-        duration=record.duration,
-        guidance_scale=record.guidance_scale,
-        temperature=record.temperature,
-        seed=record.seed,
     )
 
 
