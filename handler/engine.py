@@ -101,6 +101,9 @@ class _LoadedModel:
     num_codebooks: int
     top_k: int
 
+    def steps(self, duration: int) -> int:
+        return decode_steps(duration, self.frame_rate, self.num_codebooks)
+
 
 class TransformersMusicGenerator:
     """MusicGen loaded lazily with transformers from `model_id` (hub id or directory).
@@ -164,8 +167,7 @@ class TransformersMusicGenerator:
         with self._generate_lock:
             started = time.perf_counter()
             audio = _generate(loaded, params, on_progress)
-            steps = decode_steps(params.duration, loaded.frame_rate, loaded.num_codebooks)
-            self.speed.record_generation(steps, time.perf_counter() - started)
+            self.speed.record_generation(loaded.steps(params.duration), time.perf_counter() - started)
             return audio
 
     def estimate_seconds(self, duration: int) -> float:
@@ -204,18 +206,17 @@ def decode_steps(duration: int, frame_rate: int, num_codebooks: int) -> int:
 def _generate(
     loaded: _LoadedModel, params: GenerationParams, on_progress: ProgressCallback | None
 ) -> npt.NDArray[np.float32]:
-    steps = decode_steps(params.duration, loaded.frame_rate, loaded.num_codebooks)
     inputs = loaded.processor(text=[params.prompt], padding=True, return_tensors="pt")
 
     def report_step(done: int, total: int) -> None:
-        if on_progress is not None:
-            # The last few percent are EnCodec decoding.
-            on_progress(DECODE_SHARE * done / total)
+        assert on_progress is not None
+        # The last few percent are EnCodec decoding.
+        on_progress(DECODE_SHARE * done / total)
 
     codes = loaded.decoder.generate_codes(
         inputs["input_ids"],
         inputs["attention_mask"],
-        steps=steps,
+        steps=loaded.steps(params.duration),
         guidance_scale=params.guidance_scale,
         temperature=params.temperature,
         top_k=loaded.top_k,
