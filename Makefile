@@ -8,7 +8,7 @@ PIP_INSTALL := $(BIN)/python -m pip install --disable-pip-version-check -q $(if 
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup setup-dev run test lint
+.PHONY: setup setup-dev kernels run test lint
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,9 +21,13 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt | $(BIN)/python
 	$(PIP_INSTALL) -r requirements-dev.txt
 	touch $@ $(VENV)/.runtime
 
-setup: $(VENV)/.runtime
+setup: $(VENV)/.runtime kernels
 
-setup-dev: $(VENV)/.dev
+setup-dev: $(VENV)/.dev kernels
+
+# The native decoder step (handler/kernels.c), one library per instruction set; needs a C compiler.
+kernels: | $(VENV)/.runtime
+	$(BIN)/python -m handler.kernels
 
 run: setup
 	$(BIN)/uvicorn handler.app:app --host $(HOST) --port $(PORT)

@@ -13,9 +13,11 @@ over the model's modules instead of ``model.generate``:
 * the codebook delay pattern is the one of ``MusicgenForCausalLM.build_delay_pattern_mask``;
 * sampling is CFG -> temperature -> top-k -> softmax -> multinomial with a ``torch.Generator``
   seeded from an integer (same seed => identical codes); ``temperature == 0`` is greedy argmax;
-* precision ``"int8"`` (default) quantizes the decoder's and the text encoder's Linear layers with
-  dynamic int8 quantization (per-output-channel weight scales), ``"bf16"`` casts the decoder to
-  bfloat16, ``"fp32"`` keeps it exact (greedy codes match ``model.generate`` bit for bit);
+* precision ``"int8"`` (default) stores the decoder's Linear layers as int8 with per-output-channel
+  scales and runs each step in the native kernel of ``handler.kernels`` (one call for all layers,
+  bf16 KV cache; the same arithmetic in torch where the library is not built); the text encoder's
+  Linear layers get torch's dynamic int8 quantization. ``"bf16"`` casts the decoder to bfloat16,
+  ``"fp32"`` keeps it exact (greedy codes match ``model.generate`` bit for bit);
 * EnCodec's weight norms are folded into plain weights (computed once, not at every forward).
 
 The decoder is converted in place: after construction ``model.generate`` no longer works on the
@@ -36,6 +38,8 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 from transformers import MusicgenForConditionalGeneration
 
+from handler import kernels
+from handler.kernels import Int8Linear, LayerWeights, NativeRun
 from handler.settings import Precision
 
 
@@ -91,7 +95,7 @@ class _Layer(nn.Module):
         super().__init__()
         sa, ca = layer.self_attn, layer.encoder_attn
         self.ln1: nn.Module = layer.self_attn_layer_norm
-        # Linear now, quantized dynamic Linear after int8 conversion
+        # Linear now, Int8Linear after int8 conversion
         self.qkv: nn.Module = _fuse_linears([sa.q_proj, sa.k_proj, sa.v_proj])
         self.o: nn.Module = _own_linear(sa.out_proj)
         self.ln2: nn.Module = layer.encoder_attn_layer_norm
@@ -102,6 +106,22 @@ class _Layer(nn.Module):
         self.fc1: nn.Module = _own_linear(layer.fc1)
         self.fc2: nn.Module = _own_linear(layer.fc2)
         self.act: nn.Module = layer.activation_fn
+
+    def to_int8(self) -> None:
+        for name in ("qkv", "o", "xq", "xkv", "xo", "fc1", "fc2"):
+            linear = getattr(self, name)
+            setattr(self, name, Int8Linear.from_linear(linear))
+
+    def native_weights(self) -> LayerWeights:
+        return LayerWeights(
+            norms=(self.ln1, self.ln2, self.ln3),  # type: ignore[arg-type]
+            qkv=self.qkv,  # type: ignore[arg-type]
+            out=self.o,  # type: ignore[arg-type]
+            cross_q=self.xq,  # type: ignore[arg-type]
+            cross_out=self.xo,  # type: ignore[arg-type]
+            fc1=self.fc1,  # type: ignore[arg-type]
+            fc2=self.fc2,  # type: ignore[arg-type]
+        )
 
 
 @dataclass
@@ -119,6 +139,7 @@ class _State:
     cross_out: torch.Tensor  # (rows, 1, D); uncond rows stay exactly zero
     rows: int
     cond_rows: int
+    native: NativeRun | None  # the native step's own caches and scratch; None runs the torch step
 
 
 def _quantize_int8(module: nn.Module) -> nn.Module:
@@ -151,7 +172,9 @@ def _fold_weight_norms(module: nn.Module) -> None:
 class FastMusicgen:
     """Fast CPU decoding engine over a ``MusicgenForConditionalGeneration`` (see module docs)."""
 
-    def __init__(self, model: MusicgenForConditionalGeneration, precision: Precision = "int8") -> None:
+    def __init__(
+        self, model: MusicgenForConditionalGeneration, precision: Precision = "int8", native: bool = True
+    ) -> None:
         if precision not in get_args(Precision):
             raise ValueError(f"unknown precision {precision!r}")
         torch.set_num_threads(cpu_quota_threads())
@@ -176,6 +199,8 @@ class FastMusicgen:
         self.sampling_rate = int(acfg.sampling_rate)
         self.frame_rate = int(acfg.frame_rate)
         self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        # The kernel implements exactly this layer: int8 weights, pre-norm, GELU (erf).
+        self.native = native and precision == "int8" and dcfg.activation_function == "gelu"
 
         dec: Any = model.decoder.model.decoder
         with torch.no_grad():
@@ -209,7 +234,12 @@ class FastMusicgen:
 
     def _convert(self, module: nn.Module) -> None:
         if self.precision == "int8":
-            _quantize_int8(module)
+            if isinstance(module, _Layer):
+                module.to_int8()
+            else:
+                for name, child in list(module.named_children()):
+                    if isinstance(child, nn.Linear):
+                        setattr(module, name, Int8Linear.from_linear(child))
         elif self.precision == "bf16":
             module.to(torch.bfloat16)
 
@@ -246,26 +276,58 @@ class FastMusicgen:
         return torch.triu(ones, diagonal=total_len - k + 1) | torch.tril(ones)
 
     def _new_state(self, hs: torch.Tensor, attention_mask: torch.Tensor, rows: int, total_len: int) -> _State:
+        cross = self._cross_kv(hs, attention_mask)
+        cond_rows = int(hs.shape[0])
+        native = self._native_run(cross, rows, cond_rows, total_len)
         n_layers = len(self.layers)
-        shape = (n_layers, rows, self.num_heads, total_len, self.head_dim)
+        shape = (n_layers, rows, self.num_heads, total_len, self.head_dim) if native is None else (0,)
         return _State(
-            cross=self._cross_kv(hs, attention_mask),
+            cross=cross,
             # Uninitialised: attention only reads positions already written, and untouched pages
             # of a long clip's cache cost no memory until they are.
             k_cache=torch.empty(shape, dtype=self.dtype),
             v_cache=torch.empty(shape, dtype=self.dtype),
             cross_out=torch.zeros((rows, 1, self.hidden), dtype=self.dtype),
             rows=rows,
-            cond_rows=int(hs.shape[0]),
+            cond_rows=cond_rows,
+            native=native,
+        )
+
+    def _native_run(self, cross: _CrossKV, rows: int, cond_rows: int, total_len: int) -> NativeRun | None:
+        if not self.native or rows > kernels.MAX_ROWS or kernels.best() is None:
+            return None
+        return NativeRun(
+            [layer.native_weights() for layer in self._layers],
+            self.final_ln,  # type: ignore[arg-type]
+            self.lm_head,  # type: ignore[arg-type]
+            heads=self.num_heads,
+            rows=rows,
+            cond_rows=cond_rows,
+            capacity=total_len,
+            cross_k=cross.k,
+            cross_v=cross.v,
+            cross_mask=None if cross.mask is None else cross.mask.view(cond_rows, -1),
         )
 
     def _step(self, st: _State, tok: torch.Tensor, t: int) -> torch.Tensor:
         """One decoder step for tokens ``tok`` (rows, K) at position ``t`` -> (rows, K, V) fp32."""
+        x = F.embedding(tok + self.embed_offsets, self.embed).sum(dim=1, keepdim=True)
+        x = x + self.positions[t]
+        if st.native is not None:
+            return self._native_step(st.native, x, t)
+        return self._torch_step(st, x, t)
+
+    def _native_step(self, run: NativeRun, x: torch.Tensor, t: int) -> torch.Tensor:
+        native = kernels.best()
+        assert native is not None  # a NativeRun is only made when the library is loaded
+        out = native.step(run, x.view(run.rows, self.hidden), t)
+        logits = out[:, : self.num_codebooks * self.vocab_size].clone()  # `out` is reused next step
+        return logits.view(run.rows, self.num_codebooks, self.vocab_size)
+
+    def _torch_step(self, st: _State, x: torch.Tensor, t: int) -> torch.Tensor:
         rows, bsz = st.rows, st.cond_rows
         d, h, hd = self.hidden, self.num_heads, self.head_dim
         k_cache, v_cache, cross, cross_out = st.k_cache, st.v_cache, st.cross, st.cross_out
-        x = F.embedding(tok + self.embed_offsets, self.embed).sum(dim=1, keepdim=True)
-        x = x + self.positions[t]
         for li, layer in enumerate(self._layers):
             # self attention with static KV cache
             qkv = layer.qkv(layer.ln1(x)).view(rows, 3, h, hd)

@@ -7,7 +7,9 @@ import pytest
 import torch
 from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
+from handler import kernels
 from handler.fast_decoder import FastMusicgen, cpu_quota_threads
+from handler.kernels import Int8Linear
 
 PROMPTS = ["80s pop track with bassy drums and synth", "lofi chill"]
 
@@ -53,14 +55,45 @@ def test_sampling_is_seeded(tiny_model_dir: Path, precision: Any) -> None:
     assert first.shape == (1, 1, 4, 40 + 1 - 4)
 
 
-def test_int8_replaces_the_decoder_linears_with_quantized_ones(tiny_model_dir: Path) -> None:
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
-
+def test_int8_stores_every_decoder_linear_as_int8(tiny_model_dir: Path) -> None:
     fast = FastMusicgen(load(tiny_model_dir)[0], precision="int8")
-    linears = [m for m in [*fast.layers.modules(), fast.lm_head] if isinstance(m, torch.nn.Linear)]
-    quantized = [m for m in [*fast.layers.modules(), fast.lm_head] if isinstance(m, DynamicQuantizedLinear)]
-    assert linears == []
-    assert len(quantized) == 2 * 7 + 1  # per layer: qkv, o, xq, xkv, xo, fc1, fc2; and the fused heads
+    modules = [*fast.layers.modules(), fast.lm_head]
+    assert [m for m in modules if isinstance(m, torch.nn.Linear)] == []
+    assert len([m for m in modules if isinstance(m, Int8Linear)]) == 2 * 7 + 1  # qkv, o, xq, xkv, xo, fc1, fc2; heads
+
+
+def teacher_forced(model_dir: Path, prompts: list[str], guidance: float, **engine: Any) -> torch.Tensor:
+    model, processor = load(model_dir)
+    inputs = processor(text=prompts, padding=True, return_tensors="pt")
+    generator = torch.Generator().manual_seed(3)
+    vocab = model.config.decoder.vocab_size
+    seq = torch.randint(0, vocab, (len(prompts), 4, 48), generator=generator)
+    seq[:, :, 0] = vocab  # the start token
+    fast = FastMusicgen(model, **engine)
+    return fast.teacher_forced_logits(inputs["input_ids"], inputs["attention_mask"], seq, guidance_scale=guidance)
+
+
+@pytest.mark.parametrize(("prompts", "guidance"), [(PROMPTS[:1], 1.0), (PROMPTS[:1], 3.0), (PROMPTS, 3.0)])
+def test_native_int8_step_equals_the_torch_int8_step(tiny_model_dir: Path, prompts: list[str], guidance: float) -> None:
+    assert kernels.best() is not None, "make builds the kernels before the tests"
+    native = teacher_forced(tiny_model_dir, prompts, guidance, precision="int8")
+    in_torch = teacher_forced(tiny_model_dir, prompts, guidance, precision="int8", native=False)
+    exact = teacher_forced(tiny_model_dir, prompts, guidance, precision="fp32")
+    scale = float(exact.abs().max())
+    # The native step's only other approximation is its bf16 KV cache; guidance amplifies it.
+    torch.testing.assert_close(native, in_torch, rtol=0, atol=0.01 * guidance * scale)
+    torch.testing.assert_close(native, exact, rtol=0, atol=0.05 * scale)
+    assert not torch.equal(native, exact)
+
+
+def test_engine_without_native_kernels_still_generates(tiny_model_dir: Path) -> None:
+    model, processor = load(tiny_model_dir)
+    inputs = processor(text=PROMPTS[:1], return_tensors="pt")
+    fast = FastMusicgen(model, precision="int8", native=False)
+    codes = fast.generate_codes(
+        inputs["input_ids"], inputs["attention_mask"], steps=20, guidance_scale=3.0, temperature=1.0, top_k=50, seed=1
+    )
+    assert codes.shape == (1, 1, 4, 20 + 1 - 4)
 
 
 def test_thread_count_respects_the_cpus_this_process_may_use() -> None:

@@ -1,0 +1,381 @@
+/* One MusicGen decoder step on the CPU, all layers in one call (see handler/kernels.py).
+ *
+ * Why native code: with one token per step, torch spends as long dispatching ~20 small operators
+ * per layer (and waking its threads for each) as it spends reading the weights, and its attention
+ * kernels read a one-query KV cache at half the memory bandwidth. Here a step is one parallel
+ * region: every phase is split between the threads, separated by barriers, and each weight byte
+ * and cache byte is read once.
+ *
+ * Numerics (the `int8` precision): Linear weights are int8 with one scale per output channel;
+ * each input row is quantised to int8 with its own scale just before a matrix product, the
+ * products are summed exactly in int32 and rescaled to float32. The self-attention KV cache is
+ * bfloat16. Everything else (layer norms, softmax, GELU, residuals) is float32.
+ *
+ * The matrix products use AVX512-VNNI or AVX2 when the build targets them, plain C otherwise.
+ */
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#include <immintrin.h>
+#define SRM_VNNI 1
+#elif defined(__AVX2__)
+#include <immintrin.h>
+#define SRM_AVX2 1
+#endif
+
+#define SRM_BLOCK_K 64 /* packed weights: (n / 4, k / 64, 4, 64) int8 */
+#define SRM_BLOCK_N 4
+#define SRM_MAX_ROWS 8
+
+typedef struct {
+    const int8_t *weight; /* packed, zero padded to n and k */
+    const float *scale;   /* (n) per output channel */
+    const int32_t *row_sum; /* (n) sum of each output channel's int8 weights */
+    const float *bias;    /* (n) or NULL */
+    int64_t n, k;         /* padded sizes: n % 4 == 0, k % 64 == 0 */
+    int64_t in_features;  /* k before padding */
+} srm_linear;
+
+typedef struct {
+    const float *ln1_weight, *ln1_bias, *ln2_weight, *ln2_bias, *ln3_weight, *ln3_bias;
+    srm_linear qkv, out, cross_q, cross_out, fc1, fc2;
+    uint16_t *k_cache, *v_cache;     /* (rows, heads, capacity, head_dim) bfloat16 */
+    const float *cross_k, *cross_v;  /* (cond_rows, heads, cross_len, head_dim) float32 */
+} srm_layer;
+
+typedef struct {
+    int64_t layers, rows, cond_rows, hidden, heads, head_dim, capacity, cross_len;
+    float eps;
+    int32_t threads;
+    const srm_layer *layer;
+    const float *final_ln_weight, *final_ln_bias;
+    srm_linear head;
+    const uint8_t *cross_mask; /* (cond_rows, cross_len), 1 = attend; NULL = attend to all */
+    /* scratch */
+    float *normed;   /* (rows, in_stride) */
+    int8_t *quant;   /* (rows, in_stride) */
+    float *row_scale; /* (rows) */
+    float *wide;     /* (rows, out_stride) */
+    float *attn;     /* (rows, in_stride) */
+    float *scores;   /* (rows * heads, max(capacity, cross_len)) */
+    float *logits;   /* (rows, head.n) */
+    int64_t in_stride, out_stride;
+} srm_decoder;
+
+/* ---------------------------------------------------------------- scalar helpers */
+
+static inline float bf16_to_float(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static inline uint16_t float_to_bf16(float f) {
+    uint32_t bits;
+    memcpy(&bits, &f, sizeof bits);
+    bits += 0x7FFFu + ((bits >> 16) & 1u); /* round to nearest even */
+    return (uint16_t)(bits >> 16);
+}
+
+/* exp(x) to ~2 ulp, in a form compilers vectorise (libm's expf is a scalar call). */
+static inline float fast_exp(float x) {
+    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    const float n = __builtin_rintf(x * 1.44269504088896341f);
+    const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    const int32_t e = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &e, sizeof scale);
+    return p * scale;
+}
+
+/* GELU with erf (Abramowitz & Stegun 7.1.26, |error| < 1.5e-7), as torch's default GELU. */
+static inline float gelu(float x) {
+    const float z = fabsf(x) * 0.70710678118654752f;
+    const float t = 1.0f / (1.0f + 0.3275911f * z);
+    const float poly = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
+    float erf_z = 1.0f - poly * fast_exp(-z * z);
+    erf_z = x < 0.0f ? -erf_z : erf_z;
+    return 0.5f * x * (1.0f + erf_z);
+}
+
+/* ---------------------------------------------------------------- row operations */
+
+/* Quantise `src[0:k]` to int8 with one symmetric scale; the padding of `dst` stays zero. */
+static void quantize_row(const float *src, int64_t k, int8_t *dst, float *scale) {
+    float top = 0.0f;
+#pragma omp simd reduction(max : top)
+    for (int64_t i = 0; i < k; i++) top = fmaxf(top, fabsf(src[i]));
+    const float s = top / 127.0f;
+    const float inv = top > 0.0f ? 127.0f / top : 0.0f;
+#pragma omp simd
+    for (int64_t i = 0; i < k; i++) dst[i] = (int8_t)__builtin_rintf(src[i] * inv);
+    *scale = s;
+}
+
+static void layer_norm_row(const float *x, int64_t d, const float *w, const float *b, float eps, float *out) {
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t i = 0; i < d; i++) sum += x[i];
+    const float mean = sum / (float)d;
+    float var = 0.0f;
+#pragma omp simd reduction(+ : var)
+    for (int64_t i = 0; i < d; i++) var += (x[i] - mean) * (x[i] - mean);
+    const float rstd = 1.0f / sqrtf(var / (float)d + eps);
+#pragma omp simd
+    for (int64_t i = 0; i < d; i++) out[i] = (x[i] - mean) * rstd * w[i] + b[i];
+}
+
+/* Each thread takes whole rows; the loop's end is a barrier. */
+static void norm_and_quantize(const srm_decoder *m, const float *x, const float *w, const float *b) {
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < m->rows; r++) {
+        float *normed = m->normed + r * m->in_stride;
+        layer_norm_row(x + r * m->hidden, m->hidden, w, b, m->eps, normed);
+        quantize_row(normed, m->hidden, m->quant + r * m->in_stride, m->row_scale + r);
+    }
+}
+
+static void quantize_rows(const srm_decoder *m, const float *src, int64_t k) {
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < m->rows; r++)
+        quantize_row(src + r * m->in_stride, k, m->quant + r * m->in_stride, m->row_scale + r);
+}
+
+/* ---------------------------------------------------------------- int8 matrix product */
+
+/* acc[i][r] = sum_k weight[block row i, k] * quant[r, k] for one block of 4 output channels. */
+static inline void dot_block(const int8_t *w, const int8_t *quant, int64_t stride, int64_t rows, int64_t k,
+                             int32_t acc[SRM_BLOCK_N][SRM_MAX_ROWS]) {
+#if defined(SRM_VNNI)
+    /* vpdpbusd multiplies unsigned by signed bytes: the input is shifted by +128 (xor of the sign
+     * bit) and 128 * row_sum is taken off afterwards. */
+    __m512i sum[SRM_BLOCK_N][SRM_MAX_ROWS];
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    for (int i = 0; i < SRM_BLOCK_N; i++)
+        for (int64_t r = 0; r < rows; r++) sum[i][r] = _mm512_setzero_si512();
+    for (int64_t kb = 0; kb < k; kb += SRM_BLOCK_K) {
+        const __m512i w0 = _mm512_loadu_si512(w + kb * SRM_BLOCK_N);
+        const __m512i w1 = _mm512_loadu_si512(w + kb * SRM_BLOCK_N + 64);
+        const __m512i w2 = _mm512_loadu_si512(w + kb * SRM_BLOCK_N + 128);
+        const __m512i w3 = _mm512_loadu_si512(w + kb * SRM_BLOCK_N + 192);
+        for (int64_t r = 0; r < rows; r++) {
+            const __m512i x = _mm512_xor_si512(_mm512_loadu_si512(quant + r * stride + kb), flip);
+            sum[0][r] = _mm512_dpbusd_epi32(sum[0][r], x, w0);
+            sum[1][r] = _mm512_dpbusd_epi32(sum[1][r], x, w1);
+            sum[2][r] = _mm512_dpbusd_epi32(sum[2][r], x, w2);
+            sum[3][r] = _mm512_dpbusd_epi32(sum[3][r], x, w3);
+        }
+    }
+    for (int i = 0; i < SRM_BLOCK_N; i++)
+        for (int64_t r = 0; r < rows; r++) acc[i][r] = _mm512_reduce_add_epi32(sum[i][r]);
+#elif defined(SRM_AVX2)
+    /* vpmaddubsw multiplies unsigned by signed bytes with int16 saturation: |w| times x with w's
+     * sign keeps every pair sum within int16 (weights and inputs are in [-127, 127]). */
+    __m256i sum[SRM_BLOCK_N][SRM_MAX_ROWS];
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int i = 0; i < SRM_BLOCK_N; i++)
+        for (int64_t r = 0; r < rows; r++) sum[i][r] = _mm256_setzero_si256();
+    for (int64_t kb = 0; kb < k; kb += SRM_BLOCK_K) {
+        for (int half = 0; half < 2; half++) {
+            for (int i = 0; i < SRM_BLOCK_N; i++) {
+                const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + kb * SRM_BLOCK_N + i * 64 + half * 32));
+                const __m256i w_abs = _mm256_sign_epi8(wv, wv);
+                for (int64_t r = 0; r < rows; r++) {
+                    const __m256i x = _mm256_loadu_si256((const __m256i *)(quant + r * stride + kb + half * 32));
+                    const __m256i pairs = _mm256_maddubs_epi16(w_abs, _mm256_sign_epi8(x, wv));
+                    sum[i][r] = _mm256_add_epi32(sum[i][r], _mm256_madd_epi16(pairs, ones));
+                }
+            }
+        }
+    }
+    for (int i = 0; i < SRM_BLOCK_N; i++)
+        for (int64_t r = 0; r < rows; r++) {
+            const __m128i s = _mm_add_epi32(_mm256_castsi256_si128(sum[i][r]), _mm256_extracti128_si256(sum[i][r], 1));
+            const __m128i s2 = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+            acc[i][r] = _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32(s2, 0xB1)));
+        }
+#else
+    for (int i = 0; i < SRM_BLOCK_N; i++)
+        for (int64_t r = 0; r < rows; r++) acc[i][r] = 0;
+    for (int64_t kb = 0; kb < k; kb += SRM_BLOCK_K)
+        for (int i = 0; i < SRM_BLOCK_N; i++) {
+            const int8_t *wi = w + kb * SRM_BLOCK_N + i * 64;
+            for (int64_t r = 0; r < rows; r++) {
+                const int8_t *x = quant + r * stride + kb;
+                int32_t s = 0;
+                for (int j = 0; j < 64; j++) s += (int32_t)wi[j] * (int32_t)x[j];
+                acc[i][r] += s;
+            }
+        }
+#endif
+}
+
+/* out[r, n] = row_scale[r] * scale[n] * (quant[r] . weight[n]) + bias[n]  (+ out[r, n] if accumulate).
+ * Output channels are split between the threads; the loop's end is a barrier. */
+static void linear(const srm_decoder *m, const srm_linear *lin, int64_t rows, float *out, int64_t out_stride,
+                   int accumulate) {
+#pragma omp for schedule(static)
+    for (int64_t nb = 0; nb < lin->n; nb += SRM_BLOCK_N) {
+        int32_t acc[SRM_BLOCK_N][SRM_MAX_ROWS];
+        dot_block(lin->weight + nb * lin->k, m->quant, m->in_stride, rows, lin->k, acc);
+        for (int i = 0; i < SRM_BLOCK_N; i++) {
+            const int64_t n = nb + i;
+            const float bias = lin->bias ? lin->bias[n] : 0.0f;
+#if defined(SRM_VNNI)
+            const int32_t shift = 128 * lin->row_sum[n];
+#else
+            const int32_t shift = 0;
+#endif
+            for (int64_t r = 0; r < rows; r++) {
+                const float y = m->row_scale[r] * lin->scale[n] * (float)(acc[i][r] - shift) + bias;
+                float *dst = out + r * out_stride + n;
+                *dst = accumulate ? *dst + y : y;
+            }
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- attention */
+
+/* Softmax-weighted sum for one query: scores[0:len] in, out[0:head_dim] = sum_t p_t * value_t. */
+static inline void softmax_in_place(float *scores, int64_t len) {
+    float top = -FLT_MAX;
+    for (int64_t t = 0; t < len; t++) top = scores[t] > top ? scores[t] : top;
+    float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+    for (int64_t t = 0; t < len; t++) {
+        scores[t] = fast_exp(scores[t] - top);
+        total += scores[t];
+    }
+    const float inv = 1.0f / total;
+#pragma omp simd
+    for (int64_t t = 0; t < len; t++) scores[t] *= inv;
+}
+
+/* Writes position `pos` of the bf16 caches from the fused qkv output, then attends over 0..pos. */
+static void self_attention(const srm_decoder *m, const srm_layer *l, int64_t pos) {
+    const int64_t hd = m->head_dim, d = m->hidden, cap = m->capacity;
+    const float scale = 1.0f / sqrtf((float)hd);
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < m->rows * m->heads; p++) {
+        const int64_t r = p / m->heads, h = p % m->heads;
+        const float *q = m->wide + r * m->out_stride + h * hd;
+        const float *k_new = q + d, *v_new = q + 2 * d;
+        uint16_t *keys = l->k_cache + p * cap * hd, *values = l->v_cache + p * cap * hd;
+        float *scores = m->scores + p * m->capacity;
+        float *o = m->attn + r * m->in_stride + h * hd;
+        for (int64_t i = 0; i < hd; i++) {
+            keys[pos * hd + i] = float_to_bf16(k_new[i]);
+            values[pos * hd + i] = float_to_bf16(v_new[i]);
+        }
+        for (int64_t t = 0; t <= pos; t++) {
+            const uint16_t *key = keys + t * hd;
+            float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+            for (int64_t i = 0; i < hd; i++) dot += q[i] * bf16_to_float(key[i]);
+            scores[t] = dot * scale;
+        }
+        softmax_in_place(scores, pos + 1);
+        for (int64_t i = 0; i < hd; i++) o[i] = 0.0f;
+        for (int64_t t = 0; t <= pos; t++) {
+            const uint16_t *value = values + t * hd;
+            const float w = scores[t];
+#pragma omp simd
+            for (int64_t i = 0; i < hd; i++) o[i] += w * bf16_to_float(value[i]);
+        }
+    }
+}
+
+/* Attention of the conditional rows over the text encoder's keys and values; the unconditional
+ * rows (classifier-free guidance) see no text, so their output is zero. */
+static void cross_attention(const srm_decoder *m, const srm_layer *l) {
+    const int64_t hd = m->head_dim, s = m->cross_len;
+    const float scale = 1.0f / sqrtf((float)hd);
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < m->rows * m->heads; p++) {
+        const int64_t r = p / m->heads, h = p % m->heads;
+        float *o = m->attn + r * m->in_stride + h * hd;
+        if (r >= m->cond_rows) {
+            for (int64_t i = 0; i < hd; i++) o[i] = 0.0f;
+            continue;
+        }
+        const float *q = m->wide + r * m->out_stride + h * hd;
+        const float *keys = l->cross_k + p * s * hd, *values = l->cross_v + p * s * hd;
+        const uint8_t *mask = m->cross_mask ? m->cross_mask + r * s : NULL;
+        float *scores = m->scores + p * (m->capacity > s ? m->capacity : s);
+        for (int64_t t = 0; t < s; t++) {
+            float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+            for (int64_t i = 0; i < hd; i++) dot += q[i] * keys[t * hd + i];
+            scores[t] = (mask && !mask[t]) ? -FLT_MAX : dot * scale;
+        }
+        softmax_in_place(scores, s);
+        for (int64_t i = 0; i < hd; i++) o[i] = 0.0f;
+        for (int64_t t = 0; t < s; t++) {
+            const float w = scores[t];
+#pragma omp simd
+            for (int64_t i = 0; i < hd; i++) o[i] += w * values[t * hd + i];
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- the step */
+
+static void feed_forward(const srm_decoder *m, const srm_layer *l, float *x) {
+    norm_and_quantize(m, x, l->ln3_weight, l->ln3_bias);
+    linear(m, &l->fc1, m->rows, m->wide, m->out_stride, 0);
+    const int64_t ffn = l->fc2.in_features;
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < m->rows; r++) {
+        float *row = m->wide + r * m->out_stride;
+#pragma omp simd
+        for (int64_t i = 0; i < ffn; i++) row[i] = gelu(row[i]);
+        quantize_row(row, ffn, m->quant + r * m->in_stride, m->row_scale + r);
+    }
+    linear(m, &l->fc2, m->rows, x, m->hidden, 1);
+}
+
+/* One decoder step: x (rows, hidden) holds the input embeddings and is overwritten by the
+ * residual stream; the logits land in m->logits (rows, head.n). Position `pos` of every
+ * layer's KV cache is written. */
+void srm_decoder_step(const srm_decoder *m, float *x, int64_t pos) {
+#pragma omp parallel num_threads(m->threads)
+    for (int64_t li = 0; li < m->layers; li++) {
+        const srm_layer *l = &m->layer[li];
+        norm_and_quantize(m, x, l->ln1_weight, l->ln1_bias);
+        linear(m, &l->qkv, m->rows, m->wide, m->out_stride, 0);
+        self_attention(m, l, pos);
+        quantize_rows(m, m->attn, m->hidden);
+        linear(m, &l->out, m->rows, x, m->hidden, 1);
+
+        norm_and_quantize(m, x, l->ln2_weight, l->ln2_bias);
+        linear(m, &l->cross_q, m->cond_rows, m->wide, m->out_stride, 0);
+        cross_attention(m, l);
+        quantize_rows(m, m->attn, m->hidden);
+        linear(m, &l->cross_out, m->rows, x, m->hidden, 1);
+
+        feed_forward(m, l, x);
+    }
+#pragma omp parallel num_threads(m->threads)
+    {
+        norm_and_quantize(m, x, m->final_ln_weight, m->final_ln_bias);
+        linear(m, &m->head, m->rows, m->logits, m->head.n, 0);
+    }
+}
+
+/* Exposed for tests: one int8 Linear over `rows` input rows already in m->quant / m->row_scale. */
+void srm_linear_forward(const srm_decoder *m, const srm_linear *lin, int64_t rows, float *out, int64_t out_stride) {
+#pragma omp parallel num_threads(m->threads)
+    linear(m, lin, rows, out, out_stride, 0);
+}

@@ -1,0 +1,400 @@
+"""Native int8 decoder step (`kernels.c`): building the library, packing weights, calling it.
+
+The library is compiled ahead of time (`python -m handler.kernels`, run by `make` and the image
+build), once per instruction set it can use; `load()` picks the best one this CPU runs. Without a
+library the engine runs the same arithmetic in torch (`Int8Linear.forward`), only slower.
+"""
+
+import ctypes
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("kernels.c")
+BLOCK_N, BLOCK_K, MAX_ROWS = 4, 64, 8
+"""Must match SRM_BLOCK_N, SRM_BLOCK_K and SRM_MAX_ROWS in kernels.c."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One build of the library: for the CPUs that have all of `cpu_flags`."""
+
+    name: str
+    flags: tuple[str, ...]
+    cpu_flags: frozenset[str]
+
+    def path(self, directory: Path = SOURCE.parent) -> Path:
+        return directory / f"libsrm_kernels_{self.name}.so"
+
+
+GENERIC = Variant("generic", (), frozenset())
+"""Plain C for any CPU the compiler targets by default (its scalar path on x86)."""
+
+# Best first. The targets are portable baselines, not the build machine's own CPU: the image is
+# built on one machine and runs on Lambda's (x86-64-v3 is AVX2 + FMA, on every Lambda x86 CPU).
+_VARIANTS = {
+    "x86_64": (
+        Variant("avx512vnni", ("-march=x86-64-v4", "-mavx512vnni"), frozenset({"avx512bw", "avx512_vnni"})),
+        Variant("avx2", ("-march=x86-64-v3",), frozenset({"avx2", "fma"})),
+    ),
+    "aarch64": (Variant("armv8", ("-march=armv8-a",), frozenset()),),
+}
+
+
+def variants(machine: str | None = None) -> tuple[Variant, ...]:
+    """The builds made for `machine` (default: this one), best first."""
+    return _VARIANTS.get(machine or platform.machine(), (GENERIC,))
+
+
+def openmp_runtime() -> Path | None:
+    """torch's own OpenMP runtime, where its wheel bundles one: the library links to that file."""
+    bundled = sorted((Path(torch.__file__).parent / "lib").glob("libgomp*.so*"))
+    return bundled[0] if bundled else None
+
+
+def build_commands(variant: Variant, output: Path, compiler: str = "cc") -> list[list[str]]:
+    """Compile, then link. Linking to torch's OpenMP runtime (not the system's) makes the kernels
+    share torch's thread pool; two runtimes would each keep threads spinning on the same cores."""
+    obj = output.with_suffix(".o")
+    runtime = openmp_runtime()
+    openmp = [str(runtime)] if runtime else ["-fopenmp"]
+    return [
+        [compiler, "-O3", *variant.flags, "-fopenmp", "-fPIC", "-c", str(SOURCE), "-o", str(obj)],
+        [compiler, "-shared", str(obj), "-o", str(output), *openmp, "-lm"],
+    ]
+
+
+def build(selected: Sequence[Variant] | None = None, directory: Path = SOURCE.parent) -> list[Path]:
+    """Compile each variant into `directory`, replacing a library only once its build has succeeded."""
+    built = []
+    for variant in selected or variants():
+        with tempfile.TemporaryDirectory(dir=directory) as scratch:
+            partial = Path(scratch) / "kernels.so"
+            for command in build_commands(variant, partial, os.environ.get("CC", "cc")):
+                subprocess.run(command, check=True)
+            partial.chmod(0o755)  # Lambda runs the image as another user
+            os.replace(partial, variant.path(directory))
+        built.append(variant.path(directory))
+    return built
+
+
+def cpu_flags() -> frozenset[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+# ------------------------------------------------------------------------------------ weights
+
+
+class Int8Linear(nn.Module):
+    """A Linear layer as the native step stores it: int8 weights, one scale per output channel.
+
+    Packed as (out / 4, in / 64, 4, 64) and zero padded, so the kernel streams it in order. Its
+    `forward` is the same arithmetic in torch (inputs quantised per row), used without the library.
+    """
+
+    weight: torch.Tensor
+    scale: torch.Tensor
+    row_sum: torch.Tensor
+    bias: torch.Tensor | None
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = (int(s) for s in weight.shape)
+        n, k = _round_up(self.out_features, BLOCK_N), _round_up(self.in_features, BLOCK_K)
+        w = weight.detach().float()
+        scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+        q = torch.zeros((n, k), dtype=torch.int8)
+        q[: self.out_features, : self.in_features] = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+        self.register_buffer(
+            "weight", q.view(n // BLOCK_N, BLOCK_N, k // BLOCK_K, BLOCK_K).transpose(1, 2).contiguous()
+        )
+        self.register_buffer("scale", _padded(scale, n))
+        self.register_buffer("row_sum", q.sum(dim=1, dtype=torch.int32))
+        self.register_buffer("bias", None if bias is None else _padded(bias.detach().float(), n))
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
+        return cls(linear.weight, linear.bias)
+
+    @property
+    def padded_shape(self) -> tuple[int, int]:
+        return int(self.scale.shape[0]), int(self.weight.shape[1]) * BLOCK_K
+
+    def int8_weight(self) -> torch.Tensor:
+        """The (out, in) int8 weights, unpacked."""
+        n, k = self.padded_shape
+        unpacked = self.weight.transpose(1, 2).reshape(n, k)
+        return unpacked[: self.out_features, : self.in_features]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, row_scale = quantize_rows(x.reshape(-1, self.in_features).float())
+        w = self.int8_weight().float() * self.scale[: self.out_features, None]
+        y = (q.float() * row_scale) @ w.T
+        if self.bias is not None:
+            y = y + self.bias[: self.out_features]
+        return y.view(*x.shape[:-1], self.out_features)
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 quantisation with one scale per row, as the kernel does: (q, scale (rows, 1))."""
+    top = x.abs().amax(dim=-1, keepdim=True)
+    inv = torch.where(top > 0, 127.0 / top, torch.zeros_like(top))
+    return torch.round(x * inv).to(torch.int8), top / 127.0
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _padded(values: torch.Tensor, size: int) -> torch.Tensor:
+    out = torch.zeros(size, dtype=values.dtype)
+    out[: values.shape[0]] = values
+    return out
+
+
+@dataclass
+class LayerWeights:
+    """One decoder layer's weights for the native step."""
+
+    norms: tuple[nn.LayerNorm, nn.LayerNorm, nn.LayerNorm]  # self-attention, cross-attention, feed-forward
+    qkv: Int8Linear
+    out: Int8Linear
+    cross_q: Int8Linear
+    cross_out: Int8Linear
+    fc1: Int8Linear
+    fc2: Int8Linear
+
+
+# ------------------------------------------------------------------------------------ ctypes
+
+_ptr = ctypes.c_void_p
+
+
+class _Linear(ctypes.Structure):
+    _fields_ = [
+        ("weight", _ptr),
+        ("scale", _ptr),
+        ("row_sum", _ptr),
+        ("bias", _ptr),
+        ("n", ctypes.c_int64),
+        ("k", ctypes.c_int64),
+        ("in_features", ctypes.c_int64),
+    ]
+
+
+class _Layer(ctypes.Structure):
+    _fields_ = [
+        *((name, _ptr) for name in ("ln1_w", "ln1_b", "ln2_w", "ln2_b", "ln3_w", "ln3_b")),
+        *((name, _Linear) for name in ("qkv", "out", "cross_q", "cross_out", "fc1", "fc2")),
+        *((name, _ptr) for name in ("k_cache", "v_cache", "cross_k", "cross_v")),
+    ]
+
+
+class _Decoder(ctypes.Structure):
+    _fields_ = [
+        *(
+            (name, ctypes.c_int64)
+            for name in ("layers", "rows", "cond_rows", "hidden", "heads", "head_dim", "capacity", "cross_len")
+        ),
+        ("eps", ctypes.c_float),
+        ("threads", ctypes.c_int32),
+        ("layer", ctypes.POINTER(_Layer)),
+        ("final_ln_w", _ptr),
+        ("final_ln_b", _ptr),
+        ("head", _Linear),
+        ("cross_mask", _ptr),
+        *((name, _ptr) for name in ("normed", "quant", "row_scale", "wide", "attn", "scores", "logits")),
+        ("in_stride", ctypes.c_int64),
+        ("out_stride", ctypes.c_int64),
+    ]
+
+
+def _address(tensor: torch.Tensor | None) -> int | None:
+    return None if tensor is None else tensor.data_ptr()
+
+
+def _linear_struct(lin: Int8Linear) -> _Linear:
+    n, k = lin.padded_shape
+    return _Linear(
+        lin.weight.data_ptr(), lin.scale.data_ptr(), lin.row_sum.data_ptr(), _address(lin.bias), n, k, lin.in_features
+    )
+
+
+class NativeKernels:
+    """The loaded library."""
+
+    def __init__(self, library: ctypes.CDLL, variant: Variant) -> None:
+        self.variant = variant
+        self._step = library.srm_decoder_step
+        self._step.restype = None
+        self._step.argtypes = [ctypes.POINTER(_Decoder), _ptr, ctypes.c_int64]
+        self._linear = library.srm_linear_forward
+        self._linear.restype = None
+        self._linear.argtypes = [
+            ctypes.POINTER(_Decoder),
+            ctypes.POINTER(_Linear),
+            ctypes.c_int64,
+            _ptr,
+            ctypes.c_int64,
+        ]
+
+    def linear(self, lin: Int8Linear, x: torch.Tensor) -> torch.Tensor:
+        """`lin` applied to the rows of `x` (rows, in) by the kernel; for tests."""
+        rows = int(x.shape[0])
+        n, k = lin.padded_shape
+        q, row_scale = quantize_rows(x.float())
+        quant = torch.zeros((rows, k), dtype=torch.int8)
+        quant[:, : lin.in_features] = q
+        out = torch.empty((rows, n))
+        holder = _Decoder(
+            rows=rows,
+            threads=torch.get_num_threads(),
+            quant=quant.data_ptr(),
+            row_scale=row_scale.contiguous().data_ptr(),
+            in_stride=k,
+        )
+        self._linear(ctypes.byref(holder), ctypes.byref(_linear_struct(lin)), rows, out.data_ptr(), n)
+        return out[:, : lin.out_features]
+
+    def step(self, run: "NativeRun", x: torch.Tensor, pos: int) -> torch.Tensor:
+        """One decoder step of `run` on embeddings `x` (rows, hidden) -> logits (rows, head outputs)."""
+        run.x.copy_(x)
+        self._step(ctypes.byref(run.struct), run.x.data_ptr(), pos)
+        return run.logits
+
+
+class NativeRun:
+    """Caches, scratch and the C description of one generation's decoder state."""
+
+    def __init__(
+        self,
+        layers: Sequence[LayerWeights],
+        final_norm: nn.LayerNorm,
+        head: Int8Linear,
+        *,
+        heads: int,
+        rows: int,
+        cond_rows: int,
+        capacity: int,
+        cross_k: Sequence[torch.Tensor],
+        cross_v: Sequence[torch.Tensor],
+        cross_mask: torch.Tensor | None,
+    ) -> None:
+        if rows > MAX_ROWS:
+            raise ValueError(f"at most {MAX_ROWS} rows per step")
+        hidden = int(final_norm.weight.shape[0])
+        head_dim = hidden // heads
+        self.rows = rows
+        linears = [head, *(lin for lw in layers for lin in (lw.qkv, lw.out, lw.cross_q, lw.cross_out, lw.fc1, lw.fc2))]
+        in_stride = max(lin.padded_shape[1] for lin in linears)
+        out_stride = max(lin.padded_shape[0] for lin in linears)
+        cross_len = int(cross_k[0].shape[2])
+        shape = (len(layers), rows, heads, capacity, head_dim)
+        # Uninitialised: attention reads only positions already written, and untouched pages of a
+        # long clip's cache cost no memory until they are.
+        self.k_cache = torch.empty(shape, dtype=torch.bfloat16)
+        self.v_cache = torch.empty(shape, dtype=torch.bfloat16)
+        self.x = torch.empty((rows, hidden))
+        self.logits = torch.empty((rows, head.padded_shape[0]))
+        normed = torch.empty((rows, in_stride))
+        quant = torch.zeros((rows, in_stride), dtype=torch.int8)
+        row_scale = torch.empty(rows)
+        wide = torch.empty((rows, out_stride))
+        attn = torch.zeros((rows, in_stride))
+        scores = torch.empty((rows * heads, max(capacity, cross_len)))
+        mask = None if cross_mask is None else cross_mask.to(torch.uint8).contiguous()
+        keys = [k.contiguous() for k in cross_k]
+        values = [v.contiguous() for v in cross_v]
+        # The C side holds raw pointers: keep every tensor it points to alive as long as the run.
+        self._keep = [normed, quant, row_scale, wide, attn, scores, mask, keys, values, layers, final_norm, head]
+        self._layers = (_Layer * len(layers))(
+            *(
+                _Layer(
+                    *(norm_param for norm in lw.norms for norm_param in (norm.weight.data_ptr(), norm.bias.data_ptr())),
+                    *(_linear_struct(lin) for lin in (lw.qkv, lw.out, lw.cross_q, lw.cross_out, lw.fc1, lw.fc2)),
+                    self.k_cache[i].data_ptr(),
+                    self.v_cache[i].data_ptr(),
+                    keys[i].data_ptr(),
+                    values[i].data_ptr(),
+                )
+                for i, lw in enumerate(layers)
+            )
+        )
+        self.struct = _Decoder(
+            layers=len(layers),
+            rows=rows,
+            cond_rows=cond_rows,
+            hidden=hidden,
+            heads=heads,
+            head_dim=head_dim,
+            capacity=capacity,
+            cross_len=cross_len,
+            eps=float(final_norm.eps),
+            threads=torch.get_num_threads(),
+            layer=self._layers,
+            final_ln_w=final_norm.weight.data_ptr(),
+            final_ln_b=final_norm.bias.data_ptr(),
+            head=_linear_struct(head),
+            cross_mask=_address(mask),
+            normed=normed.data_ptr(),
+            quant=quant.data_ptr(),
+            row_scale=row_scale.data_ptr(),
+            wide=wide.data_ptr(),
+            attn=attn.data_ptr(),
+            scores=scores.data_ptr(),
+            logits=self.logits.data_ptr(),
+            in_stride=in_stride,
+            out_stride=out_stride,
+        )
+
+
+def load(variant: Variant, directory: Path = SOURCE.parent) -> NativeKernels | None:
+    """`variant`'s library in `directory`, or None when it has not been built or cannot be loaded."""
+    path = variant.path(directory)
+    if not path.is_file():
+        return None
+    try:
+        # torch is imported first, so the library's OpenMP runtime is torch's own (one thread pool).
+        return NativeKernels(ctypes.CDLL(str(path)), variant)
+    except OSError:
+        logger.warning("native kernels could not be loaded", extra={"library": str(path)}, exc_info=True)
+        return None
+
+
+@cache
+def best() -> NativeKernels | None:
+    """The best library built for this CPU, loaded once per process; None if none is built."""
+    for variant in variants():
+        if runnable(variant) and (kernels := load(variant)) is not None:
+            return kernels
+    logger.warning("native kernels not built (python -m handler.kernels); the int8 decoder runs in torch, slowly")
+    return None
+
+
+def runnable(variant: Variant) -> bool:
+    """Whether this CPU has the instructions `variant` was compiled for."""
+    return variant.cpu_flags <= cpu_flags()
+
+
+if __name__ == "__main__":
+    for path in build(directory=Path(sys.argv[1]) if len(sys.argv) > 1 else SOURCE.parent):
+        print(path)

@@ -1,0 +1,149 @@
+"""The native kernels: every build this CPU runs, against the same arithmetic in torch."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from handler import kernels
+from handler.kernels import GENERIC, Int8Linear, LayerWeights, NativeKernels, NativeRun
+
+LAYERS = 2
+SHAPES = [(64, 4, 128), (24, 2, 40)]
+"""(hidden, heads, ffn): one without padding, one padded to the kernel's blocks."""
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, NativeKernels]:
+    """Each variant this CPU can run, plus the plain-C one, built into a temporary directory."""
+    directory = tmp_path_factory.mktemp("kernels")
+    selected = [v for v in (*kernels.variants(), GENERIC) if kernels.runnable(v)]
+    kernels.build(selected, directory)
+    loaded = {v.name: kernels.load(v, directory) for v in selected}
+    return {name: k for name, k in loaded.items() if k is not None}
+
+
+def test_every_runnable_variant_builds_and_loads(builds: dict[str, NativeKernels]) -> None:
+    expected = {v.name for v in (*kernels.variants(), GENERIC) if kernels.runnable(v)}
+    assert set(builds) == expected
+    assert "generic" in builds
+
+
+def test_the_library_links_to_torchs_openmp_runtime(builds: dict[str, NativeKernels], tmp_path: Path) -> None:
+    runtime = kernels.openmp_runtime()
+    if runtime is None:
+        pytest.fail("this torch wheel bundles no OpenMP runtime; the check below would not apply")
+    (path,) = kernels.build([GENERIC], tmp_path)
+    needed = subprocess.run(["readelf", "-d", str(path)], capture_output=True, text=True, check=True).stdout
+    soname = subprocess.run(["readelf", "-d", str(runtime)], capture_output=True, text=True, check=True).stdout
+    runtime_name = soname.split("Library soname: [", 1)[1].split("]", 1)[0]
+    assert f"Shared library: [{runtime_name}]" in needed
+    assert needed.count("libgomp") == 1
+
+
+def test_a_failed_build_leaves_the_previous_library(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (path,) = kernels.build([GENERIC], tmp_path)
+    before = path.read_bytes()
+    monkeypatch.setenv("CC", "false")
+    with pytest.raises(subprocess.CalledProcessError):
+        kernels.build([GENERIC], tmp_path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+def test_int8_linear_keeps_each_output_channel_within_half_a_step() -> None:
+    weight = torch.randn(10, 70) * torch.linspace(0.01, 5.0, 10)[:, None]
+    lin = Int8Linear(weight, None)
+    q = lin.int8_weight()
+    assert q.dtype == torch.int8
+    assert q.shape == (10, 70)
+    assert int(q.abs().max()) == 127
+    step = lin.scale[:10, None]
+    assert torch.all((q.float() * step - weight).abs() <= step / 2 + 1e-6)
+    assert lin.padded_shape == (12, 128)
+    assert lin.weight.numel() == 12 * 128  # zero padded
+    assert int(lin.weight.abs().sum()) == int(q.abs().sum(dtype=torch.int64))
+
+
+@pytest.mark.parametrize(
+    ("out_features", "in_features", "rows", "bias"),
+    [(48, 16, 2, True), (3072, 1024, 2, False), (8, 100, 1, True), (1024, 4096, 3, True)],
+)
+def test_linear_equals_torch(
+    builds: dict[str, NativeKernels], out_features: int, in_features: int, rows: int, bias: bool
+) -> None:
+    torch.manual_seed(out_features + rows)
+    lin = Int8Linear(torch.randn(out_features, in_features), torch.randn(out_features) if bias else None)
+    x = torch.randn(rows, in_features)
+    expected = lin(x)
+    for name, native in builds.items():
+        got = native.linear(lin, x)
+        # Integer sums are exact; only the float rescaling differs in rounding.
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()), msg=name)
+
+
+def random_layer(hidden: int, ffn: int) -> LayerWeights:
+    def norm() -> nn.LayerNorm:
+        ln = nn.LayerNorm(hidden)
+        nn.init.normal_(ln.weight, 1.0, 0.1)
+        nn.init.normal_(ln.bias, 0.0, 0.1)
+        return ln
+
+    def linear(out_features: int, in_features: int) -> Int8Linear:
+        return Int8Linear(torch.randn(out_features, in_features) / in_features**0.5, torch.randn(out_features) * 0.1)
+
+    return LayerWeights(
+        norms=(norm(), norm(), norm()),
+        qkv=linear(3 * hidden, hidden),
+        out=linear(hidden, hidden),
+        cross_q=linear(hidden, hidden),
+        cross_out=linear(hidden, hidden),
+        fc1=linear(ffn, hidden),
+        fc2=linear(hidden, ffn),
+    )
+
+
+@pytest.mark.parametrize(("hidden", "heads", "ffn"), SHAPES)
+def test_every_build_computes_the_same_decoder_steps(
+    builds: dict[str, NativeKernels], hidden: int, heads: int, ffn: int
+) -> None:
+    torch.manual_seed(hidden)
+    layers = [random_layer(hidden, ffn) for _ in range(LAYERS)]
+    final_norm, head = nn.LayerNorm(hidden), Int8Linear(torch.randn(40, hidden), None)
+    cross_len, capacity, steps = 5, 12, 12
+    cross_k = [torch.randn(1, heads, cross_len, hidden // heads) for _ in layers]
+    cross_v = [torch.randn(1, heads, cross_len, hidden // heads) for _ in layers]
+    inputs = torch.randn(steps, 2, hidden)
+
+    def run(native: NativeKernels) -> torch.Tensor:
+        # Scratch memory comes back from torch's allocator holding the previous run's values:
+        # a result that reads any of it would differ between runs.
+        state = NativeRun(
+            layers, final_norm, head, heads=heads, rows=2, cond_rows=1, capacity=capacity,
+            cross_k=cross_k, cross_v=cross_v, cross_mask=None,
+        )  # fmt: skip
+        return torch.stack([native.step(state, inputs[t], t).clone() for t in range(steps)])
+
+    reference = run(builds["generic"])
+    assert torch.isfinite(reference).all()
+    assert not torch.equal(reference[0], reference[-1])
+    scale = float(reference.abs().max())
+    for name, native in builds.items():
+        got = run(native)
+        # Builds sum floats in different orders (vector widths); where that moves a value across
+        # an int8 rounding boundary the difference carries on through the layers, a little.
+        torch.testing.assert_close(got, reference, rtol=0, atol=0.02 * scale, msg=name)
+        assert float((got - reference).abs().mean()) < 0.002 * scale, name
+        assert torch.equal(run(native), run(native)), name
+
+
+def test_too_many_rows_are_refused() -> None:
+    layer = random_layer(64, 128)
+    with pytest.raises(ValueError, match="rows"):
+        NativeRun(
+            [layer], nn.LayerNorm(64), Int8Linear(torch.randn(8, 64), None), heads=4,
+            rows=kernels.MAX_ROWS + 1, cond_rows=1, capacity=4,
+            cross_k=[torch.zeros(1, 4, 2, 16)], cross_v=[torch.zeros(1, 4, 2, 16)], cross_mask=None,
+        )  # fmt: skip
