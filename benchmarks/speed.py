@@ -36,13 +36,26 @@ def model_dir(smoke: bool, cache_dir: Path) -> Path:
     from tests.model_builder import build_musicgen_small, build_tiny_model
 
     name = "tiny-musicgen-random" if smoke else "musicgen-small-random"
-    source, baked = cache_dir / name, cache_dir / f"{name}-baked"
+    source, baked = cache_dir / name, cache_dir / f"{name}-baked-{artifact_version()}"
     if not any(source.glob("*.safetensors")):
         source.mkdir(parents=True, exist_ok=True)
         (build_tiny_model if smoke else build_musicgen_small)(source)
     if not (baked / ARTIFACT_NAME).is_file():
         bake(str(source), baked)
     return baked
+
+
+def artifact_version() -> str:
+    """Changes whenever the code or libraries that shape the serving artifact do: a stale bake is never reused."""
+    import hashlib
+
+    import torch
+    import transformers
+
+    digest = hashlib.sha256(f"{torch.__version__} {transformers.__version__}".encode())
+    for source in ("handler/fast_decoder.py", "handler/kernels.py", "infra/bake_model.py"):
+        digest.update((ROOT / source).read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def peak_rss_mb() -> float:
@@ -98,8 +111,10 @@ def measure_baseline(directory: Path, seconds: int) -> dict[str, Any]:
 
 def measure_engine(directory: Path, seconds: int, precision: str, long_seconds: int) -> dict[str, Any]:
     """Our engine as the app runs it: `TransformersMusicGenerator` from `handler.engine`."""
+    from handler import kernels
     from handler.engine import GenerationParams, TransformersMusicGenerator
 
+    native = kernels.best()
     generator = TransformersMusicGenerator(str(directory), precision)  # type: ignore[arg-type]
     generator.load()
     ready = since_process_start()
@@ -115,6 +130,7 @@ def measure_engine(directory: Path, seconds: int, precision: str, long_seconds: 
         "encodec_s": stamps[-1] - stamps[-2],
         "ready_s": ready,
         "precision": generator.precision,
+        "kernels": native.variant.name if native else "not built (torch fallback)",
     }
     generator.generate(GenerationParams(PROMPT, long_seconds, 3.0, 1.0, seed=1))
     result["peak_rss_mb"] = peak_rss_mb()
@@ -255,7 +271,7 @@ def table(report: dict[str, Any]) -> str:
     seconds = report["clip_seconds"]
     base, ours, http = report["baseline"], report["engine"], report["http"]
     rows = [
-        ("", "baseline (generate, fp32)", f"ours ({ours['precision']})"),
+        ("", "baseline (generate, fp32)", f"ours ({ours['precision']}, kernels: {ours['kernels']})"),
         ("ms per decode step", f"{base['ms_per_step']:.1f}", f"{ours['ms_per_step']:.1f}"),
         (f"wall time, {seconds} s clip", f"{base['wall_s']:.2f} s", f"{ours['wall_s']:.2f} s"),
         ("real-time factor", f"{base['wall_s'] / seconds:.2f}", f"{ours['wall_s'] / seconds:.2f}"),

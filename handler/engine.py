@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from handler.settings import Precision
+from handler.tokenizer import TOKENIZER_NAME, PromptTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class SpeedMeter:
 @dataclass(frozen=True)
 class _LoadedModel:
     decoder: Any
-    processor: Any
+    tokenizer: PromptTokenizer
     sample_rate: int
     frame_rate: int
     num_codebooks: int
@@ -177,24 +178,28 @@ class TransformersMusicGenerator:
 
 
 def _load(model_id: str, precision: Precision) -> _LoadedModel:
-    from transformers import AutoProcessor, MusicgenForConditionalGeneration
+    from handler.fast_decoder import ARTIFACT_NAME, load_artifact
 
-    from handler.fast_decoder import ARTIFACT_NAME, FastMusicgen, load_artifact
-
-    processor: Any = AutoProcessor.from_pretrained(model_id)  # type: ignore[no-untyped-call]
-    artifact = Path(model_id) / ARTIFACT_NAME
-    if precision == "int8" and artifact.is_file():
+    artifact, tokenizer_file = Path(model_id) / ARTIFACT_NAME, Path(model_id) / TOKENIZER_NAME
+    if precision == "int8" and artifact.is_file() and tokenizer_file.is_file():
         # Baked at build time: int8 weights as saved, no fp32 decoder read or converted.
         decoder = load_artifact(artifact)
+        tokenizer = PromptTokenizer.from_file(tokenizer_file)
     else:
+        from transformers import AutoProcessor, MusicgenForConditionalGeneration
+
+        from handler.fast_decoder import FastMusicgen
+
+        processor: Any = AutoProcessor.from_pretrained(model_id)  # type: ignore[no-untyped-call]
+        tokenizer = PromptTokenizer.from_processor(processor)
         decoder = FastMusicgen(MusicgenForConditionalGeneration.from_pretrained(model_id), precision)
     return _LoadedModel(
         decoder=decoder,
-        processor=processor,
+        tokenizer=tokenizer,
         sample_rate=decoder.sampling_rate,
         frame_rate=decoder.frame_rate,
         num_codebooks=decoder.num_codebooks,
-        top_k=int(decoder.model.generation_config.top_k or DEFAULT_TOP_K),
+        top_k=int(decoder.top_k or DEFAULT_TOP_K),
     )
 
 
@@ -206,7 +211,7 @@ def decode_steps(duration: int, frame_rate: int, num_codebooks: int) -> int:
 def _generate(
     loaded: _LoadedModel, params: GenerationParams, on_progress: ProgressCallback | None
 ) -> npt.NDArray[np.float32]:
-    inputs = loaded.processor(text=[params.prompt], padding=True, return_tensors="pt")
+    input_ids, attention_mask = loaded.tokenizer([params.prompt])
 
     def report_step(done: int, total: int) -> None:
         assert on_progress is not None
@@ -214,8 +219,8 @@ def _generate(
         on_progress(DECODE_SHARE * done / total)
 
     codes = loaded.decoder.generate_codes(
-        inputs["input_ids"],
-        inputs["attention_mask"],
+        input_ids,
+        attention_mask,
         steps=loaded.steps(params.duration),
         guidance_scale=params.guidance_scale,
         temperature=params.temperature,

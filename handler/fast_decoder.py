@@ -18,7 +18,9 @@ over the model's modules instead of ``model.generate``:
   bf16 KV cache; the same arithmetic in torch where the library is not built); the text encoder's
   Linear layers get torch's dynamic int8 quantization. ``"bf16"`` casts the decoder to bfloat16,
   ``"fp32"`` keeps it exact (greedy codes match ``model.generate`` bit for bit);
-* EnCodec's weight norms are folded into plain weights (computed once, not at every forward).
+* the text encoder (``handler.text_encoder``) and EnCodec's decoder (``handler.audio_decoder``) are
+  rebuilt from plain torch modules with the same arithmetic, so an engine holds no transformers
+  objects and a saved one loads without importing transformers (seconds of every cold start).
 
 The decoder is converted in place: after construction ``model.generate`` no longer works on the
 same model object (its decoder layers are consumed to avoid holding two copies of the weights).
@@ -36,11 +38,18 @@ from typing import Any, get_args
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
-from transformers import MusicgenForConditionalGeneration
 
 from handler import kernels
+from handler.audio_decoder import EncodecAudioDecoder
 from handler.kernels import Int8Linear, LayerWeights, NativeRun
 from handler.settings import Precision
+from handler.text_encoder import T5TextEncoder
+
+DECODE_CHUNK_FRAMES = 100
+"""EnCodec frames decoded at a time after the LSTM (2 s of audio at 50 frames/s)."""
+DECODE_CONTEXT_FRAMES = 8
+"""Frames of context on each side of a chunk: more than the upsampler's receptive field (about
+4 frames for the 32 kHz EnCodec), so chunked audio equals whole-clip audio up to float rounding."""
 
 
 def cpu_quota_threads() -> int:
@@ -105,7 +114,9 @@ class _Layer(nn.Module):
         self.ln3: nn.Module = layer.final_layer_norm
         self.fc1: nn.Module = _own_linear(layer.fc1)
         self.fc2: nn.Module = _own_linear(layer.fc2)
-        self.act: nn.Module = layer.activation_fn
+        # torch's own GELU where it is one: the engine then holds no transformers objects.
+        gelu = type(layer.activation_fn).__name__ == "GELUActivation"
+        self.act: nn.Module = nn.GELU() if gelu else layer.activation_fn
 
     def to_int8(self) -> None:
         for name in ("qkv", "o", "xq", "xkv", "xo", "fc1", "fc2"):
@@ -151,35 +162,15 @@ def _quantize_int8(module: nn.Module) -> nn.Module:
     return quantized
 
 
-def _fold_weight_norms(module: nn.Module) -> None:
-    """Bake EnCodec's weight-norm parametrizations into plain weights.
-
-    They are recomputed on every forward otherwise, and parametrized modules cannot be pickled
-    into the serving artifact.
-    """
-    from torch.nn.utils import parametrize
-
-    for submodule in module.modules():
-        if parametrize.is_parametrized(submodule):
-            for name in list(submodule.parametrizations.keys()):  # type: ignore[union-attr,operator]
-                parametrize.remove_parametrizations(submodule, name, leave_parametrized=True)
-        # weight_norm also leaves a local-function state-dict hook, which cannot be pickled.
-        hooks = submodule._load_state_dict_pre_hooks
-        for key in [k for k, hook in hooks.items() if "weight_norm" in getattr(hook, "__qualname__", repr(hook))]:
-            del hooks[key]
-
-
 class FastMusicgen:
     """Fast CPU decoding engine over a ``MusicgenForConditionalGeneration`` (see module docs)."""
 
-    def __init__(
-        self, model: MusicgenForConditionalGeneration, precision: Precision = "int8", native: bool = True
-    ) -> None:
+    def __init__(self, model: Any, precision: Precision = "int8", native: bool = True) -> None:
+        """Convert `model`, a transformers ``MusicgenForConditionalGeneration`` (consumed)."""
         if precision not in get_args(Precision):
             raise ValueError(f"unknown precision {precision!r}")
         torch.set_num_threads(cpu_quota_threads())
-        self.model: Any = model
-        model.eval()  # type: ignore[no-untyped-call]
+        model.eval()
         self.precision: Precision = precision
         dcfg: Any = model.config.decoder
         acfg: Any = model.config.audio_encoder
@@ -196,6 +187,7 @@ class FastMusicgen:
         start = gen_cfg.decoder_start_token_id
         self.pad_token_id = int(pad)
         self.start_token_id = int(start if start is not None else pad)
+        self.top_k: int | None = gen_cfg.top_k
         self.sampling_rate = int(acfg.sampling_rate)
         self.frame_rate = int(acfg.frame_rate)
         self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
@@ -227,10 +219,15 @@ class FastMusicgen:
             self._convert(holder)
             self.lm_head = holder["h"]
             self.final_ln.to(self.dtype)
-            _fold_weight_norms(model.audio_encoder)
+            self.text_encoder = T5TextEncoder.from_transformers(model.text_encoder)
+            projects = model.text_encoder.config.hidden_size != self.hidden
+            self.enc_to_dec_proj: nn.Module | None = (
+                model.enc_to_dec_proj if projects and dcfg.cross_attention_hidden_size is None else None
+            )
+            self.audio_decoder = EncodecAudioDecoder.from_transformers(model.audio_encoder)
             if precision == "int8":
                 # Runs once per request, so speed hardly matters; a quarter of the memory does.
-                _quantize_int8(model.text_encoder)
+                _quantize_int8(self.text_encoder)
 
     def _convert(self, module: nn.Module) -> None:
         if self.precision == "int8":
@@ -245,10 +242,9 @@ class FastMusicgen:
 
     # ------------------------------------------------------------------ encoder side
     def _encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        m = self.model
-        hs = m.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        if m.text_encoder.config.hidden_size != self.hidden and (m.config.decoder.cross_attention_hidden_size is None):
-            hs = m.enc_to_dec_proj(hs)
+        hs = self.text_encoder(input_ids, attention_mask)
+        if self.enc_to_dec_proj is not None:
+            hs = self.enc_to_dec_proj(hs)
         hs = hs * attention_mask[..., None]
         return hs, attention_mask
 
@@ -446,11 +442,27 @@ class FastMusicgen:
 
     @torch.inference_mode()
     def decode_audio(self, codes: torch.Tensor) -> torch.Tensor:
-        """EnCodec decode of ``generate_codes`` output -> (batch, 1, samples) float32."""
-        bsz = int(codes.shape[1])
-        out = self.model.audio_encoder.decode(codes, audio_scales=[None] * bsz)
-        values: torch.Tensor = out.audio_values
-        return values
+        """EnCodec decode of ``generate_codes`` output -> (batch, 1, samples) float32.
+
+        fp32 decodes the whole clip at once, exactly as transformers does. The other precisions
+        decode the convolutional upsampler in chunks of frames: the same audio up to float
+        rounding, in a fraction of the memory, and faster, since each chunk's activations stay in
+        the CPU caches.
+        """
+        decoder = self.audio_decoder
+        if self.precision == "fp32":
+            return decoder.decode(codes)
+        # Up to the LSTM the decoder runs at the frame rate and is cheap; after it, every layer
+        # is a convolution, so a chunk with enough neighbouring frames decodes exactly.
+        hidden = decoder.frames(codes)
+        frames, hop = int(hidden.shape[-1]), decoder.hop_length
+        pieces = []
+        for start in range(0, frames, DECODE_CHUNK_FRAMES):
+            end = min(frames, start + DECODE_CHUNK_FRAMES)
+            lo, hi = max(0, start - DECODE_CONTEXT_FRAMES), min(frames, end + DECODE_CONTEXT_FRAMES)
+            piece = decoder.upsample(hidden[..., lo:hi])
+            pieces.append(piece[..., (start - lo) * hop : (end - lo) * hop])
+        return torch.cat(pieces, dim=-1)
 
 
 ARTIFACT_NAME = "fast-musicgen-int8.pt"

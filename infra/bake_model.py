@@ -4,7 +4,8 @@ Loads SOURCE (a Hugging Face hub id or a directory) exactly as the app does and 
 `save_pretrained` to TARGET, which the image's MODEL_ID names: only safetensors weights, the
 configs and the tokenizer, nothing the app would fetch at run time. Beside them it saves the
 serving artifact: the engine with its decoder already in int8, which the app loads instead of
-converting fp32 weights at every cold start.
+converting fp32 weights at every cold start, and the prompt tokenizer as the `tokenizers` library
+runs it.
 """
 
 import sys
@@ -23,8 +24,13 @@ def bake(source: str, target: Path) -> None:
     model.save_pretrained(target)
 
     from handler.fast_decoder import ARTIFACT_NAME, FastMusicgen, save_artifact
+    from handler.tokenizer import TOKENIZER_NAME, PromptTokenizer
 
+    PromptTokenizer.from_processor(processor).save(target / TOKENIZER_NAME)
     save_artifact(FastMusicgen(model, "int8"), target / ARTIFACT_NAME)
+    # save_pretrained writes the weights owner-only; Lambda runs the image as another user.
+    for path in target.iterdir():
+        path.chmod(0o644)
 
 
 def main(argv: list[str]) -> int:

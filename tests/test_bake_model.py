@@ -1,5 +1,7 @@
 """infra/bake_model.py: what the image bakes loads offline and generates exactly what its source does."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +10,8 @@ import pytest
 from handler.engine import GenerationParams, ModelUnavailableError, TransformersMusicGenerator
 from handler.fast_decoder import ARTIFACT_NAME
 from infra.bake_model import bake, main
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_baked_model_generates_what_its_source_does(
@@ -39,3 +43,25 @@ def test_int8_serving_loads_the_artifact_not_the_fp32_weights(
 
 def test_usage_error_without_both_arguments() -> None:
     assert main(["bake_model.py", "facebook/musicgen-small"]) == 2
+
+
+def test_every_baked_file_is_readable_by_other_users(tiny_model_dir: Path, tmp_path: Path) -> None:
+    target = tmp_path / "model"
+    bake(str(tiny_model_dir), target)
+    assert {path.stat().st_mode & 0o777 for path in target.iterdir()} == {0o644}
+
+
+def test_serving_the_baked_model_never_imports_transformers(tiny_model_dir: Path, tmp_path: Path) -> None:
+    target = tmp_path / "model"
+    bake(str(tiny_model_dir), target)
+    script = (
+        "import sys\n"
+        "from handler.app import app\n"
+        "from handler.engine import GenerationParams, TransformersMusicGenerator\n"
+        f"generator = TransformersMusicGenerator({str(target)!r})\n"
+        "audio = generator.generate(GenerationParams('rain', 1, 3.0, 1.0, seed=3))\n"
+        "assert audio.shape == (32000,), audio.shape\n"
+        "assert 'transformers' not in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -101,3 +101,16 @@ def test_thread_count_respects_the_cpus_this_process_may_use() -> None:
 
     threads = cpu_quota_threads()
     assert 1 <= threads <= len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize("frames", [7, 100, 321])
+def test_chunked_encodec_decoding_equals_whole_clip_decoding(tiny_model_dir: Path, frames: int) -> None:
+    model, _ = load(tiny_model_dir)
+    codes = torch.randint(
+        0, model.config.decoder.vocab_size, (1, 1, 4, frames), generator=torch.Generator().manual_seed(5)
+    )
+    with torch.inference_mode():
+        whole = model.audio_encoder.decode(codes, audio_scales=[None]).audio_values
+    chunked = FastMusicgen(model, precision="int8").decode_audio(codes)
+    assert chunked.shape == whole.shape == (1, 1, frames * 640)
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-5 * float(whole.abs().max()))

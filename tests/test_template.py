@@ -285,3 +285,17 @@ def test_iam_resources_allow_every_request_and_nothing_outside_the_prefix(
     assert not allowed(statements, "s3:PutObject", f"{bucket_arn}/gen.wav", {})
     assert not allowed(statements, "s3:ListBucket", bucket_arn, {"s3:prefix": ""})
     assert not allowed(statements, "s3:ListBucket", bucket_arn, {})
+
+
+def test_image_builds_the_native_kernels_and_ships_only_the_libraries() -> None:
+    stages = {stage.name: stage for stage in dockerfile_stages()}
+    kernels_stage = stages["kernels"]
+    assert kernels_stage.base == "deps"  # built against the torch the image runs
+    [build] = kernels_stage.run_commands()
+    assert "dnf install -y gcc" in build
+    output = build.split("python -m handler.kernels ", 1)[1].split()[0]
+    copies = [arguments.split() for keyword, arguments in FINAL_STAGE.instructions if keyword == "COPY"]
+    assert ["--from=kernels", f"{output}/", "${LAMBDA_TASK_ROOT}/handler/"] in copies
+    assert any("kernels.best() is not None" in run for run in FINAL_STAGE.run_commands())
+    # Libraries built on a developer's machine never reach the build context.
+    assert "**/*.so" in DOCKERIGNORE.read_text().splitlines()

@@ -1,0 +1,301 @@
+"""EnCodec decoding (codes -> audio) in plain torch modules, without importing transformers.
+
+``EncodecAudioDecoder.from_transformers`` copies the weights and padding parameters of a transformers
+``EncodecModel`` into small modules of this file; ``decode`` then reproduces
+``EncodecModel.decode(codes, audio_scales=[None] * batch).audio_values`` bit for bit (same ops in the
+same order) for unchunked, mono configs such as MusicGen's 32 kHz codec. The built object holds only
+torch and this module's classes, so it can be pickled into an artifact and loaded where transformers
+is never imported.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+_PLAIN_NORMS = ("weight_norm", "none")
+
+
+def _plain_weight(source: Any) -> torch.Tensor:
+    """A detached copy of a conv's effective weight (what a weight-norm parametrization computes, if any)."""
+    weight: torch.Tensor = source.weight
+    return weight.detach().clone()
+
+
+def _plain_bias(source: Any) -> torch.Tensor | None:
+    """A detached copy of a conv's bias, or None."""
+    bias: torch.Tensor | None = source.bias
+    return None if bias is None else bias.detach().clone()
+
+
+def _assign_weights(conv: nn.Module, source: Any) -> None:
+    """Give a conv built on the meta device the source conv's effective weight and bias."""
+    conv.weight = nn.Parameter(_plain_weight(source), requires_grad=False)
+    bias = _plain_bias(source)
+    if bias is not None:
+        conv.bias = nn.Parameter(bias, requires_grad=False)
+
+
+def _check_norm(layer: Any) -> None:
+    norm_type = str(layer.norm_type)
+    if norm_type not in _PLAIN_NORMS:
+        raise NotImplementedError(f"EnCodec norm_type {norm_type!r} is not supported")
+
+
+class PaddedConv1d(nn.Module):
+    """Conv1d with EnCodec's asymmetric or causal padding (transformers' ``EncodecConv1d``)."""
+
+    def __init__(self, conv: nn.Conv1d, causal: bool, pad_mode: str) -> None:
+        super().__init__()
+        self.conv = conv
+        self.causal = causal
+        self.pad_mode = pad_mode
+        self.stride = int(conv.stride[0])
+        kernel_size = (int(conv.kernel_size[0]) - 1) * int(conv.dilation[0]) + 1
+        self.padding_total = kernel_size - self.stride
+
+    @classmethod
+    def from_transformers(cls, layer: Any) -> PaddedConv1d:
+        """Copy of a transformers ``EncodecConv1d``."""
+        _check_norm(layer)
+        src = layer.conv
+        conv = nn.Conv1d(
+            src.in_channels,
+            src.out_channels,
+            src.kernel_size[0],
+            stride=src.stride[0],
+            dilation=src.dilation[0],
+            groups=src.groups,
+            bias=src.bias is not None,
+            device="meta",
+        )
+        _assign_weights(conv, src)
+        return cls(conv, bool(layer.causal), str(layer.pad_mode))
+
+    def _pad(self, hidden: torch.Tensor, left: int, right: int) -> torch.Tensor:
+        if self.pad_mode != "reflect":
+            return F.pad(hidden, (left, right), self.pad_mode, 0.0)
+        # Reflection needs more samples than the padding: zero-extend first, then drop the extension.
+        length = hidden.shape[-1]
+        max_pad = max(left, right)
+        extra = 0
+        if length <= max_pad:
+            extra = max_pad - length + 1
+            hidden = F.pad(hidden, (0, extra))
+        padded = F.pad(hidden, (left, right), "reflect", 0.0)
+        return padded[..., : padded.shape[-1] - extra]
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Pad (with the extra right padding that makes the last stride window full) and convolve."""
+        extra = -int(hidden.shape[-1]) % self.stride
+        if self.causal:
+            hidden = self._pad(hidden, self.padding_total, extra)
+        else:
+            right = self.padding_total // 2
+            hidden = self._pad(hidden, self.padding_total - right, right + extra)
+        out: torch.Tensor = self.conv(hidden)
+        return out
+
+
+class TrimmedConvTranspose1d(nn.Module):
+    """ConvTranspose1d trimmed of its fixed padding (transformers' ``EncodecConvTranspose1d``)."""
+
+    def __init__(self, conv: nn.ConvTranspose1d, causal: bool, trim_right_ratio: float) -> None:
+        super().__init__()
+        self.conv = conv
+        padding_total = int(conv.kernel_size[0]) - int(conv.stride[0])
+        right = math.ceil(padding_total * trim_right_ratio) if causal else padding_total // 2
+        self.trim_left = padding_total - right
+        self.trim_right = right
+
+    @classmethod
+    def from_transformers(cls, layer: Any) -> TrimmedConvTranspose1d:
+        """Copy of a transformers ``EncodecConvTranspose1d``."""
+        _check_norm(layer)
+        src = layer.conv
+        conv = nn.ConvTranspose1d(
+            src.in_channels,
+            src.out_channels,
+            src.kernel_size[0],
+            stride=src.stride[0],
+            padding=src.padding[0],
+            output_padding=src.output_padding[0],
+            groups=src.groups,
+            bias=src.bias is not None,
+            dilation=src.dilation[0],
+            device="meta",
+        )
+        _assign_weights(conv, src)
+        return cls(conv, bool(layer.causal), float(layer.trim_right_ratio))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Upsample, then trim."""
+        out: torch.Tensor = self.conv(hidden)
+        return out[..., self.trim_left : out.shape[-1] - self.trim_right]
+
+
+class SkipLSTM(nn.Module):
+    """LSTM over (batch, channels, time) with a skip connection (transformers' ``EncodecLSTM``)."""
+
+    def __init__(self, lstm: nn.LSTM) -> None:
+        super().__init__()
+        self.lstm = lstm
+
+    @classmethod
+    def from_transformers(cls, layer: Any) -> SkipLSTM:
+        """Copy of a transformers ``EncodecLSTM``."""
+        src: nn.LSTM = layer.lstm
+        lstm = nn.LSTM(
+            src.input_size,
+            src.hidden_size,
+            src.num_layers,
+            bias=src.bias,
+            batch_first=src.batch_first,
+            dropout=src.dropout,
+            bidirectional=src.bidirectional,
+            proj_size=src.proj_size,
+            device="meta",
+        )
+        state = {name: value.detach().clone() for name, value in src.state_dict().items()}
+        lstm.load_state_dict(state, assign=True)
+        lstm.requires_grad_(False)
+        return cls(lstm)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LSTM over time plus its input, back in convolutional layout."""
+        hidden = hidden.permute(2, 0, 1)
+        hidden = self.lstm(hidden)[0] + hidden
+        return hidden.permute(1, 2, 0)
+
+
+class ResidualBlock(nn.Module):
+    """SEANet residual block: ``shortcut(x) + block(x)`` (transformers' ``EncodecResnetBlock``)."""
+
+    def __init__(self, block: nn.Sequential, shortcut: nn.Module) -> None:
+        super().__init__()
+        self.block = block
+        self.shortcut = shortcut
+
+    @classmethod
+    def from_transformers(cls, layer: Any) -> ResidualBlock:
+        """Copy of a transformers ``EncodecResnetBlock``."""
+        block = nn.Sequential(*(_convert_layer(sub) for sub in layer.block))
+        shortcut = nn.Identity() if isinstance(layer.shortcut, nn.Identity) else _convert_layer(layer.shortcut)
+        return cls(block, shortcut)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The block's output plus the shortcut of its input."""
+        residual = hidden
+        hidden = self.block(hidden)
+        out: torch.Tensor = self.shortcut(residual) + hidden
+        return out
+
+
+def _convert_layer(layer: nn.Module) -> nn.Module:
+    """The plain-torch copy of one layer of transformers' ``EncodecDecoder``."""
+    from transformers.models.encodec import modeling_encodec as encodec
+
+    if isinstance(layer, encodec.EncodecConv1d):
+        return PaddedConv1d.from_transformers(layer)
+    if isinstance(layer, encodec.EncodecConvTranspose1d):
+        return TrimmedConvTranspose1d.from_transformers(layer)
+    if isinstance(layer, encodec.EncodecLSTM):
+        return SkipLSTM.from_transformers(layer)
+    if isinstance(layer, encodec.EncodecResnetBlock):
+        return ResidualBlock.from_transformers(layer)
+    if isinstance(layer, nn.ELU):
+        return nn.ELU(alpha=layer.alpha)
+    raise NotImplementedError(f"unsupported EnCodec decoder layer {type(layer).__name__}")
+
+
+class EncodecAudioDecoder(nn.Module):
+    """EnCodec's quantizer decode and SEANet decoder as plain torch modules (codes -> audio)."""
+
+    codebooks: torch.Tensor
+    """Codebook embeddings, ``(codebooks, codebook_size, codebook_dim)``."""
+    hop_length: int
+    """Audio samples per code frame (product of the upsampling ratios)."""
+    sampling_rate: int
+    """Audio samples per second."""
+    frame_rate: int
+    """Code frames per second."""
+
+    def __init__(
+        self,
+        codebooks: torch.Tensor,
+        frame_layers: nn.Sequential,
+        upsample_layers: nn.Sequential,
+        hop_length: int,
+        sampling_rate: int,
+        frame_rate: int,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("codebooks", codebooks)
+        self.frame_layers = frame_layers
+        self.upsample_layers = upsample_layers
+        self.hop_length = hop_length
+        self.sampling_rate = sampling_rate
+        self.frame_rate = frame_rate
+
+    @classmethod
+    def from_transformers(cls, model: Any) -> EncodecAudioDecoder:
+        """Copy of a transformers ``EncodecModel``'s decoding path (weight norms folded or not)."""
+        config = model.config
+        if config.chunk_length_s is not None:
+            raise NotImplementedError("chunked EnCodec configs (chunk_length_s set) are not supported")
+        if int(config.audio_channels) != 1:
+            raise NotImplementedError("only mono EnCodec configs are supported")
+        if str(config.norm_type) not in _PLAIN_NORMS:
+            raise NotImplementedError(f"EnCodec norm_type {config.norm_type!r} is not supported")
+        if len(model.quantizer.layers) == 0:
+            raise ValueError("the EnCodec model has no quantizer codebooks")
+        # Normal tensors even when called under inference_mode: the copy may be saved or used anywhere.
+        with torch.inference_mode(False), torch.no_grad():
+            codebooks = torch.stack([layer.codebook.embed.detach().clone() for layer in model.quantizer.layers])
+            layers = [_convert_layer(layer) for layer in model.decoder.layers]
+        recurrent = [i for i, layer in enumerate(layers) if isinstance(layer, SkipLSTM)]
+        if len(recurrent) != 1:
+            raise NotImplementedError(f"expected one LSTM in the EnCodec decoder, found {len(recurrent)}")
+        split = recurrent[0] + 1
+        hop_length = math.prod(int(ratio) for ratio in config.upsampling_ratios)
+        decoder = cls(
+            codebooks,
+            nn.Sequential(*layers[:split]),
+            nn.Sequential(*layers[split:]),
+            hop_length,
+            int(config.sampling_rate),
+            int(config.frame_rate),
+        )
+        return decoder.eval()
+
+    def frames(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes ``(1, batch, codebooks, frames)`` -> hidden states at the frame rate, up to the LSTM."""
+        if codes.dim() != 4 or codes.shape[0] != 1:
+            raise ValueError(f"expected codes of shape (1, batch, codebooks, frames), got {tuple(codes.shape)}")
+        per_codebook = codes[0].transpose(0, 1)
+        if per_codebook.shape[0] > self.codebooks.shape[0]:
+            raise ValueError(f"{per_codebook.shape[0]} codebooks given, the codec has {self.codebooks.shape[0]}")
+        # Same ops in the same order as transformers' quantizer (a 0-d zero, then one sum per codebook):
+        # the hidden state's memory layout, and with it the convolutions' rounding, stays the same.
+        hidden = torch.full((), 0.0, device=codes.device)
+        for index, indices in enumerate(per_codebook):
+            hidden = hidden + F.embedding(indices, self.codebooks[index]).permute(0, 2, 1)
+        out: torch.Tensor = self.frame_layers(hidden)
+        return out
+
+    def upsample(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Hidden states from ``frames`` -> audio ``(batch, 1, frames * hop_length)``."""
+        out: torch.Tensor = self.upsample_layers(hidden)
+        return out
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes ``(1, batch, codebooks, frames)`` -> audio ``(batch, 1, samples)``."""
+        return self.upsample(self.frames(codes))
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        """Same as ``decode``."""
+        return self.decode(codes)

@@ -1,0 +1,183 @@
+"""handler.audio_decoder: EnCodec decoding in plain torch, bit-identical to transformers' EncodecModel.decode."""
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import EncodecConfig, EncodecModel, MusicgenForConditionalGeneration
+
+from handler.audio_decoder import EncodecAudioDecoder
+
+ROOT = Path(__file__).resolve().parent.parent
+
+MUSICGEN_SMALL_CODEC = {
+    "sampling_rate": 32000,
+    "audio_channels": 1,
+    "num_filters": 64,
+    "upsampling_ratios": [8, 5, 4, 4],
+    "codebook_size": 2048,
+    "codebook_dim": 128,
+    "hidden_size": 128,
+    "num_lstm_layers": 2,
+    "num_residual_layers": 1,
+    "target_bandwidths": [2.2],
+    "use_causal_conv": False,
+    "use_conv_shortcut": False,
+    "normalize": False,
+    "norm_type": "weight_norm",
+    "pad_mode": "reflect",
+    "kernel_size": 7,
+    "last_kernel_size": 7,
+    "residual_kernel_size": 3,
+    "dilation_growth_rate": 2,
+    "compress": 2,
+    "trim_right_ratio": 1.0,
+    "chunk_length_s": None,
+    "overlap": None,
+}
+
+SMALL_CODEC = {
+    **MUSICGEN_SMALL_CODEC,
+    "num_filters": 4,
+    "codebook_size": 32,
+    "codebook_dim": 8,
+    "hidden_size": 8,
+    "num_lstm_layers": 1,
+}
+
+
+def random_codec(**overrides: Any) -> Any:
+    """A random EnCodec with random (instead of all-zero) codebooks."""
+    torch.manual_seed(0)
+    model: Any = EncodecModel(EncodecConfig(**overrides))
+    model.eval()
+    with torch.no_grad():
+        for layer in model.quantizer.layers:
+            layer.codebook.embed.normal_()
+    return model
+
+
+def random_codes(model: Any, batch: int, frames: int, codebooks: int = 4) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(batch * 1000 + frames)
+    return torch.randint(0, model.config.codebook_size, (1, batch, codebooks, frames), generator=generator)
+
+
+def reference(model: Any, codes: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        audio: torch.Tensor = model.decode(codes, audio_scales=[None] * codes.shape[1]).audio_values
+    return audio
+
+
+def ours(decoder: EncodecAudioDecoder, codes: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return decoder.decode(codes)
+
+
+@pytest.fixture(scope="module")
+def tiny_codec(tiny_model_dir: Path) -> Any:
+    """The tiny MusicGen's EnCodec, its weight norms as parametrizations (as loaded)."""
+    model: Any = MusicgenForConditionalGeneration.from_pretrained(tiny_model_dir)
+    model.eval()
+    return model.audio_encoder
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("frames", [1, 2, 7, 60])
+def test_tiny_model_matches_transformers(tiny_codec: Any, batch: int, frames: int) -> None:
+    decoder = EncodecAudioDecoder.from_transformers(tiny_codec)
+    codes = random_codes(tiny_codec, batch, frames)
+    expected = reference(tiny_codec, codes)
+    actual = ours(decoder, codes)
+    assert actual.shape == (batch, 1, frames * decoder.hop_length)
+    assert torch.equal(actual, expected)
+
+
+def test_decoder_holds_no_transformers_objects(tiny_codec: Any) -> None:
+    decoder = EncodecAudioDecoder.from_transformers(tiny_codec)
+    for module in decoder.modules():
+        assert not type(module).__module__.startswith("transformers")
+    for tensor in [*decoder.parameters(), *decoder.buffers()]:
+        assert not tensor.requires_grad
+        assert not tensor.is_inference()
+    assert (decoder.hop_length, decoder.sampling_rate, decoder.frame_rate) == (640, 32000, 50)
+
+
+def test_musicgen_small_shaped_codec_matches_transformers() -> None:
+    codec = random_codec(**MUSICGEN_SMALL_CODEC)
+    decoder = EncodecAudioDecoder.from_transformers(codec)
+    codes = random_codes(codec, batch=2, frames=20)
+    assert torch.equal(ours(decoder, codes), reference(codec, codes))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        # Dilated residual blocks, conv shortcuts, zero padding, a two-layer LSTM.
+        {"num_residual_layers": 2, "use_conv_shortcut": True, "pad_mode": "constant", "num_lstm_layers": 2},
+        # Causal convolutions with a partial right trim of the transposed convolutions.
+        {"use_causal_conv": True, "trim_right_ratio": 0.5},
+        # Odd strides (asymmetric trims), at a sampling rate that keeps 50 frames/s and enough codebooks.
+        {"use_causal_conv": True, "upsampling_ratios": [3, 2], "sampling_rate": 300},
+        {"upsampling_ratios": [3, 2], "sampling_rate": 300},
+    ],
+)
+@pytest.mark.parametrize("frames", [1, 5])
+def test_other_codec_variants_match_transformers(overrides: dict[str, Any], frames: int) -> None:
+    codec = random_codec(**(SMALL_CODEC | overrides))
+    decoder = EncodecAudioDecoder.from_transformers(codec)
+    codes = random_codes(codec, batch=2, frames=frames)
+    assert torch.equal(ours(decoder, codes), reference(codec, codes))
+
+
+def test_decode_is_upsample_of_frames(tiny_codec: Any) -> None:
+    decoder = EncodecAudioDecoder.from_transformers(tiny_codec)
+    codes = random_codes(tiny_codec, batch=2, frames=9)
+    with torch.inference_mode():
+        hidden = decoder.frames(codes)
+        assert hidden.shape[-1] == 9
+        assert torch.equal(decoder.upsample(hidden), decoder.decode(codes))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"norm_type": "time_group_norm"}, "norm_type"),
+        ({"chunk_length_s": 1.0, "overlap": 0.01}, "chunk"),
+    ],
+)
+def test_unsupported_configs_are_refused(overrides: dict[str, Any], match: str) -> None:
+    codec = random_codec(**(SMALL_CODEC | overrides))
+    with pytest.raises(NotImplementedError, match=match):
+        EncodecAudioDecoder.from_transformers(codec)
+
+
+def test_codes_must_be_one_chunk(tiny_codec: Any) -> None:
+    decoder = EncodecAudioDecoder.from_transformers(tiny_codec)
+    with pytest.raises(ValueError, match="shape"):
+        decoder.decode(torch.zeros(2, 1, 4, 3, dtype=torch.long))
+
+
+def test_pickled_decoder_works_without_transformers(tiny_codec: Any, tmp_path: Path) -> None:
+    with torch.inference_mode():
+        decoder = EncodecAudioDecoder.from_transformers(tiny_codec)
+    codes = random_codes(tiny_codec, batch=2, frames=11)
+    torch.save({"decoder": decoder, "codes": codes, "expected": reference(tiny_codec, codes)}, tmp_path / "dec.pt")
+    script = textwrap.dedent(
+        f"""
+        import sys
+        import torch
+        saved = torch.load({str(tmp_path / "dec.pt")!r}, weights_only=False)
+        with torch.inference_mode():
+            audio = saved["decoder"].decode(saved["codes"])
+        assert torch.equal(audio, saved["expected"]), "decoded audio differs"
+        assert "transformers" not in sys.modules, "transformers was imported"
+        print("ok")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
