@@ -228,6 +228,27 @@ class FastMusicgen:
             if precision == "int8":
                 # Runs once per request, so speed hardly matters; a quarter of the memory does.
                 _quantize_int8(self.text_encoder)
+                self.gather_step_weights()
+
+    def gather_step_weights(self) -> None:
+        """Copy the int8 weights every decode step streams into one block of anonymous memory, in
+        the order the step reads them.
+
+        Read from the artifact's file mapping (page-cache pages) the same weights stream about 15%
+        slower per step; one block read front to back also keeps the prefetchers running across
+        layer boundaries.
+        """
+        linears = [
+            lin for layer in self._layers for lin in (layer.qkv, layer.o, layer.xq, layer.xo, layer.fc1, layer.fc2)
+        ]
+        step_weights = [lin for lin in (*linears, self.lm_head) if isinstance(lin, Int8Linear)]
+        block = torch.empty(sum(lin.weight.numel() for lin in step_weights), dtype=torch.int8)
+        offset = 0
+        for lin in step_weights:
+            part = block[offset : offset + lin.weight.numel()].view(lin.weight.shape)
+            part.copy_(lin.weight)
+            lin.weight = part
+            offset += part.numel()
 
     def _convert(self, module: nn.Module) -> None:
         if self.precision == "int8":
@@ -478,4 +499,5 @@ def load_artifact(path: Path) -> FastMusicgen:
     """Load an engine saved by `save_artifact`. Only for artifacts this project baked: it unpickles."""
     engine: FastMusicgen = torch.load(path, weights_only=False, mmap=True)
     torch.set_num_threads(cpu_quota_threads())
+    engine.gather_step_weights()
     return engine

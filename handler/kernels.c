@@ -42,7 +42,8 @@ typedef struct {
 typedef struct {
     const float *ln1_weight, *ln1_bias, *ln2_weight, *ln2_bias, *ln3_weight, *ln3_bias;
     srm_linear qkv, out, cross_q, cross_out, fc1, fc2;
-    uint16_t *k_cache, *v_cache;     /* (rows, heads, capacity, head_dim) bfloat16 */
+    uint16_t *k_cache;               /* (rows, heads, head_dim, capacity) bfloat16: keys transposed */
+    uint16_t *v_cache;               /* (rows, heads, capacity, head_dim) bfloat16 */
     const float *cross_k, *cross_v;  /* (cond_rows, heads, cross_len, head_dim) float32 */
 } srm_layer;
 
@@ -263,9 +264,12 @@ static inline void softmax_in_place(float *scores, int64_t len) {
     for (int64_t t = 0; t < len; t++) scores[t] *= inv;
 }
 
-/* Writes position `pos` of the bf16 caches from the fused qkv output, then attends over 0..pos. */
+/* Writes position `pos` of the bf16 caches from the fused qkv output, then attends over 0..pos.
+ * Keys are stored transposed (head_dim rows of `capacity` positions), so the scores of all
+ * positions are built by whole-vector multiply-adds along the positions, with no per-position
+ * horizontal sum; values stay position-major, so the output is a whole-vector sum as well. */
 static void self_attention(const srm_decoder *m, const srm_layer *l, int64_t pos) {
-    const int64_t hd = m->head_dim, d = m->hidden, cap = m->capacity;
+    const int64_t hd = m->head_dim, d = m->hidden, cap = m->capacity, len = pos + 1;
     const float scale = 1.0f / sqrtf((float)hd);
 #pragma omp for schedule(static)
     for (int64_t p = 0; p < m->rows * m->heads; p++) {
@@ -276,19 +280,19 @@ static void self_attention(const srm_decoder *m, const srm_layer *l, int64_t pos
         float *scores = m->scores + p * m->capacity;
         float *o = m->attn + r * m->in_stride + h * hd;
         for (int64_t i = 0; i < hd; i++) {
-            keys[pos * hd + i] = float_to_bf16(k_new[i]);
+            keys[i * cap + pos] = float_to_bf16(k_new[i]);
             values[pos * hd + i] = float_to_bf16(v_new[i]);
         }
-        for (int64_t t = 0; t <= pos; t++) {
-            const uint16_t *key = keys + t * hd;
-            float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-            for (int64_t i = 0; i < hd; i++) dot += q[i] * bf16_to_float(key[i]);
-            scores[t] = dot * scale;
+        for (int64_t t = 0; t < len; t++) scores[t] = 0.0f;
+        for (int64_t i = 0; i < hd; i++) {
+            const uint16_t *key_row = keys + i * cap;
+            const float qi = q[i] * scale;
+#pragma omp simd
+            for (int64_t t = 0; t < len; t++) scores[t] += qi * bf16_to_float(key_row[t]);
         }
-        softmax_in_place(scores, pos + 1);
+        softmax_in_place(scores, len);
         for (int64_t i = 0; i < hd; i++) o[i] = 0.0f;
-        for (int64_t t = 0; t <= pos; t++) {
+        for (int64_t t = 0; t < len; t++) {
             const uint16_t *value = values + t * hd;
             const float w = scores[t];
 #pragma omp simd

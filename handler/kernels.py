@@ -308,11 +308,10 @@ class NativeRun:
         in_stride = max(lin.padded_shape[1] for lin in linears)
         out_stride = max(lin.padded_shape[0] for lin in linears)
         cross_len = int(cross_k[0].shape[2])
-        shape = (len(layers), rows, heads, capacity, head_dim)
-        # Uninitialised: attention reads only positions already written, and untouched pages of a
-        # long clip's cache cost no memory until they are.
-        self.k_cache = torch.empty(shape, dtype=torch.bfloat16)
-        self.v_cache = torch.empty(shape, dtype=torch.bfloat16)
+        # Uninitialised: attention reads only positions already written. Keys are transposed (see
+        # self_attention in kernels.c).
+        self.k_cache = torch.empty((len(layers), rows, heads, head_dim, capacity), dtype=torch.bfloat16)
+        self.v_cache = torch.empty((len(layers), rows, heads, capacity, head_dim), dtype=torch.bfloat16)
         self.x = torch.empty((rows, hidden))
         self.logits = torch.empty((rows, head.padded_shape[0]))
         normed = torch.empty((rows, in_stride))
