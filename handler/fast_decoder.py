@@ -43,7 +43,7 @@ from handler import kernels
 from handler.audio_decoder import EncodecAudioDecoder
 from handler.kernels import Int8Linear, LayerWeights, NativeRun
 from handler.settings import Precision
-from handler.text_encoder import T5TextEncoder
+from handler.text_encoder import T5TextEncoder, shared_linear
 
 DECODE_CHUNK_FRAMES = 100
 """EnCodec frames decoded at a time after the LSTM (2 s of audio at 50 frames/s)."""
@@ -89,14 +89,6 @@ def _fuse_linears(linears: list[nn.Linear]) -> nn.Linear:
     return fused
 
 
-def _own_linear(lin: nn.Linear) -> nn.Linear:
-    out = nn.Linear(lin.in_features, lin.out_features, bias=lin.bias is not None, device="meta")
-    out.weight = nn.Parameter(lin.weight.detach(), requires_grad=False)
-    if lin.bias is not None:
-        out.bias = nn.Parameter(lin.bias.detach(), requires_grad=False)
-    return out
-
-
 class _Layer(nn.Module):
     """Weights of one decoder layer, rearranged for decoding."""
 
@@ -106,14 +98,14 @@ class _Layer(nn.Module):
         self.ln1: nn.Module = layer.self_attn_layer_norm
         # Linear now, Int8Linear after int8 conversion
         self.qkv: nn.Module = _fuse_linears([sa.q_proj, sa.k_proj, sa.v_proj])
-        self.o: nn.Module = _own_linear(sa.out_proj)
+        self.o: nn.Module = shared_linear(sa.out_proj)
         self.ln2: nn.Module = layer.encoder_attn_layer_norm
-        self.xq: nn.Module = _own_linear(ca.q_proj)
+        self.xq: nn.Module = shared_linear(ca.q_proj)
         self.xkv: nn.Module = _fuse_linears([ca.k_proj, ca.v_proj])
-        self.xo: nn.Module = _own_linear(ca.out_proj)
+        self.xo: nn.Module = shared_linear(ca.out_proj)
         self.ln3: nn.Module = layer.final_layer_norm
-        self.fc1: nn.Module = _own_linear(layer.fc1)
-        self.fc2: nn.Module = _own_linear(layer.fc2)
+        self.fc1: nn.Module = shared_linear(layer.fc1)
+        self.fc2: nn.Module = shared_linear(layer.fc2)
         # torch's own GELU where it is one: the engine then holds no transformers objects.
         gelu = type(layer.activation_fn).__name__ == "GELUActivation"
         self.act: nn.Module = nn.GELU() if gelu else layer.activation_fn

@@ -79,6 +79,7 @@ def build_commands(variant: Variant, output: Path, compiler: str = "cc") -> list
 def build(selected: Sequence[Variant] | None = None, directory: Path = SOURCE.parent) -> list[Path]:
     """Compile each variant into `directory`, replacing a library only once its build has succeeded."""
     built = []
+    directory.mkdir(parents=True, exist_ok=True)
     for variant in selected or variants():
         with tempfile.TemporaryDirectory(dir=directory) as scratch:
             partial = Path(scratch) / "kernels.so"

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 AttnImplementation = Literal["sdpa", "eager"]
 
 
-def _linear(source: nn.Linear) -> nn.Linear:
+def shared_linear(source: nn.Linear) -> nn.Linear:
     """A fresh ``nn.Linear`` sharing ``source``'s weight storage (no copy, no random init)."""
     linear = nn.Linear(source.in_features, source.out_features, bias=source.bias is not None, device="meta")
     linear.weight = nn.Parameter(source.weight.detach(), requires_grad=False)
@@ -90,10 +90,10 @@ class SelfAttention(nn.Module):
         super().__init__()
         attention: Any = layer.SelfAttention
         self.norm = RMSNorm(layer.layer_norm.weight, eps)
-        self.q = _linear(attention.q)
-        self.k = _linear(attention.k)
-        self.v = _linear(attention.v)
-        self.o = _linear(attention.o)
+        self.q = shared_linear(attention.q)
+        self.k = shared_linear(attention.k)
+        self.v = shared_linear(attention.v)
+        self.o = shared_linear(attention.o)
         self.d_kv = int(attention.key_value_proj_dim)
         self.attn_implementation: AttnImplementation = attn_implementation
 
@@ -128,11 +128,11 @@ class FeedForward(nn.Module):
         self.norm = RMSNorm(layer.layer_norm.weight, eps)
         self.gated = gated
         if gated:
-            self.wi_0 = _linear(dense.wi_0)
-            self.wi_1 = _linear(dense.wi_1)
+            self.wi_0 = shared_linear(dense.wi_0)
+            self.wi_1 = shared_linear(dense.wi_1)
         else:
-            self.wi = _linear(dense.wi)
-        self.wo = _linear(dense.wo)
+            self.wi = shared_linear(dense.wi)
+        self.wo = shared_linear(dense.wo)
         self.act = activation
 
     def forward(self, hidden: Tensor) -> Tensor:

@@ -20,9 +20,13 @@ def test_smoke_benchmark_measures_baseline_engine_http_and_quality(
         assert report[side]["ready_s"] > 0
         assert report[side]["peak_rss_mb"] > 0
     assert report["engine"]["precision"] == "int8"
+    assert report["engine"]["kernels"] in {"avx512vnni", "avx2", "armv8", "generic"}
+    assert report["engine"]["warm_ms_per_step"] > 0
+    assert report["engine"]["warm_wall_s"] > 0
     assert report["http"]["warm_request_s"] > 0
     assert len(report["quality"]["kl_per_codebook"]) == 4
     assert all(0 <= overlap <= 1 for overlap in report["quality"]["top250_overlap_per_codebook"])
     printed = capsys.readouterr().out
     assert "ms per decode step" in printed
     assert "real-time factor" in printed
+    assert "warm" in printed

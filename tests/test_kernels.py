@@ -43,6 +43,13 @@ def test_the_library_links_to_torchs_openmp_runtime(builds: dict[str, NativeKern
     assert needed.count("libgomp") == 1
 
 
+def test_build_creates_its_output_directory(tmp_path: Path) -> None:
+    (path,) = kernels.build([GENERIC], tmp_path / "opt" / "kernels")
+    assert path.parent == tmp_path / "opt" / "kernels"
+    assert path.stat().st_mode & 0o777 == 0o755
+    assert kernels.load(GENERIC, path.parent) is not None
+
+
 def test_a_failed_build_leaves_the_previous_library(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (path,) = kernels.build([GENERIC], tmp_path)
     before = path.read_bytes()
