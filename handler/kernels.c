@@ -29,6 +29,7 @@
 #define SRM_BLOCK_K 64 /* packed weights: (n / 4, k / 64, 4, 64) int8 */
 #define SRM_BLOCK_N 4
 #define SRM_MAX_ROWS 8
+#define SRM_KEY_TILE 32 /* key cache: (capacity / 32, head_dim, 32) per (row, head) */
 
 typedef struct {
     const int8_t *weight; /* packed, zero padded to n and k */
@@ -42,7 +43,7 @@ typedef struct {
 typedef struct {
     const float *ln1_weight, *ln1_bias, *ln2_weight, *ln2_bias, *ln3_weight, *ln3_bias;
     srm_linear qkv, out, cross_q, cross_out, fc1, fc2;
-    uint16_t *k_cache;               /* (rows, heads, head_dim, capacity) bfloat16: keys transposed */
+    uint16_t *k_cache;               /* (rows, heads, capacity / 32, head_dim, 32) bfloat16, see self_attention */
     uint16_t *v_cache;               /* (rows, heads, capacity, head_dim) bfloat16 */
     const float *cross_k, *cross_v;  /* (cond_rows, heads, cross_len, head_dim) float32 */
 } srm_layer;
@@ -116,7 +117,10 @@ static inline float gelu(float x) {
 static void quantize_row(const float *src, int64_t k, int8_t *dst, float *scale) {
     float top = 0.0f;
 #pragma omp simd reduction(max : top)
-    for (int64_t i = 0; i < k; i++) top = fmaxf(top, fabsf(src[i]));
+    for (int64_t i = 0; i < k; i++) {
+        const float magnitude = fabsf(src[i]);
+        top = magnitude > top ? magnitude : top; /* not fmaxf: a libm call the compiler won't vectorise */
+    }
     const float s = top / 127.0f;
     const float inv = top > 0.0f ? 127.0f / top : 0.0f;
 #pragma omp simd
@@ -265,30 +269,38 @@ static inline void softmax_in_place(float *scores, int64_t len) {
 }
 
 /* Writes position `pos` of the bf16 caches from the fused qkv output, then attends over 0..pos.
- * Keys are stored transposed (head_dim rows of `capacity` positions), so the scores of all
- * positions are built by whole-vector multiply-adds along the positions, with no per-position
- * horizontal sum; values stay position-major, so the output is a whole-vector sum as well. */
+ * Keys are stored in tiles of SRM_KEY_TILE positions, each tile transposed (head_dim rows of
+ * SRM_KEY_TILE positions): the scores of a tile are built in registers by whole-vector
+ * multiply-adds, with no per-position horizontal sum, and a pair's keys are one contiguous stream.
+ * Values stay position-major, so the output is a whole-vector sum as well. */
 static void self_attention(const srm_decoder *m, const srm_layer *l, int64_t pos) {
     const int64_t hd = m->head_dim, d = m->hidden, cap = m->capacity, len = pos + 1;
+    const int64_t key_stride = (cap + SRM_KEY_TILE - 1) / SRM_KEY_TILE * SRM_KEY_TILE * hd;
     const float scale = 1.0f / sqrtf((float)hd);
 #pragma omp for schedule(static)
     for (int64_t p = 0; p < m->rows * m->heads; p++) {
         const int64_t r = p / m->heads, h = p % m->heads;
         const float *q = m->wide + r * m->out_stride + h * hd;
         const float *k_new = q + d, *v_new = q + 2 * d;
-        uint16_t *keys = l->k_cache + p * cap * hd, *values = l->v_cache + p * cap * hd;
+        uint16_t *keys = l->k_cache + p * key_stride, *values = l->v_cache + p * cap * hd;
         float *scores = m->scores + p * m->capacity;
         float *o = m->attn + r * m->in_stride + h * hd;
+        uint16_t *key_slot = keys + (pos / SRM_KEY_TILE) * hd * SRM_KEY_TILE + pos % SRM_KEY_TILE;
         for (int64_t i = 0; i < hd; i++) {
-            keys[i * cap + pos] = float_to_bf16(k_new[i]);
+            key_slot[i * SRM_KEY_TILE] = float_to_bf16(k_new[i]);
             values[pos * hd + i] = float_to_bf16(v_new[i]);
         }
-        for (int64_t t = 0; t < len; t++) scores[t] = 0.0f;
-        for (int64_t i = 0; i < hd; i++) {
-            const uint16_t *key_row = keys + i * cap;
-            const float qi = q[i] * scale;
+        for (int64_t t0 = 0; t0 < len; t0 += SRM_KEY_TILE) {
+            const uint16_t *tile = keys + (t0 / SRM_KEY_TILE) * hd * SRM_KEY_TILE;
+            float tile_scores[SRM_KEY_TILE] = {0};
+            for (int64_t i = 0; i < hd; i++) {
+                const float qi = q[i] * scale;
 #pragma omp simd
-            for (int64_t t = 0; t < len; t++) scores[t] += qi * bf16_to_float(key_row[t]);
+                for (int j = 0; j < SRM_KEY_TILE; j++) tile_scores[j] += qi * bf16_to_float(tile[i * SRM_KEY_TILE + j]);
+            }
+            /* the tile's positions beyond `pos` hold whatever was there; they are never used */
+            const int64_t valid = len - t0 < SRM_KEY_TILE ? len - t0 : SRM_KEY_TILE;
+            for (int64_t j = 0; j < valid; j++) scores[t0 + j] = tile_scores[j];
         }
         softmax_in_place(scores, len);
         for (int64_t i = 0; i < hd; i++) o[i] = 0.0f;
@@ -302,18 +314,18 @@ static void self_attention(const srm_decoder *m, const srm_layer *l, int64_t pos
 }
 
 /* Attention of the conditional rows over the text encoder's keys and values; the unconditional
- * rows (classifier-free guidance) see no text, so their output is zero. */
+ * rows (classifier-free guidance) see no text, so their output is zero. Only the conditional
+ * (row, head) pairs are shared out, so both threads get a part of the work. */
 static void cross_attention(const srm_decoder *m, const srm_layer *l) {
     const int64_t hd = m->head_dim, s = m->cross_len;
     const float scale = 1.0f / sqrtf((float)hd);
+#pragma omp for schedule(static) nowait
+    for (int64_t r = m->cond_rows; r < m->rows; r++)
+        for (int64_t i = 0; i < m->hidden; i++) m->attn[r * m->in_stride + i] = 0.0f;
 #pragma omp for schedule(static)
-    for (int64_t p = 0; p < m->rows * m->heads; p++) {
+    for (int64_t p = 0; p < m->cond_rows * m->heads; p++) {
         const int64_t r = p / m->heads, h = p % m->heads;
         float *o = m->attn + r * m->in_stride + h * hd;
-        if (r >= m->cond_rows) {
-            for (int64_t i = 0; i < hd; i++) o[i] = 0.0f;
-            continue;
-        }
         const float *q = m->wide + r * m->out_stride + h * hd;
         const float *keys = l->cross_k + p * s * hd, *values = l->cross_v + p * s * hd;
         const uint8_t *mask = m->cross_mask ? m->cross_mask + r * s : NULL;

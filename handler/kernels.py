@@ -23,8 +23,8 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("kernels.c")
-BLOCK_N, BLOCK_K, MAX_ROWS = 4, 64, 8
-"""Must match SRM_BLOCK_N, SRM_BLOCK_K and SRM_MAX_ROWS in kernels.c."""
+BLOCK_N, BLOCK_K, MAX_ROWS, KEY_TILE = 4, 64, 8, 32
+"""Must match SRM_BLOCK_N, SRM_BLOCK_K, SRM_MAX_ROWS and SRM_KEY_TILE in kernels.c."""
 
 
 @dataclass(frozen=True)
@@ -309,9 +309,10 @@ class NativeRun:
         in_stride = max(lin.padded_shape[1] for lin in linears)
         out_stride = max(lin.padded_shape[0] for lin in linears)
         cross_len = int(cross_k[0].shape[2])
-        # Uninitialised: attention reads only positions already written. Keys are transposed (see
-        # self_attention in kernels.c).
-        self.k_cache = torch.empty((len(layers), rows, heads, head_dim, capacity), dtype=torch.bfloat16)
+        # Uninitialised: attention uses only positions already written. Keys are in transposed
+        # tiles of KEY_TILE positions (see self_attention in kernels.c).
+        tiles = -(-capacity // KEY_TILE)
+        self.k_cache = torch.empty((len(layers), rows, heads, tiles, head_dim, KEY_TILE), dtype=torch.bfloat16)
         self.v_cache = torch.empty((len(layers), rows, heads, capacity, head_dim), dtype=torch.bfloat16)
         self.x = torch.empty((rows, hidden))
         self.logits = torch.empty((rows, head.padded_shape[0]))
