@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,6 +43,9 @@ def model_dir(smoke: bool, cache_dir: Path) -> Path:
         (build_tiny_model if smoke else build_musicgen_small)(source)
     if not (baked / ARTIFACT_NAME).is_file():
         bake(str(source), baked)
+        for stale in cache_dir.glob(f"{name}-baked-*"):
+            if stale != baked:
+                shutil.rmtree(stale)  # ~3 GB each
     return baked
 
 
