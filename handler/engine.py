@@ -11,6 +11,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from handler.cpu import cpu_flags
 from handler.settings import Precision
 from handler.tokenizer import TOKENIZER_NAME, PromptTokenizer
 
@@ -239,10 +240,7 @@ def _generate(
 
 def cpu_has_bf16() -> bool:
     """Whether this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    flags = cpu_flags()
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 

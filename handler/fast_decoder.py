@@ -28,8 +28,6 @@ same model object (its decoder layers are consumed to avoid holding two copies o
 
 from __future__ import annotations
 
-import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +39,7 @@ from torch import nn
 
 from handler import kernels
 from handler.audio_decoder import EncodecAudioDecoder
+from handler.cpu import cpu_quota_threads
 from handler.kernels import Int8Linear, LayerWeights, NativeRun
 from handler.settings import Precision
 from handler.text_encoder import T5TextEncoder, shared_linear
@@ -50,31 +49,6 @@ DECODE_CHUNK_FRAMES = 100
 DECODE_CONTEXT_FRAMES = 8
 """Frames of context on each side of a chunk: more than the upsampler's receptive field (about
 4 frames for the 32 kHz EnCodec), so chunked audio equals whole-clip audio up to float rounding."""
-
-
-def cpu_quota_threads() -> int:
-    """Number of CPUs this process may use: cgroup CPU quota, else affinity, else os.cpu_count()."""
-    try:
-        n_aff = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        n_aff = os.cpu_count() or 1
-    quota: float | None = None
-    try:  # cgroup v2
-        parts = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        if parts and parts[0] != "max":
-            quota = int(parts[0]) / int(parts[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    if quota is None:
-        try:  # cgroup v1
-            q = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
-            p = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
-            if q > 0 and p > 0:
-                quota = q / p
-        except (OSError, ValueError):
-            pass
-    n = n_aff if quota is None else min(n_aff, max(1, math.floor(quota)))
-    return max(1, n)
 
 
 def _fuse_linears(linears: list[nn.Linear]) -> nn.Linear:
@@ -109,11 +83,6 @@ class _Layer(nn.Module):
         # torch's own GELU where it is one: the engine then holds no transformers objects.
         gelu = type(layer.activation_fn).__name__ == "GELUActivation"
         self.act: nn.Module = nn.GELU() if gelu else layer.activation_fn
-
-    def to_int8(self) -> None:
-        for name in ("qkv", "o", "xq", "xkv", "xo", "fc1", "fc2"):
-            linear = getattr(self, name)
-            setattr(self, name, Int8Linear.from_linear(linear))
 
     def native_weights(self) -> LayerWeights:
         return LayerWeights(
@@ -230,9 +199,7 @@ class FastMusicgen:
         slower per step; one block read front to back also keeps the prefetchers running across
         layer boundaries.
         """
-        linears = [
-            lin for layer in self._layers for lin in (layer.qkv, layer.o, layer.xq, layer.xo, layer.fc1, layer.fc2)
-        ]
+        linears = [lin for layer in self._layers for lin in layer.native_weights().linears()]
         step_weights = [lin for lin in (*linears, self.lm_head) if isinstance(lin, Int8Linear)]
         block = torch.empty(sum(lin.weight.numel() for lin in step_weights), dtype=torch.int8)
         offset = 0
@@ -244,12 +211,9 @@ class FastMusicgen:
 
     def _convert(self, module: nn.Module) -> None:
         if self.precision == "int8":
-            if isinstance(module, _Layer):
-                module.to_int8()
-            else:
-                for name, child in list(module.named_children()):
-                    if isinstance(child, nn.Linear):
-                        setattr(module, name, Int8Linear.from_linear(child))
+            for name, child in list(module.named_children()):
+                if isinstance(child, nn.Linear):
+                    setattr(module, name, Int8Linear.from_linear(child))
         elif self.precision == "bf16":
             module.to(torch.bfloat16)
 
@@ -303,9 +267,11 @@ class FastMusicgen:
         )
 
     def _native_run(self, cross: _CrossKV, rows: int, cond_rows: int, total_len: int) -> NativeRun | None:
-        if not self.native or rows > kernels.MAX_ROWS or kernels.best() is None:
+        native = kernels.best() if self.native and rows <= kernels.MAX_ROWS else None
+        if native is None:
             return None
         return NativeRun(
+            native,
             [layer.native_weights() for layer in self._layers],
             self.final_ln,  # type: ignore[arg-type]
             self.lm_head,  # type: ignore[arg-type]
@@ -327,9 +293,7 @@ class FastMusicgen:
         return self._torch_step(st, x, t)
 
     def _native_step(self, run: NativeRun, x: torch.Tensor, t: int) -> torch.Tensor:
-        native = kernels.best()
-        assert native is not None  # a NativeRun is only made when the library is loaded
-        out = native.step(run, x.view(run.rows, self.hidden), t)
+        out = run.step(x.view(run.rows, self.hidden), t)
         logits = out[:, : self.num_codebooks * self.vocab_size].clone()  # `out` is reused next step
         return logits.view(run.rows, self.num_codebooks, self.vocab_size)
 

@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from handler.cpu import cpu_flags
+
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("kernels.c")
@@ -89,17 +91,6 @@ def build(selected: Sequence[Variant] | None = None, directory: Path = SOURCE.pa
             os.replace(partial, variant.path(directory))
         built.append(variant.path(directory))
     return built
-
-
-def cpu_flags() -> frozenset[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
 
 
 # ------------------------------------------------------------------------------------ weights
@@ -183,6 +174,10 @@ class LayerWeights:
     cross_out: Int8Linear
     fc1: Int8Linear
     fc2: Int8Linear
+
+    def linears(self) -> tuple[Int8Linear, ...]:
+        """The layer's products in the order the step reads them (and `srm_layer` lists them)."""
+        return (self.qkv, self.out, self.cross_q, self.cross_out, self.fc1, self.fc2)
 
 
 # ------------------------------------------------------------------------------------ ctypes
@@ -288,6 +283,7 @@ class NativeRun:
 
     def __init__(
         self,
+        kernels: NativeKernels,
         layers: Sequence[LayerWeights],
         final_norm: nn.LayerNorm,
         head: Int8Linear,
@@ -304,8 +300,9 @@ class NativeRun:
             raise ValueError(f"at most {MAX_ROWS} rows per step")
         hidden = int(final_norm.weight.shape[0])
         head_dim = hidden // heads
+        self.kernels = kernels
         self.rows = rows
-        linears = [head, *(lin for lw in layers for lin in (lw.qkv, lw.out, lw.cross_q, lw.cross_out, lw.fc1, lw.fc2))]
+        linears = [head, *(lin for lw in layers for lin in lw.linears())]
         in_stride = max(lin.padded_shape[1] for lin in linears)
         out_stride = max(lin.padded_shape[0] for lin in linears)
         cross_len = int(cross_k[0].shape[2])
@@ -331,7 +328,7 @@ class NativeRun:
             *(
                 _Layer(
                     *(norm_param for norm in lw.norms for norm_param in (norm.weight.data_ptr(), norm.bias.data_ptr())),
-                    *(_linear_struct(lin) for lin in (lw.qkv, lw.out, lw.cross_q, lw.cross_out, lw.fc1, lw.fc2)),
+                    *(_linear_struct(lin) for lin in lw.linears()),
                     self.k_cache[i].data_ptr(),
                     self.v_cache[i].data_ptr(),
                     keys[i].data_ptr(),
@@ -366,6 +363,10 @@ class NativeRun:
             in_stride=in_stride,
             out_stride=out_stride,
         )
+
+    def step(self, x: torch.Tensor, pos: int) -> torch.Tensor:
+        """One decoder step on embeddings `x` (rows, hidden) -> logits (rows, head outputs), reused next step."""
+        return self.kernels.step(self, x, pos)
 
 
 def load(variant: Variant, directory: Path = SOURCE.parent) -> NativeKernels | None:

@@ -128,10 +128,11 @@ def test_every_build_computes_the_same_decoder_steps(
         # Scratch memory comes back from torch's allocator holding the previous run's values:
         # a result that reads any of it would differ between runs.
         state = NativeRun(
+            native,
             layers, final_norm, head, heads=heads, rows=2, cond_rows=1, capacity=capacity,
             cross_k=cross_k, cross_v=cross_v, cross_mask=None,
         )  # fmt: skip
-        return torch.stack([native.step(state, inputs[t], t).clone() for t in range(steps)])
+        return torch.stack([state.step(inputs[t], t).clone() for t in range(steps)])
 
     reference = run(builds["generic"])
     assert torch.isfinite(reference).all()
@@ -146,11 +147,11 @@ def test_every_build_computes_the_same_decoder_steps(
         assert torch.equal(run(native), run(native)), name
 
 
-def test_too_many_rows_are_refused() -> None:
+def test_too_many_rows_are_refused(builds: dict[str, NativeKernels]) -> None:
     layer = random_layer(64, 128)
     with pytest.raises(ValueError, match="rows"):
         NativeRun(
-            [layer], nn.LayerNorm(64), Int8Linear(torch.randn(8, 64), None), heads=4,
+            builds["generic"], [layer], nn.LayerNorm(64), Int8Linear(torch.randn(8, 64), None), heads=4,
             rows=kernels.MAX_ROWS + 1, cond_rows=1, capacity=4,
             cross_k=[torch.zeros(1, 4, 2, 16)], cross_v=[torch.zeros(1, 4, 2, 16)], cross_mask=None,
         )  # fmt: skip
