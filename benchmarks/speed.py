@@ -1,6 +1,6 @@
 """Speed of our engine against plain transformers `generate`, on the same model in one run.
 
-    python -m benchmarks.speed            # musicgen-small architecture, random weights (cached)
+    python -m benchmarks.speed            # musicgen-small architecture, random weights (cached); int8 and int4
     python -m benchmarks.speed --smoke    # tiny model, seconds; what CI runs
 
 Each measurement runs in its own process, so load time and peak memory belong to it alone.
@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def model_dir(smoke: bool, cache_dir: Path) -> Path:
     """The benchmark model, built once and cached outside the repository, baked as the image bakes it."""
-    from handler.fast_decoder import ARTIFACT_NAME
+    from handler.fast_decoder import artifact_name
+    from handler.settings import QUANTIZED
     from infra.bake_model import bake
     from tests.model_builder import build_musicgen_small, build_tiny_model
 
@@ -41,7 +42,7 @@ def model_dir(smoke: bool, cache_dir: Path) -> Path:
     if not any(source.glob("*.safetensors")):
         source.mkdir(parents=True, exist_ok=True)
         (build_tiny_model if smoke else build_musicgen_small)(source)
-    if not (baked / ARTIFACT_NAME).is_file():
+    if not all((baked / artifact_name(precision)).is_file() for precision in QUANTIZED):
         bake(str(source), baked)
         for stale in cache_dir.glob(f"{name}-baked-*"):
             if stale != baked:
@@ -153,8 +154,8 @@ def measure_engine(directory: Path, seconds: int, precision: str, long_seconds: 
     return result
 
 
-def measure_quality(directory: Path, seconds: int) -> dict[str, Any]:
-    """How far int8 moves next-token distributions from fp32 on one teacher-forced sequence."""
+def measure_quality(directory: Path, seconds: int, precisions: list[str]) -> dict[str, Any]:
+    """How far each precision moves next-token distributions from fp32 on one teacher-forced sequence."""
     import torch
     from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
@@ -177,28 +178,33 @@ def measure_quality(directory: Path, seconds: int) -> dict[str, Any]:
         sequence[:, k, k + 1 : k + 1 + codes.shape[-1]] = codes[0, :, k]
     valid = ~reference._delay_forced(sequence.shape[-1])[:, 1:].T
     fp32 = reference.teacher_forced_logits(ids, mask, sequence, guidance_scale=3.0)[:, 0]
-    int8 = engine("int8").teacher_forced_logits(ids, mask, sequence, guidance_scale=3.0)[:, 0]
-    log_p, log_q = torch.log_softmax(fp32, -1), torch.log_softmax(int8, -1)
-    kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+    log_p = torch.log_softmax(fp32, -1)
     top_k = min(250, fp32.shape[-1])
     in_reference = torch.zeros_like(fp32, dtype=torch.bool).scatter_(-1, fp32.topk(top_k, -1).indices, True)
-    overlap = in_reference.gather(-1, int8.topk(top_k, -1).indices).float().mean(-1)
     entropy = -(log_p.exp() * log_p).sum(-1)
     per_codebook = range(fp32.shape[1])
-    return {
-        "kl_per_codebook": [round(float(kl[valid[:, c], c].mean()), 5) for c in per_codebook],
-        "top250_overlap_per_codebook": [round(float(overlap[valid[:, c], c].mean()), 4) for c in per_codebook],
-        "fp32_entropy_nats": [round(float(entropy[valid[:, c], c].mean()), 3) for c in per_codebook],
-        "positions": int(valid.sum()),
-    }
+
+    def per_position_mean(values: torch.Tensor, digits: int) -> list[float]:
+        return [round(float(values[valid[:, c], c].mean()), digits) for c in per_codebook]
+
+    report: dict[str, Any] = {"fp32_entropy_nats": per_position_mean(entropy, 3), "positions": int(valid.sum())}
+    for precision in precisions:
+        logits = engine(precision).teacher_forced_logits(ids, mask, sequence, guidance_scale=3.0)[:, 0]
+        kl = (log_p.exp() * (log_p - torch.log_softmax(logits, -1))).sum(-1)
+        overlap = in_reference.gather(-1, logits.topk(top_k, -1).indices).float().mean(-1)
+        report[precision] = {
+            "kl_per_codebook": per_position_mean(kl, 5),
+            "top250_overlap_per_codebook": per_position_mean(overlap, 4),
+        }
+    return report
 
 
-def measure_http(directory: Path, seconds: int) -> dict[str, Any]:
+def measure_http(directory: Path, seconds: int, precision: str) -> dict[str, Any]:
     """`POST /generate/` against the local server: the number users feel."""
     import httpx
 
     with tempfile.TemporaryDirectory() as storage, FreePort() as port:
-        env = {**os.environ, "MODEL_ID": str(directory), "STORAGE_DIR": storage}
+        env = {**os.environ, "MODEL_ID": str(directory), "STORAGE_DIR": storage, "MODEL_PRECISION": precision}
         env.pop("S3_BUCKET", None)
         started = time.perf_counter()
         server = subprocess.Popen(
@@ -287,37 +293,48 @@ def first_and_warm(ours: dict[str, Any], key: str, form: str, per: float = 1.0) 
     return f"{form.format(ours[key] / per)} first, {form.format(ours[f'warm_{key}'] / per)} warm"
 
 
+def engine_column(base: dict[str, Any], ours: dict[str, Any], http: dict[str, Any], seconds: int) -> list[str]:
+    """One engine's cells, in the order of `ROW_NAMES`."""
+    speed_up = (base["wall_s"] / ours["wall_s"], base["wall_s"] / ours["warm_wall_s"])
+    return [
+        f"ours ({ours['precision']}, kernels: {ours['kernels']})",
+        first_and_warm(ours, "ms_per_step", "{:.1f}"),
+        first_and_warm(ours, "wall_s", "{:.2f} s"),
+        first_and_warm(ours, "wall_s", "{:.2f}", seconds),
+        f"{ours['ready_s']:.2f} s",
+        f"{ours['peak_rss_mb']:.0f} MB ({ours['peak_rss_clip_s']} s clip)",
+        first_and_warm(ours, "encodec_s", "{:.2f} s"),
+        f"{http['warm_request_s']:.2f} s (RTF {http['warm_rtf']:.2f})",
+        f"{http['first_request_s']:.2f} s",
+        f"{speed_up[0]:.1f}x first, {speed_up[1]:.1f}x warm",
+    ]
+
+
 def table(report: dict[str, Any]) -> str:
     seconds = report["clip_seconds"]
-    base, ours, http = report["baseline"], report["engine"], report["http"]
-    speed_up = (base["wall_s"] / ours["wall_s"], base["wall_s"] / ours["warm_wall_s"])
-    rows = [
-        ("", "baseline (generate, fp32)", f"ours ({ours['precision']}, kernels: {ours['kernels']})"),
-        ("ms per decode step", f"{base['ms_per_step']:.1f}", first_and_warm(ours, "ms_per_step", "{:.1f}")),
-        (f"wall time, {seconds} s clip", f"{base['wall_s']:.2f} s", first_and_warm(ours, "wall_s", "{:.2f} s")),
-        ("real-time factor", f"{base['wall_s'] / seconds:.2f}", first_and_warm(ours, "wall_s", "{:.2f}", seconds)),
-        ("process start to ready", f"{base['ready_s']:.2f} s", f"{ours['ready_s']:.2f} s"),
-        (
-            "peak resident memory",
-            f"{base['peak_rss_mb']:.0f} MB",
-            f"{ours['peak_rss_mb']:.0f} MB ({ours['peak_rss_clip_s']} s clip)",
-        ),
-        ("EnCodec decode", "", first_and_warm(ours, "encodec_s", "{:.2f} s")),
-        (
-            f"HTTP POST /generate/ {seconds} s, warm",
-            "",
-            f"{http['warm_request_s']:.2f} s (RTF {http['warm_rtf']:.2f})",
-        ),
-        ("HTTP first request (loads model)", "", f"{http['first_request_s']:.2f} s"),
-        ("speed-up, wall time", "", f"{speed_up[0]:.1f}x first, {speed_up[1]:.1f}x warm"),
+    base = report["baseline"]
+    names = [
+        "", "ms per decode step", f"wall time, {seconds} s clip", "real-time factor", "process start to ready",
+        "peak resident memory", "EnCodec decode", f"HTTP POST /generate/ {seconds} s, warm",
+        "HTTP first request (loads model)", "speed-up, wall time",
     ]  # fmt: skip
-    width = [max(len(row[i]) for row in rows) for i in range(3)]
+    baseline = [
+        "baseline (generate, fp32)", f"{base['ms_per_step']:.1f}", f"{base['wall_s']:.2f} s",
+        f"{base['wall_s'] / seconds:.2f}", f"{base['ready_s']:.2f} s", f"{base['peak_rss_mb']:.0f} MB", "", "", "", "",
+    ]  # fmt: skip
+    columns = [names, baseline] + [
+        engine_column(base, ours, report["http"][precision], seconds) for precision, ours in report["engines"].items()
+    ]
+    rows = list(zip(*columns, strict=True))
+    width = [max(len(row[i]) for row in rows) for i in range(len(columns))]
     lines = [" | ".join(cell.ljust(width[i]) for i, cell in enumerate(row)) for row in rows]
     lines.insert(1, "-+-".join("-" * w for w in width))
     if quality := report.get("quality"):
         lines.append("")
-        lines.append(f"int8 vs fp32 next-token KL per codebook: {quality['kl_per_codebook']}")
-        lines.append(f"int8 vs fp32 top-250 overlap per codebook: {quality['top250_overlap_per_codebook']}")
+        for precision in report["engines"]:
+            lines.append(f"{precision} vs fp32 next-token KL per codebook: {quality[precision]['kl_per_codebook']}")
+            overlap = quality[precision]["top250_overlap_per_codebook"]
+            lines.append(f"{precision} vs fp32 top-250 overlap per codebook: {overlap}")
         lines.append(f"(fp32 entropy, nats: {quality['fp32_entropy_nats']}; random weights are near uniform)")
     return "\n".join(lines)
 
@@ -327,7 +344,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--smoke", action="store_true", help="tiny model and short clips (CI)")
     parser.add_argument("--seconds", type=int, default=10, help="clip length for the timings")
     parser.add_argument("--long-seconds", type=int, default=30, help="clip length for peak memory")
-    parser.add_argument("--precision", default="int8", choices=get_args(Precision))
+    parser.add_argument(
+        "--precisions", nargs="+", default=["int8", "int4"], choices=get_args(Precision), help="engines to measure"
+    )
     parser.add_argument("--no-quality", action="store_true")
     parser.add_argument("--cache-dir", type=Path, default=CACHE_DIR, help="where the benchmark model is kept")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "speed.json")
@@ -349,12 +368,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
     }
     report["baseline"] = run_isolated("baseline", directory=directory, seconds=seconds)
-    report["engine"] = run_isolated(
-        "engine", directory=directory, seconds=seconds, precision=args.precision, long_seconds=long_seconds
-    )
-    report["http"] = measure_http(directory, seconds)
-    if not args.no_quality:
-        report["quality"] = run_isolated("quality", directory=directory, seconds=1 if args.smoke else 2)
+    report["engines"], report["http"] = {}, {}
+    for precision in args.precisions:
+        report["engines"][precision] = run_isolated(
+            "engine", directory=directory, seconds=seconds, precision=precision, long_seconds=long_seconds
+        )
+        report["http"][precision] = measure_http(directory, seconds, precision)
+    compared = [precision for precision in args.precisions if precision != "fp32"]
+    if not args.no_quality and compared:
+        report["quality"] = run_isolated(
+            "quality", directory=directory, seconds=1 if args.smoke else 2, precisions=compared
+        )
     print(table(report))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))

@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from handler.cpu import cpu_flags
-from handler.settings import Precision
+from handler.settings import QUANTIZED, Precision
 from handler.tokenizer import TOKENIZER_NAME, PromptTokenizer
 
 logger = logging.getLogger(__name__)
@@ -179,11 +179,11 @@ class TransformersMusicGenerator:
 
 
 def _load(model_id: str, precision: Precision) -> _LoadedModel:
-    from handler.fast_decoder import ARTIFACT_NAME, load_artifact
+    from handler.fast_decoder import artifact_name, load_artifact
 
-    artifact, tokenizer_file = Path(model_id) / ARTIFACT_NAME, Path(model_id) / TOKENIZER_NAME
-    if precision == "int8" and artifact.is_file() and tokenizer_file.is_file():
-        # Baked at build time: int8 weights as saved, no fp32 decoder read or converted.
+    artifact, tokenizer_file = Path(model_id) / artifact_name(precision), Path(model_id) / TOKENIZER_NAME
+    if precision in QUANTIZED and artifact.is_file() and tokenizer_file.is_file():
+        # Baked at build time: quantized weights as saved, no fp32 decoder read or converted.
         decoder = load_artifact(artifact)
         tokenizer = PromptTokenizer.from_file(tokenizer_file)
     else:

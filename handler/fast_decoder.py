@@ -16,7 +16,9 @@ over the model's modules instead of ``model.generate``:
 * precision ``"int8"`` (default) stores the decoder's Linear layers as int8 with per-output-channel
   scales and runs each step in the native kernel of ``handler.kernels`` (one call for all layers,
   bf16 KV cache; the same arithmetic in torch where the library is not built); the text encoder's
-  Linear layers get torch's dynamic int8 quantization. ``"bf16"`` casts the decoder to bfloat16,
+  Linear layers get torch's dynamic int8 quantization. ``"int4"`` is the same with the decoder
+  layers' weights in int4, one scale per 64 inputs (the codebook heads stay int8): half the bytes
+  each step streams, further from fp32. ``"bf16"`` casts the decoder to bfloat16,
   ``"fp32"`` keeps it exact (greedy codes match ``model.generate`` bit for bit);
 * the text encoder (``handler.text_encoder``) and EnCodec's decoder (``handler.audio_decoder``) are
   rebuilt from plain torch modules with the same arithmetic, so an engine holds no transformers
@@ -40,8 +42,8 @@ from torch import nn
 from handler import kernels
 from handler.audio_decoder import EncodecAudioDecoder
 from handler.cpu import cpu_quota_threads
-from handler.kernels import Int8Linear, LayerWeights, NativeRun
-from handler.settings import Precision
+from handler.kernels import Int4Linear, Int8Linear, LayerWeights, NativeRun
+from handler.settings import QUANTIZED, Precision
 from handler.text_encoder import T5TextEncoder, shared_linear
 
 DECODE_CHUNK_FRAMES = 100
@@ -152,8 +154,8 @@ class FastMusicgen:
         self.sampling_rate = int(acfg.sampling_rate)
         self.frame_rate = int(acfg.frame_rate)
         self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        # The kernel implements exactly this layer: int8 weights, pre-norm, GELU (erf).
-        self.native = native and precision == "int8" and dcfg.activation_function == "gelu"
+        # The kernel implements exactly this layer: int8 or int4 weights, pre-norm, GELU (erf).
+        self.native = native and precision in QUANTIZED and dcfg.activation_function == "gelu"
 
         dec: Any = model.decoder.model.decoder
         with torch.no_grad():
@@ -177,7 +179,8 @@ class FastMusicgen:
             self.lm_head: nn.Module = _fuse_linears(list(heads))
             model.decoder.lm_heads = nn.ModuleList()
             holder = nn.ModuleDict({"h": self.lm_head})
-            self._convert(holder)
+            # The heads make the logits themselves: int8 even in int4 (2% of the step's weights).
+            self._convert(holder, heads=True)
             self.lm_head = holder["h"]
             self.final_ln.to(self.dtype)
             self.text_encoder = T5TextEncoder.from_transformers(model.text_encoder)
@@ -186,34 +189,22 @@ class FastMusicgen:
                 model.enc_to_dec_proj if projects and dcfg.cross_attention_hidden_size is None else None
             )
             self.audio_decoder = EncodecAudioDecoder.from_transformers(model.audio_encoder)
-            if precision == "int8":
+            if precision in QUANTIZED:
                 # Runs once per request, so speed hardly matters; a quarter of the memory does.
                 _quantize_int8(self.text_encoder)
                 self.gather_step_weights()
 
     def gather_step_weights(self) -> None:
-        """Copy the int8 weights every decode step streams into one block of anonymous memory, in
-        the order the step reads them.
-
-        Read from the artifact's file mapping (page-cache pages) the same weights stream about 15%
-        slower per step; one block read front to back also keeps the prefetchers running across
-        layer boundaries.
-        """
+        """Move what every decode step streams into one block of anonymous memory, in read order."""
         linears = [lin for layer in self._layers for lin in layer.native_weights().linears()]
-        step_weights = [lin for lin in (*linears, self.lm_head) if isinstance(lin, Int8Linear)]
-        block = torch.empty(sum(lin.weight.numel() for lin in step_weights), dtype=torch.int8)
-        offset = 0
-        for lin in step_weights:
-            part = block[offset : offset + lin.weight.numel()].view(lin.weight.shape)
-            part.copy_(lin.weight)
-            lin.weight = part
-            offset += part.numel()
+        kernels.gather([lin for lin in (*linears, self.lm_head) if isinstance(lin, Int8Linear | Int4Linear)])
 
-    def _convert(self, module: nn.Module) -> None:
-        if self.precision == "int8":
+    def _convert(self, module: nn.Module, heads: bool = False) -> None:
+        if self.precision in QUANTIZED:
+            packed = Int4Linear if self.precision == "int4" and not heads else Int8Linear
             for name, child in list(module.named_children()):
                 if isinstance(child, nn.Linear):
-                    setattr(module, name, Int8Linear.from_linear(child))
+                    setattr(module, name, packed.from_linear(child))
         elif self.precision == "bf16":
             module.to(torch.bfloat16)
 
@@ -442,12 +433,13 @@ class FastMusicgen:
         return torch.cat(pieces, dim=-1)
 
 
-ARTIFACT_NAME = "fast-musicgen-int8.pt"
-"""The serving artifact beside a saved model: the whole engine, decoder already in int8."""
+def artifact_name(precision: Precision) -> str:
+    """The serving artifact beside a saved model: the whole engine, its decoder already in `precision`."""
+    return f"fast-musicgen-{precision}.pt"
 
 
 def save_artifact(engine: FastMusicgen, path: Path) -> None:
-    """Save a prepared engine, so serving loads int8 weights instead of converting fp32 ones."""
+    """Save a prepared engine, so serving loads quantized weights instead of converting fp32 ones."""
     torch.save(engine, path)
 
 

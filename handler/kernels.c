@@ -6,10 +6,12 @@
  * region: every phase is split between the threads, separated by barriers, and each weight byte
  * and cache byte is read once.
  *
- * Numerics (the `int8` precision): Linear weights are int8 with one scale per output channel;
- * each input row is quantised to int8 with its own scale just before a matrix product, the
- * products are summed exactly in int32 and rescaled to float32. The self-attention KV cache is
- * bfloat16. Everything else (layer norms, softmax, GELU, residuals) is float32.
+ * Numerics: Linear weights are int8 with one scale per output channel (the `int8` precision), or
+ * int4 with one bfloat16 scale per 64 inputs of an output channel (`int4`: half the bytes to
+ * stream, the step's main cost). Each input row is quantised to int8 with its own scale just
+ * before a matrix product; products are summed exactly in int32 (per group of 64 for int4) and
+ * rescaled to float32. The self-attention KV cache is bfloat16. Everything else (layer norms,
+ * softmax, GELU, residuals) is float32.
  *
  * The matrix products use AVX512-VNNI or AVX2 when the build targets them, plain C otherwise.
  */
@@ -32,12 +34,18 @@
 #define SRM_KEY_TILE 32 /* key cache: (capacity / 32, head_dim, 32) per (row, head) */
 
 typedef struct {
-    const int8_t *weight; /* packed, zero padded to n and k */
-    const float *scale;   /* (n) per output channel */
-    const int32_t *row_sum; /* (n) sum of each output channel's int8 weights */
-    const float *bias;    /* (n) or NULL */
-    int64_t n, k;         /* padded sizes: n % 4 == 0, k % 64 == 0 */
-    int64_t in_features;  /* k before padding */
+    /* 8 bits: (n / 4, k / 64, 4, 64) int8. 4 bits: (n / 4, k / 64, 2, 64) bytes, each holding the
+     * same input of two output channels (channel 2i in the low nibble, 2i + 1 in the high one),
+     * stored as weight + 8. Zero padded to n and k. */
+    const int8_t *weight;
+    const float *scale;     /* 8 bits: (n) per output channel */
+    const int32_t *row_sum; /* 8 bits: (n) sum of each output channel's weights */
+    const uint16_t *group_scale; /* 4 bits: (n / 4, k / 64, 4) bfloat16, one per 64 inputs of a channel */
+    const float *group_shift;    /* 4 bits: (n) 128 * sum over groups of scale * sum of the group's weights */
+    const float *bias;      /* (n) or NULL */
+    int64_t n, k;           /* padded sizes: n % 4 == 0, k % 64 == 0 */
+    int64_t in_features;    /* k before padding */
+    int64_t bits;           /* 8 or 4 */
 } srm_linear;
 
 typedef struct {
@@ -160,7 +168,7 @@ static void quantize_rows(const srm_decoder *m, const float *src, int64_t k) {
 /* ---------------------------------------------------------------- int8 matrix product */
 
 /* acc[i][r] = sum_k weight[block row i, k] * quant[r, k] for one block of 4 output channels. */
-static inline void dot_block(const int8_t *w, const int8_t *quant, int64_t stride, int64_t rows, int64_t k,
+static inline __attribute__((always_inline)) void dot_block(const int8_t *w, const int8_t *quant, int64_t stride, int64_t rows, int64_t k,
                              int32_t acc[SRM_BLOCK_N][SRM_MAX_ROWS]) {
 #if defined(SRM_VNNI)
     /* vpdpbusd multiplies unsigned by signed bytes: the input is shifted by +128 (xor of the sign
@@ -226,26 +234,135 @@ static inline void dot_block(const int8_t *w, const int8_t *quant, int64_t strid
 #endif
 }
 
-/* out[r, n] = row_scale[r] * scale[n] * (quant[r] . weight[n]) + bias[n]  (+ out[r, n] if accumulate).
+/* acc[i][r] = sum over groups g of scale[i, g] * (weight[i, g] . quant[r, g]) for one block of 4
+ * output channels of 4-bit weights (groups of 64 inputs). The VNNI build sums the shifted input
+ * (see dot_block) and leaves 128 * group_shift in acc. */
+static inline __attribute__((always_inline)) void dot_block4(const uint8_t *w, const uint16_t *group_scale, const int8_t *quant, int64_t stride,
+                              int64_t rows, int64_t k, float acc[SRM_BLOCK_N][SRM_MAX_ROWS]) {
+#if defined(SRM_VNNI)
+    __m512 sum[SRM_BLOCK_N][SRM_MAX_ROWS];
+    const __m512i flip = _mm512_set1_epi8((char)0x80), low = _mm512_set1_epi8(0x0F), eight = _mm512_set1_epi8(8);
+    for (int i = 0; i < SRM_BLOCK_N; i++)
+        for (int64_t r = 0; r < rows; r++) sum[i][r] = _mm512_setzero_ps();
+    for (int64_t kb = 0; kb < k; kb += SRM_BLOCK_K) {
+        const __m512i a = _mm512_loadu_si512(w + kb * 2), b = _mm512_loadu_si512(w + kb * 2 + 64);
+        const __m512i wv[SRM_BLOCK_N] = {
+            _mm512_sub_epi8(_mm512_and_si512(a, low), eight),
+            _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(a, 4), low), eight),
+            _mm512_sub_epi8(_mm512_and_si512(b, low), eight),
+            _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(b, 4), low), eight),
+        };
+        const uint16_t *scales = group_scale + kb / SRM_BLOCK_K * SRM_BLOCK_N;
+        __m512 s[SRM_BLOCK_N];
+        for (int i = 0; i < SRM_BLOCK_N; i++) s[i] = _mm512_set1_ps(bf16_to_float(scales[i]));
+        for (int64_t r = 0; r < rows; r++) {
+            const __m512i x = _mm512_xor_si512(_mm512_loadu_si512(quant + r * stride + kb), flip);
+            for (int i = 0; i < SRM_BLOCK_N; i++) {
+                const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), x, wv[i]);
+                sum[i][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s[i], sum[i][r]);
+            }
+        }
+    }
+    for (int i = 0; i < SRM_BLOCK_N; i++)
+        for (int64_t r = 0; r < rows; r++) acc[i][r] = _mm512_reduce_add_ps(sum[i][r]);
+#elif defined(SRM_AVX2)
+    __m256 sum[SRM_BLOCK_N][SRM_MAX_ROWS];
+    const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(0x0F), eight = _mm256_set1_epi8(8);
+    for (int i = 0; i < SRM_BLOCK_N; i++)
+        for (int64_t r = 0; r < rows; r++) sum[i][r] = _mm256_setzero_ps();
+    for (int64_t kb = 0; kb < k; kb += SRM_BLOCK_K) {
+        const uint16_t *scales = group_scale + kb / SRM_BLOCK_K * SRM_BLOCK_N;
+        for (int i = 0; i < SRM_BLOCK_N; i++) {
+            const __m256 s = _mm256_set1_ps(bf16_to_float(scales[i]));
+            const uint8_t *pair = w + kb * 2 + (i / 2) * 64;
+            __m256i dots[SRM_MAX_ROWS];
+            for (int64_t r = 0; r < rows; r++) dots[r] = _mm256_setzero_si256();
+            for (int half = 0; half < 2; half++) {
+                __m256i packed = _mm256_loadu_si256((const __m256i *)(pair + half * 32));
+                if (i % 2) packed = _mm256_srli_epi16(packed, 4);
+                const __m256i wv = _mm256_sub_epi8(_mm256_and_si256(packed, low), eight);
+                const __m256i w_abs = _mm256_sign_epi8(wv, wv);
+                for (int64_t r = 0; r < rows; r++) {
+                    const __m256i x = _mm256_loadu_si256((const __m256i *)(quant + r * stride + kb + half * 32));
+                    const __m256i pairs = _mm256_maddubs_epi16(w_abs, _mm256_sign_epi8(x, wv));
+                    dots[r] = _mm256_add_epi32(dots[r], _mm256_madd_epi16(pairs, ones));
+                }
+            }
+            for (int64_t r = 0; r < rows; r++) sum[i][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots[r]), s, sum[i][r]);
+        }
+    }
+    for (int i = 0; i < SRM_BLOCK_N; i++)
+        for (int64_t r = 0; r < rows; r++) {
+            const __m128 s = _mm_add_ps(_mm256_castps256_ps128(sum[i][r]), _mm256_extractf128_ps(sum[i][r], 1));
+            const __m128 s2 = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            acc[i][r] = _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
+        }
+#else
+    for (int i = 0; i < SRM_BLOCK_N; i++)
+        for (int64_t r = 0; r < rows; r++) acc[i][r] = 0.0f;
+    for (int64_t kb = 0; kb < k; kb += SRM_BLOCK_K)
+        for (int i = 0; i < SRM_BLOCK_N; i++) {
+            const uint8_t *pair = w + kb * 2 + (i / 2) * 64;
+            const int shift = (i % 2) * 4;
+            const float s = bf16_to_float(group_scale[kb / SRM_BLOCK_K * SRM_BLOCK_N + i]);
+            for (int64_t r = 0; r < rows; r++) {
+                const int8_t *x = quant + r * stride + kb;
+                int32_t dot = 0;
+                for (int j = 0; j < 64; j++) dot += (((int32_t)pair[j] >> shift & 0x0F) - 8) * (int32_t)x[j];
+                acc[i][r] += s * (float)dot;
+            }
+        }
+#endif
+}
+
+/* out[r, n] = row_scale[r] * (quant[r] . weight[n] rescaled) + bias[n]  (+ out[r, n] if accumulate).
  * Output channels are split between the threads; the loop's end is a barrier. */
 static void linear(const srm_decoder *m, const srm_linear *lin, int64_t rows, float *out, int64_t out_stride,
                    int accumulate) {
 #pragma omp for schedule(static)
     for (int64_t nb = 0; nb < lin->n; nb += SRM_BLOCK_N) {
-        int32_t acc[SRM_BLOCK_N][SRM_MAX_ROWS];
-        dot_block(lin->weight + nb * lin->k, m->quant, m->in_stride, rows, lin->k, acc);
+        float y[SRM_BLOCK_N][SRM_MAX_ROWS];
+        if (lin->bits == 4) {
+            float acc[SRM_BLOCK_N][SRM_MAX_ROWS];
+            const uint8_t *w = (const uint8_t *)lin->weight + nb * lin->k / 2;
+            const uint16_t *group_scale = lin->group_scale + nb * (lin->k / SRM_BLOCK_K);
+            /* Two rows (one prompt with guidance) is the common case: with `rows` a constant the
+             * accumulators stay in registers. */
+            if (rows == 2)
+                dot_block4(w, group_scale, m->quant, m->in_stride, 2, lin->k, acc);
+            else
+                dot_block4(w, group_scale, m->quant, m->in_stride, rows, lin->k, acc);
+            for (int i = 0; i < SRM_BLOCK_N; i++) {
+#if defined(SRM_VNNI)
+                const float shift = lin->group_shift[nb + i];
+#else
+                const float shift = 0.0f;
+#endif
+                for (int64_t r = 0; r < rows; r++) y[i][r] = m->row_scale[r] * (acc[i][r] - shift);
+            }
+        } else {
+            int32_t acc[SRM_BLOCK_N][SRM_MAX_ROWS];
+            if (rows == 2)
+                dot_block(lin->weight + nb * lin->k, m->quant, m->in_stride, 2, lin->k, acc);
+            else
+                dot_block(lin->weight + nb * lin->k, m->quant, m->in_stride, rows, lin->k, acc);
+            for (int i = 0; i < SRM_BLOCK_N; i++) {
+#if defined(SRM_VNNI)
+                const int32_t shift = 128 * lin->row_sum[nb + i];
+#else
+                const int32_t shift = 0;
+#endif
+                for (int64_t r = 0; r < rows; r++)
+                    y[i][r] = m->row_scale[r] * lin->scale[nb + i] * (float)(acc[i][r] - shift);
+            }
+        }
         for (int i = 0; i < SRM_BLOCK_N; i++) {
             const int64_t n = nb + i;
             const float bias = lin->bias ? lin->bias[n] : 0.0f;
-#if defined(SRM_VNNI)
-            const int32_t shift = 128 * lin->row_sum[n];
-#else
-            const int32_t shift = 0;
-#endif
             for (int64_t r = 0; r < rows; r++) {
-                const float y = m->row_scale[r] * lin->scale[n] * (float)(acc[i][r] - shift) + bias;
+                const float value = y[i][r] + bias;
                 float *dst = out + r * out_stride + n;
-                *dst = accumulate ? *dst + y : y;
+                *dst = accumulate ? *dst + value : value;
             }
         }
     }

@@ -1,8 +1,8 @@
-"""Native int8 decoder step (`kernels.c`): building the library, packing weights, calling it.
+"""Native int8/int4 decoder step (`kernels.c`): building the library, packing weights, calling it.
 
 The library is compiled ahead of time (`python -m handler.kernels`, run by `make` and the image
 build), once per instruction set it can use; `load()` picks the best one this CPU runs. Without a
-library the engine runs the same arithmetic in torch (`Int8Linear.forward`), only slower.
+library the engine runs the same arithmetic in torch (the layers' `forward`), only slower.
 """
 
 import ctypes
@@ -146,6 +146,101 @@ class Int8Linear(nn.Module):
         return y.view(*x.shape[:-1], self.out_features)
 
 
+class Int4Linear(nn.Module):
+    """A Linear layer with int4 weights and one bfloat16 scale per 64 inputs of each output channel.
+
+    Half the bytes of `Int8Linear` for the step to stream. Each group's scale maps its largest
+    magnitude to -8 (all 16 levels used, as llama.cpp's Q4_0). Packed as (out / 4, in / 64, 2, 64)
+    bytes: byte j of pair p holds input j of channels 2p (low nibble) and 2p + 1 (high nibble), as
+    weight + 8. Its `forward` is the same arithmetic in torch, used without the library.
+    """
+
+    weight: torch.Tensor
+    group_scale: torch.Tensor
+    group_shift: torch.Tensor
+    bias: torch.Tensor | None
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = (int(s) for s in weight.shape)
+        n, k = _round_up(self.out_features, BLOCK_N), _round_up(self.in_features, BLOCK_K)
+        groups = torch.zeros((n, k))
+        groups[: self.out_features, : self.in_features] = weight.detach().float()
+        groups = groups.view(n, k // BLOCK_K, BLOCK_K)
+        extreme = groups.gather(-1, groups.abs().argmax(dim=-1, keepdim=True))
+        scale = (extreme / -8.0).to(torch.bfloat16)  # (n, groups, 1)
+        step = scale.float()
+        q = torch.where(step != 0, torch.round(groups / step), 0.0).clamp(-8, 7).to(torch.int8)
+        nibbles = (q + 8).to(torch.uint8).view(n // BLOCK_N, 2, 2, k // BLOCK_K, BLOCK_K)
+        packed = nibbles[:, :, 0] | (nibbles[:, :, 1] << 4)  # (n / 4, pair, groups, 64)
+        self.register_buffer("weight", packed.transpose(1, 2).contiguous())
+        self.register_buffer(
+            "group_scale", scale.view(n // BLOCK_N, BLOCK_N, k // BLOCK_K).transpose(1, 2).contiguous()
+        )
+        # The VNNI build multiplies inputs shifted by +128 (see dot_block in kernels.c).
+        self.register_buffer("group_shift", 128.0 * (step.squeeze(-1) * q.sum(dim=-1, dtype=torch.int32)).sum(dim=1))
+        self.register_buffer("bias", None if bias is None else _padded(bias.detach().float(), n))
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "Int4Linear":
+        return cls(linear.weight, linear.bias)
+
+    @property
+    def padded_shape(self) -> tuple[int, int]:
+        return int(self.group_shift.shape[0]), int(self.weight.shape[1]) * BLOCK_K
+
+    def int4_weight(self) -> torch.Tensor:
+        """The (out, in) weights, unpacked, as int8 in [-8, 7]."""
+        n, k = self.padded_shape
+        low, high = self.weight & 0x0F, self.weight >> 4  # (n / 4, groups, pair, 64)
+        q = torch.stack((low, high), dim=3).to(torch.int8) - 8  # (n / 4, groups, pair, member, 64)
+        return q.permute(0, 2, 3, 1, 4).reshape(n, k)[: self.out_features, : self.in_features]
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The (out, in) weights as float32: each int4 value times its group's scale."""
+        n, k = self.padded_shape
+        scale = self.group_scale.transpose(1, 2).reshape(n, k // BLOCK_K).float()
+        q = torch.zeros((n, k))
+        q[: self.out_features, : self.in_features] = self.int4_weight().float()
+        w = (q.view(n, k // BLOCK_K, BLOCK_K) * scale[..., None]).view(n, k)
+        return w[: self.out_features, : self.in_features]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, row_scale = quantize_rows(x.reshape(-1, self.in_features).float())
+        y = (q.float() * row_scale) @ self.dequantized_weight().T
+        if self.bias is not None:
+            y = y + self.bias[: self.out_features]
+        return y.view(*x.shape[:-1], self.out_features)
+
+
+PackedLinear = Int8Linear | Int4Linear
+"""A Linear layer as the native step reads it."""
+
+
+def gather(linears: Sequence[PackedLinear]) -> None:
+    """Move the buffers the step streams (weights, group scales) into one block of memory per
+    dtype, in `linears`' order: anonymous memory read front to back keeps the prefetchers running
+    across layers (read from a file mapping, the same weights stream ~15% slower). One dtype a
+    block, because `torch.save` refuses views of one storage as different types."""
+    by_dtype: dict[torch.dtype, list[tuple[PackedLinear, str]]] = {}
+    for lin in linears:
+        for name in _streamed(lin):
+            by_dtype.setdefault(getattr(lin, name).dtype, []).append((lin, name))
+    for dtype, streamed in by_dtype.items():
+        block = torch.empty(sum(getattr(lin, name).numel() for lin, name in streamed), dtype=dtype)
+        offset = 0
+        for lin, name in streamed:
+            tensor: torch.Tensor = getattr(lin, name)
+            part = block[offset : offset + tensor.numel()].view(tensor.shape)
+            part.copy_(tensor)
+            setattr(lin, name, part)
+            offset += tensor.numel()
+
+
+def _streamed(lin: PackedLinear) -> tuple[str, ...]:
+    return ("weight", "group_scale") if isinstance(lin, Int4Linear) else ("weight",)
+
+
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 quantisation with one scale per row, as the kernel does: (q, scale (rows, 1))."""
     top = x.abs().amax(dim=-1, keepdim=True)
@@ -168,14 +263,14 @@ class LayerWeights:
     """One decoder layer's weights for the native step."""
 
     norms: tuple[nn.LayerNorm, nn.LayerNorm, nn.LayerNorm]  # self-attention, cross-attention, feed-forward
-    qkv: Int8Linear
-    out: Int8Linear
-    cross_q: Int8Linear
-    cross_out: Int8Linear
-    fc1: Int8Linear
-    fc2: Int8Linear
+    qkv: PackedLinear
+    out: PackedLinear
+    cross_q: PackedLinear
+    cross_out: PackedLinear
+    fc1: PackedLinear
+    fc2: PackedLinear
 
-    def linears(self) -> tuple[Int8Linear, ...]:
+    def linears(self) -> tuple[PackedLinear, ...]:
         """The layer's products in the order the step reads them (and `srm_layer` lists them)."""
         return (self.qkv, self.out, self.cross_q, self.cross_out, self.fc1, self.fc2)
 
@@ -190,10 +285,13 @@ class _Linear(ctypes.Structure):
         ("weight", _ptr),
         ("scale", _ptr),
         ("row_sum", _ptr),
+        ("group_scale", _ptr),
+        ("group_shift", _ptr),
         ("bias", _ptr),
         ("n", ctypes.c_int64),
         ("k", ctypes.c_int64),
         ("in_features", ctypes.c_int64),
+        ("bits", ctypes.c_int64),
     ]
 
 
@@ -228,11 +326,13 @@ def _address(tensor: torch.Tensor | None) -> int | None:
     return None if tensor is None else tensor.data_ptr()
 
 
-def _linear_struct(lin: Int8Linear) -> _Linear:
+def _linear_struct(lin: PackedLinear) -> _Linear:
     n, k = lin.padded_shape
-    return _Linear(
-        lin.weight.data_ptr(), lin.scale.data_ptr(), lin.row_sum.data_ptr(), _address(lin.bias), n, k, lin.in_features
-    )
+    common = {"weight": lin.weight.data_ptr(), "bias": _address(lin.bias), "n": n, "k": k}
+    common["in_features"] = lin.in_features
+    if isinstance(lin, Int4Linear):
+        return _Linear(**common, group_scale=lin.group_scale.data_ptr(), group_shift=lin.group_shift.data_ptr(), bits=4)
+    return _Linear(**common, scale=lin.scale.data_ptr(), row_sum=lin.row_sum.data_ptr(), bits=8)
 
 
 class NativeKernels:
@@ -253,7 +353,7 @@ class NativeKernels:
             ctypes.c_int64,
         ]
 
-    def linear(self, lin: Int8Linear, x: torch.Tensor) -> torch.Tensor:
+    def linear(self, lin: PackedLinear, x: torch.Tensor) -> torch.Tensor:
         """`lin` applied to the rows of `x` (rows, in) by the kernel; for tests."""
         rows = int(x.shape[0])
         n, k = lin.padded_shape
@@ -286,7 +386,7 @@ class NativeRun:
         kernels: NativeKernels,
         layers: Sequence[LayerWeights],
         final_norm: nn.LayerNorm,
-        head: Int8Linear,
+        head: PackedLinear,
         *,
         heads: int,
         rows: int,

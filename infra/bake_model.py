@@ -3,9 +3,9 @@
 Loads SOURCE (a Hugging Face hub id or a directory) exactly as the app does and saves it with
 `save_pretrained` to TARGET, which the image's MODEL_ID names: only safetensors weights, the
 configs and the tokenizer, nothing the app would fetch at run time. Beside them it saves the
-serving artifact: the engine with its decoder already in int8, which the app loads instead of
-converting fp32 weights at every cold start, and the prompt tokenizer as the `tokenizers` library
-runs it.
+serving artifacts: the engine with its decoder already in int8, and in int4, which the app loads
+instead of converting fp32 weights at every cold start, and the prompt tokenizer as the
+`tokenizers` library runs it.
 """
 
 import sys
@@ -22,12 +22,17 @@ def bake(source: str, target: Path) -> None:
     target.mkdir(parents=True, exist_ok=True)
     processor.save_pretrained(target)
     model.save_pretrained(target)
+    del model
 
-    from handler.fast_decoder import ARTIFACT_NAME, FastMusicgen, save_artifact
+    from handler.fast_decoder import FastMusicgen, artifact_name, save_artifact
+    from handler.settings import QUANTIZED
     from handler.tokenizer import TOKENIZER_NAME, PromptTokenizer
 
     PromptTokenizer.from_processor(processor).save(target / TOKENIZER_NAME)
-    save_artifact(FastMusicgen(model, "int8"), target / ARTIFACT_NAME)
+    for precision in sorted(QUANTIZED):
+        # FastMusicgen consumes the model it converts: each artifact starts from the saved weights.
+        fresh: Any = MusicgenForConditionalGeneration.from_pretrained(target)
+        save_artifact(FastMusicgen(fresh, precision), target / artifact_name(precision))
     # save_pretrained writes the weights owner-only; Lambda runs the image as another user.
     for path in target.iterdir():
         path.chmod(0o644)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from handler.engine import GenerationParams, ModelUnavailableError, TransformersMusicGenerator
-from handler.fast_decoder import ARTIFACT_NAME
+from handler.fast_decoder import artifact_name
+from handler.settings import QUANTIZED, Precision
 from infra.bake_model import bake, main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,21 +22,25 @@ def test_baked_model_generates_what_its_source_does(
     bake(str(tiny_model_dir), target)
     assert list(target.glob("*.safetensors"))
     assert not list(target.glob("*.bin"))
-    assert (target / ARTIFACT_NAME).is_file()
+    assert {path.name for path in target.glob("fast-musicgen-*.pt")} == {artifact_name(p) for p in QUANTIZED}
     params = GenerationParams(prompt="rain on a tin roof", duration=1, guidance_scale=3.0, temperature=1.0, seed=7)
     baked = TransformersMusicGenerator(str(target))
     np.testing.assert_array_equal(baked.generate(params), generator.generate(params))
 
 
-def test_int8_serving_loads_the_artifact_not_the_fp32_weights(
-    tiny_model_dir: Path, generator: TransformersMusicGenerator, tmp_path: Path
+@pytest.mark.parametrize("precision", sorted(QUANTIZED))
+def test_quantized_serving_loads_the_artifact_not_the_fp32_weights(
+    tiny_model_dir: Path, tmp_path: Path, precision: Precision
 ) -> None:
     target = tmp_path / "model"
     bake(str(tiny_model_dir), target)
     for weights in target.glob("*.safetensors"):
         weights.unlink()
     params = GenerationParams(prompt="rain", duration=1, guidance_scale=3.0, temperature=1.0, seed=3)
-    np.testing.assert_array_equal(TransformersMusicGenerator(str(target)).generate(params), generator.generate(params))
+    from_source = TransformersMusicGenerator(str(tiny_model_dir), precision=precision).generate(params)
+    np.testing.assert_array_equal(
+        TransformersMusicGenerator(str(target), precision=precision).generate(params), from_source
+    )
     fp32 = TransformersMusicGenerator(str(target), precision="fp32")
     with pytest.raises(ModelUnavailableError):
         fp32.load()

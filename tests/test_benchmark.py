@@ -14,19 +14,24 @@ def test_smoke_benchmark_measures_baseline_engine_http_and_quality(
     out = tmp_path / "speed.json"
     main(["--smoke", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)])
     report = json.loads(out.read_text())
-    for side in ("baseline", "engine"):
-        assert report[side]["ms_per_step"] > 0
-        assert report[side]["wall_s"] > 0
-        assert report[side]["ready_s"] > 0
-        assert report[side]["peak_rss_mb"] > 0
-    assert report["engine"]["precision"] == "int8"
-    assert report["engine"]["kernels"] in {"avx512vnni", "avx2", "armv8", "generic"}
-    assert report["engine"]["warm_ms_per_step"] > 0
-    assert report["engine"]["warm_wall_s"] > 0
-    assert report["http"]["warm_request_s"] > 0
-    assert len(report["quality"]["kl_per_codebook"]) == 4
-    assert all(0 <= overlap <= 1 for overlap in report["quality"]["top250_overlap_per_codebook"])
+    assert set(report["engines"]) == set(report["http"]) == {"int8", "int4"}
+    for side in (report["baseline"], *report["engines"].values()):
+        assert side["ms_per_step"] > 0
+        assert side["wall_s"] > 0
+        assert side["ready_s"] > 0
+        assert side["peak_rss_mb"] > 0
+    for precision, engine in report["engines"].items():
+        assert engine["precision"] == precision
+        assert engine["kernels"] in {"avx512vnni", "avx2", "armv8", "generic"}
+        assert engine["warm_ms_per_step"] > 0
+        assert engine["warm_wall_s"] > 0
+        assert report["http"][precision]["warm_request_s"] > 0
+        quality = report["quality"][precision]
+        assert len(quality["kl_per_codebook"]) == 4
+        assert all(kl >= 0 for kl in quality["kl_per_codebook"])
+        assert all(0 <= overlap <= 1 for overlap in quality["top250_overlap_per_codebook"])
     printed = capsys.readouterr().out
     assert "ms per decode step" in printed
     assert "real-time factor" in printed
-    assert "warm" in printed
+    assert "ours (int4" in printed
+    assert "int4 vs fp32 next-token KL" in printed

@@ -9,7 +9,7 @@ from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
 from handler import kernels
 from handler.fast_decoder import FastMusicgen
-from handler.kernels import Int8Linear
+from handler.kernels import Int4Linear, Int8Linear
 
 PROMPTS = ["80s pop track with bassy drums and synth", "lofi chill"]
 
@@ -41,7 +41,7 @@ def test_fp32_greedy_audio_equals_transformers_generate(
     assert torch.equal(fast.decode_audio(codes), expected)
 
 
-@pytest.mark.parametrize("precision", ["int8", "fp32"])
+@pytest.mark.parametrize("precision", ["int8", "int4", "fp32"])
 def test_sampling_is_seeded(tiny_model_dir: Path, precision: Any) -> None:
     model, processor = load(tiny_model_dir)
     inputs = processor(text=PROMPTS[:1], return_tensors="pt")
@@ -62,6 +62,15 @@ def test_int8_stores_every_decoder_linear_as_int8(tiny_model_dir: Path) -> None:
     assert len([m for m in modules if isinstance(m, Int8Linear)]) == 2 * 7 + 1  # qkv, o, xq, xkv, xo, fc1, fc2; heads
 
 
+def test_int4_stores_the_decoder_layers_in_int4_and_the_heads_in_int8(tiny_model_dir: Path) -> None:
+    fast = FastMusicgen(load(tiny_model_dir)[0], precision="int4")
+    layers = list(fast.layers.modules())
+    assert [m for m in (*layers, fast.lm_head) if isinstance(m, torch.nn.Linear)] == []
+    assert len([m for m in layers if isinstance(m, Int4Linear)]) == 2 * 7
+    assert [m for m in layers if isinstance(m, Int8Linear)] == []
+    assert isinstance(fast.lm_head, Int8Linear)
+
+
 def teacher_forced(model_dir: Path, prompts: list[str], guidance: float, **engine: Any) -> torch.Tensor:
     model, processor = load(model_dir)
     inputs = processor(text=prompts, padding=True, return_tensors="pt")
@@ -73,17 +82,26 @@ def teacher_forced(model_dir: Path, prompts: list[str], guidance: float, **engin
     return fast.teacher_forced_logits(inputs["input_ids"], inputs["attention_mask"], seq, guidance_scale=guidance)
 
 
+@pytest.mark.parametrize("precision", ["int8", "int4"])
 @pytest.mark.parametrize(("prompts", "guidance"), [(PROMPTS[:1], 1.0), (PROMPTS[:1], 3.0), (PROMPTS, 3.0)])
-def test_native_int8_step_equals_the_torch_int8_step(tiny_model_dir: Path, prompts: list[str], guidance: float) -> None:
+def test_native_step_equals_the_torch_step(
+    tiny_model_dir: Path, prompts: list[str], guidance: float, precision: str
+) -> None:
     assert kernels.best() is not None, "make builds the kernels before the tests"
-    native = teacher_forced(tiny_model_dir, prompts, guidance, precision="int8")
-    in_torch = teacher_forced(tiny_model_dir, prompts, guidance, precision="int8", native=False)
+    native = teacher_forced(tiny_model_dir, prompts, guidance, precision=precision)
+    in_torch = teacher_forced(tiny_model_dir, prompts, guidance, precision=precision, native=False)
     exact = teacher_forced(tiny_model_dir, prompts, guidance, precision="fp32")
     scale = float(exact.abs().max())
     # The native step's only other approximation is its bf16 KV cache; guidance amplifies it.
     torch.testing.assert_close(native, in_torch, rtol=0, atol=0.01 * guidance * scale)
     torch.testing.assert_close(native, exact, rtol=0, atol=0.05 * scale)
     assert not torch.equal(native, exact)
+
+
+def test_int4_runs_its_own_weights(tiny_model_dir: Path) -> None:
+    int8 = teacher_forced(tiny_model_dir, PROMPTS[:1], 3.0, precision="int8")
+    int4 = teacher_forced(tiny_model_dir, PROMPTS[:1], 3.0, precision="int4")
+    assert not torch.equal(int4, int8)
 
 
 def test_engine_without_native_kernels_still_generates(tiny_model_dir: Path) -> None:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from handler import kernels
-from handler.kernels import GENERIC, Int8Linear, LayerWeights, NativeKernels, NativeRun
+from handler.kernels import GENERIC, Int4Linear, Int8Linear, LayerWeights, NativeKernels, NativeRun, PackedLinear
 
 LAYERS = 2
 SHAPES = [(64, 4, 128), (24, 2, 40)]
@@ -74,32 +74,68 @@ def test_int8_linear_keeps_each_output_channel_within_half_a_step() -> None:
     assert int(lin.weight.abs().sum()) == int(q.abs().sum(dtype=torch.int64))
 
 
+def test_int4_linear_keeps_each_weight_within_half_a_step_of_its_group() -> None:
+    weight = torch.randn(6, 150) * torch.linspace(0.01, 5.0, 150)  # every group of 64 inputs has its own range
+    lin = Int4Linear(weight, None)
+    q = lin.int4_weight()
+    assert q.shape == (6, 150)
+    assert int(q.min()) == -8
+    assert int(q.max()) <= 7
+    steps = lin.group_scale.transpose(1, 2).reshape(8, 3).float()[:6].abs()  # (channels, groups)
+    assert len(set(steps[0].tolist())) == 3
+    step = steps.repeat_interleave(64, dim=1)[:, :150]
+    error = (lin.dequantized_weight() - weight).abs()
+    # +8 steps does not exist: values in (7.5, 8] steps opposite the extreme round to 7
+    assert torch.all(torch.where(q == 7, error <= step + 1e-6, error <= step / 2 + 1e-6))
+    # each group's largest magnitude is exactly -8 steps, so all 16 levels are in use
+    grouped = torch.zeros(8, 192)
+    grouped[:6, :150] = q.float()
+    assert torch.equal(grouped[:6].view(6, 3, 64).amin(dim=-1), torch.full((6, 3), -8.0))
+    assert lin.padded_shape == (8, 192)
+    assert lin.weight.numel() == 8 * 192 // 2
+    signed_sums = (grouped.view(8, 3, 64).sum(-1) * lin.group_scale.transpose(1, 2).reshape(8, 3).float()).sum(-1)
+    torch.testing.assert_close(lin.group_shift, 128 * signed_sums)
+
+
+def test_int4_linear_halves_the_bytes_of_int8() -> None:
+    weight = torch.randn(1024, 4096)
+    int8, int4 = Int8Linear(weight, None), Int4Linear(weight, None)
+    int4_bytes = int4.weight.numel() + 2 * int4.group_scale.numel()
+    assert int4_bytes / int8.weight.numel() == pytest.approx(0.5 + 2 / 64)
+
+
+@pytest.mark.parametrize("packed", [Int8Linear, Int4Linear])
 @pytest.mark.parametrize(
     ("out_features", "in_features", "rows", "bias"),
     [(48, 16, 2, True), (3072, 1024, 2, False), (8, 100, 1, True), (1024, 4096, 3, True)],
 )
 def test_linear_equals_torch(
-    builds: dict[str, NativeKernels], out_features: int, in_features: int, rows: int, bias: bool
+    builds: dict[str, NativeKernels],
+    out_features: int,
+    in_features: int,
+    rows: int,
+    bias: bool,
+    packed: type[PackedLinear],
 ) -> None:
     torch.manual_seed(out_features + rows)
-    lin = Int8Linear(torch.randn(out_features, in_features), torch.randn(out_features) if bias else None)
+    lin = packed(torch.randn(out_features, in_features), torch.randn(out_features) if bias else None)
     x = torch.randn(rows, in_features)
     expected = lin(x)
     for name, native in builds.items():
         got = native.linear(lin, x)
-        # Integer sums are exact; only the float rescaling differs in rounding.
+        # Integer sums are exact; only the float rescaling (and, in int4, the sum of groups) differs in rounding.
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()), msg=name)
 
 
-def random_layer(hidden: int, ffn: int) -> LayerWeights:
+def random_layer(hidden: int, ffn: int, packed: type[PackedLinear] = Int8Linear) -> LayerWeights:
     def norm() -> nn.LayerNorm:
         ln = nn.LayerNorm(hidden)
         nn.init.normal_(ln.weight, 1.0, 0.1)
         nn.init.normal_(ln.bias, 0.0, 0.1)
         return ln
 
-    def linear(out_features: int, in_features: int) -> Int8Linear:
-        return Int8Linear(torch.randn(out_features, in_features) / in_features**0.5, torch.randn(out_features) * 0.1)
+    def linear(out_features: int, in_features: int) -> PackedLinear:
+        return packed(torch.randn(out_features, in_features) / in_features**0.5, torch.randn(out_features) * 0.1)
 
     return LayerWeights(
         norms=(norm(), norm(), norm()),
@@ -112,12 +148,13 @@ def random_layer(hidden: int, ffn: int) -> LayerWeights:
     )
 
 
+@pytest.mark.parametrize("packed", [Int8Linear, Int4Linear])
 @pytest.mark.parametrize(("hidden", "heads", "ffn"), SHAPES)
 def test_every_build_computes_the_same_decoder_steps(
-    builds: dict[str, NativeKernels], hidden: int, heads: int, ffn: int
+    builds: dict[str, NativeKernels], hidden: int, heads: int, ffn: int, packed: type[PackedLinear]
 ) -> None:
     torch.manual_seed(hidden)
-    layers = [random_layer(hidden, ffn) for _ in range(LAYERS)]
+    layers = [random_layer(hidden, ffn, packed) for _ in range(LAYERS)]
     final_norm, head = nn.LayerNorm(hidden), Int8Linear(torch.randn(40, hidden), None)
     cross_len, capacity, steps = 5, 12, 12
     cross_k = [torch.randn(1, heads, cross_len, hidden // heads) for _ in layers]
