@@ -149,10 +149,11 @@ class Int8Linear(nn.Module):
 class Int4Linear(nn.Module):
     """A Linear layer with int4 weights and one bfloat16 scale per 64 inputs of each output channel.
 
-    Half the bytes of `Int8Linear` for the step to stream. Each group's scale maps its largest
-    magnitude to -8 (all 16 levels used, as llama.cpp's Q4_0). Packed as (out / 4, in / 64, 2, 64)
-    bytes: byte j of pair p holds input j of channels 2p (low nibble) and 2p + 1 (high nibble), as
-    weight + 8. Its `forward` is the same arithmetic in torch, used without the library.
+    Half the bytes of `Int8Linear` for the step to stream. Each group's scale is the one, of a few
+    near llama.cpp's Q4_0 choice (largest magnitude at -8), with the least squared error. Packed as
+    (out / 4, in / 64, 2, 64) bytes: byte j of pair p holds input j of channels 2p (low nibble) and
+    2p + 1 (high nibble), as weight + 8. Its `forward` is the same arithmetic in torch, used
+    without the library.
     """
 
     weight: torch.Tensor
@@ -166,11 +167,8 @@ class Int4Linear(nn.Module):
         n, k = _round_up(self.out_features, BLOCK_N), _round_up(self.in_features, BLOCK_K)
         groups = torch.zeros((n, k))
         groups[: self.out_features, : self.in_features] = weight.detach().float()
-        groups = groups.view(n, k // BLOCK_K, BLOCK_K)
-        extreme = groups.gather(-1, groups.abs().argmax(dim=-1, keepdim=True))
-        scale = (extreme / -8.0).to(torch.bfloat16)  # (n, groups, 1)
+        q, scale = _int4_groups(groups.view(n, k // BLOCK_K, BLOCK_K))
         step = scale.float()
-        q = torch.where(step != 0, torch.round(groups / step), 0.0).clamp(-8, 7).to(torch.int8)
         nibbles = (q + 8).to(torch.uint8).view(n // BLOCK_N, 2, 2, k // BLOCK_K, BLOCK_K)
         packed = nibbles[:, :, 0] | (nibbles[:, :, 1] << 4)  # (n / 4, pair, groups, 64)
         self.register_buffer("weight", packed.transpose(1, 2).contiguous())
@@ -211,6 +209,29 @@ class Int4Linear(nn.Module):
         if self.bias is not None:
             y = y + self.bias[: self.out_features]
         return y.view(*x.shape[:-1], self.out_features)
+
+
+INT4_SCALE_FACTORS = torch.linspace(1.0, 0.8, 11)
+"""Scales tried per group, as fractions of Q4_0's: the best cuts the squared error of Gaussian
+weights by ~10% (searching finer or wider gains < 1% more)."""
+
+
+def _int4_groups(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q in [-8, 7] as int8, bf16 scale (..., 1)) for each group along the last dim of `groups`."""
+    q4_0 = groups.gather(-1, groups.abs().argmax(dim=-1, keepdim=True)) / -8.0
+    best: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    for factor in INT4_SCALE_FACTORS:
+        scale = (q4_0 * factor).to(torch.bfloat16)
+        step = scale.float()
+        q = torch.where(step != 0, torch.round(groups / step), 0.0).clamp(-8, 7)
+        error = (q * step - groups).square().sum(dim=-1, keepdim=True)
+        if best is None:
+            best = (q, scale, error)
+        else:
+            better = error < best[2]
+            best = (torch.where(better, q, best[0]), torch.where(better, scale, best[1]), torch.minimum(error, best[2]))
+    assert best is not None
+    return best[0].to(torch.int8), best[1]
 
 
 PackedLinear = Int8Linear | Int4Linear
