@@ -375,21 +375,22 @@ class NativeKernels:
         ]
 
     def linear(self, lin: PackedLinear, x: torch.Tensor) -> torch.Tensor:
-        """`lin` applied to the rows of `x` (rows, in) by the kernel; for tests."""
-        rows = int(x.shape[0])
+        """`lin` applied to the rows of `x` (rows, in) by the kernel, MAX_ROWS rows at a time."""
         n, k = lin.padded_shape
         q, row_scale = quantize_rows(x.float())
-        quant = torch.zeros((rows, k), dtype=torch.int8)
-        quant[:, : lin.in_features] = q
-        out = torch.empty((rows, n))
-        holder = _Decoder(
-            rows=rows,
-            threads=torch.get_num_threads(),
-            quant=quant.data_ptr(),
-            row_scale=row_scale.contiguous().data_ptr(),
-            in_stride=k,
-        )
-        self._linear(ctypes.byref(holder), ctypes.byref(_linear_struct(lin)), rows, out.data_ptr(), n)
+        out = torch.empty((int(x.shape[0]), n))
+        for start in range(0, int(x.shape[0]), MAX_ROWS):
+            rows = min(MAX_ROWS, int(x.shape[0]) - start)
+            quant = torch.zeros((rows, k), dtype=torch.int8)
+            quant[:, : lin.in_features] = q[start : start + rows]
+            holder = _Decoder(
+                rows=rows,
+                threads=torch.get_num_threads(),
+                quant=quant.data_ptr(),
+                row_scale=row_scale[start : start + rows].contiguous().data_ptr(),
+                in_stride=k,
+            )
+            self._linear(ctypes.byref(holder), ctypes.byref(_linear_struct(lin)), rows, out[start].data_ptr(), n)
         return out[:, : lin.out_features]
 
     def step(self, run: "NativeRun", x: torch.Tensor, pos: int) -> torch.Tensor:

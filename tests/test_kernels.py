@@ -116,7 +116,7 @@ def test_int4_linear_halves_the_bytes_of_int8() -> None:
 @pytest.mark.parametrize("packed", [Int8Linear, Int4Linear])
 @pytest.mark.parametrize(
     ("out_features", "in_features", "rows", "bias"),
-    [(48, 16, 2, True), (3072, 1024, 2, False), (8, 100, 1, True), (1024, 4096, 3, True)],
+    [(48, 16, 2, True), (3072, 1024, 2, False), (8, 100, 1, True), (1024, 4096, 3, True), (64, 128, 19, True)],
 )
 def test_linear_equals_torch(
     builds: dict[str, NativeKernels],
