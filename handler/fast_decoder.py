@@ -15,8 +15,8 @@ over the model's modules instead of ``model.generate``:
   seeded from an integer (same seed => identical codes); ``temperature == 0`` is greedy argmax;
 * precision ``"int8"`` (default) stores the decoder's Linear layers as int8 with per-output-channel
   scales and runs each step in the native kernel of ``handler.kernels`` (one call for all layers,
-  bf16 KV cache; the same arithmetic in torch where the library is not built); the text encoder's
-  Linear layers get torch's dynamic int8 quantization. ``"int4"`` is the same with the decoder
+  int8 KV cache; the same products in torch, with a float cache, where the library is not built);
+  the text encoder's Linear layers get torch's dynamic int8 quantization. ``"int4"`` is the same with the decoder
   layers' weights in int4, one scale per 64 inputs (the codebook heads stay int8): half the bytes
   each step streams, further from fp32. ``"bf16"`` casts the decoder to bfloat16,
   ``"fp32"`` keeps it exact (greedy codes match ``model.generate`` bit for bit);

@@ -10,8 +10,8 @@
  * int4 with one bfloat16 scale per 64 inputs of an output channel (`int4`: half the bytes to
  * stream, the step's main cost). Each input row is quantised to int8 with its own scale just
  * before a matrix product; products are summed exactly in int32 (per group of 64 for int4) and
- * rescaled to float32. The self-attention KV cache is bfloat16. Everything else (layer norms,
- * softmax, GELU, residuals) is float32.
+ * rescaled to float32. The self-attention KV cache is int8 with one scale per cached vector.
+ * Everything else (layer norms, softmax, GELU, residuals) is float32.
  *
  * The matrix products use AVX512-VNNI or AVX2 when the build targets them, plain C otherwise.
  */
@@ -32,6 +32,7 @@
 #define SRM_BLOCK_N 4
 #define SRM_MAX_ROWS 8
 #define SRM_KEY_TILE 32 /* key cache: (capacity / 32, head_dim, 32) per (row, head) */
+#define SRM_MAX_HEAD_DIM 256
 
 typedef struct {
     /* 8 bits: (n / 4, k / 64, 4, 64) int8. 4 bits: (n / 4, k / 64, 2, 64) bytes, each holding the
@@ -51,8 +52,9 @@ typedef struct {
 typedef struct {
     const float *ln1_weight, *ln1_bias, *ln2_weight, *ln2_bias, *ln3_weight, *ln3_bias;
     srm_linear qkv, out, cross_q, cross_out, fc1, fc2;
-    uint16_t *k_cache;               /* (rows, heads, capacity / 32, head_dim, 32) bfloat16, see self_attention */
-    uint16_t *v_cache;               /* (rows, heads, capacity, head_dim) bfloat16 */
+    int8_t *k_cache;                 /* (rows, heads, capacity / 32, head_dim, 32), see self_attention */
+    int8_t *v_cache;                 /* (rows, heads, capacity, head_dim) */
+    float *k_scale, *v_scale;        /* (rows, heads, capacity): one scale per cached key and value */
     const float *cross_k, *cross_v;  /* (cond_rows, heads, cross_len, head_dim) float32 */
 } srm_layer;
 
@@ -82,13 +84,6 @@ static inline float bf16_to_float(uint16_t h) {
     float f;
     memcpy(&f, &bits, sizeof f);
     return f;
-}
-
-static inline uint16_t float_to_bf16(float f) {
-    uint32_t bits;
-    memcpy(&bits, &f, sizeof bits);
-    bits += 0x7FFFu + ((bits >> 16) & 1u); /* round to nearest even */
-    return (uint16_t)(bits >> 16);
 }
 
 /* exp(x) to ~2 ulp, in a form compilers vectorise (libm's expf is a scalar call). */
@@ -385,48 +380,73 @@ static inline void softmax_in_place(float *scores, int64_t len) {
     for (int64_t t = 0; t < len; t++) scores[t] *= inv;
 }
 
-/* Writes position `pos` of the bf16 caches from the fused qkv output, then attends over 0..pos.
- * Keys are stored in tiles of SRM_KEY_TILE positions, each tile transposed (head_dim rows of
- * SRM_KEY_TILE positions): the scores of a tile are built in registers by whole-vector
- * multiply-adds, with no per-position horizontal sum, and a pair's keys are one contiguous stream.
- * Values stay position-major, so the output is a whole-vector sum as well. */
-static void self_attention(const srm_decoder *m, const srm_layer *l, int64_t pos) {
-    const int64_t hd = m->head_dim, d = m->hidden, cap = m->capacity, len = pos + 1;
-    const int64_t key_stride = (cap + SRM_KEY_TILE - 1) / SRM_KEY_TILE * SRM_KEY_TILE * hd;
+/* Quantises src[0:n] to int8 with one symmetric scale, stored `stride` apart; returns the scale. */
+static inline float quantize_vector(const float *src, int64_t n, int8_t *dst, int64_t stride) {
+    float top = 0.0f;
+    for (int64_t i = 0; i < n; i++) top = fabsf(src[i]) > top ? fabsf(src[i]) : top;
+    const float inv = top > 0.0f ? 127.0f / top : 0.0f;
+    for (int64_t i = 0; i < n; i++) dst[i * stride] = (int8_t)__builtin_rintf(src[i] * inv);
+    return top / 127.0f;
+}
+
+/* Attention of one query over `len` cached positions. Keys are stored in tiles of SRM_KEY_TILE
+ * positions, each tile transposed (head_dim rows of SRM_KEY_TILE positions): the scores of a tile
+ * are built in registers by whole-vector multiply-adds, with no per-position horizontal sum, and
+ * a pair's keys are one contiguous stream. Values stay position-major, so the output is a
+ * whole-vector sum as well. Each cached vector's scale is applied once, to its score or its
+ * softmax weight. */
+static inline __attribute__((always_inline)) void attend(const float *restrict q, const int8_t *restrict keys,
+                                                           const float *restrict key_scale,
+                                                           const int8_t *restrict values,
+                                                           const float *restrict value_scale, int64_t hd, int64_t len,
+                                                           float *restrict scores, float *restrict o) {
     const float scale = 1.0f / sqrtf((float)hd);
+    for (int64_t t0 = 0; t0 < len; t0 += SRM_KEY_TILE) {
+        const int8_t *tile = keys + (t0 / SRM_KEY_TILE) * hd * SRM_KEY_TILE;
+        float tile_scores[SRM_KEY_TILE] = {0};
+        for (int64_t i = 0; i < hd; i++) {
+            const float qi = q[i] * scale;
+#pragma omp simd
+            for (int j = 0; j < SRM_KEY_TILE; j++) tile_scores[j] += qi * (float)tile[i * SRM_KEY_TILE + j];
+        }
+        /* the tile's positions beyond `len` hold whatever was there; they are never used */
+        const int64_t valid = len - t0 < SRM_KEY_TILE ? len - t0 : SRM_KEY_TILE;
+        for (int64_t j = 0; j < valid; j++) scores[t0 + j] = tile_scores[j] * key_scale[t0 + j];
+    }
+    softmax_in_place(scores, len);
+    float acc[SRM_MAX_HEAD_DIM] = {0};
+    for (int64_t t = 0; t < len; t++) {
+        const int8_t *value = values + t * hd;
+        const float w = scores[t] * value_scale[t];
+#pragma omp simd
+        for (int64_t i = 0; i < hd; i++) acc[i] += w * (float)value[i];
+    }
+    for (int64_t i = 0; i < hd; i++) o[i] = acc[i];
+}
+
+/* Writes position `pos` of the int8 caches from the fused qkv output, then attends over 0..pos.
+ * int8 rather than bf16: every step reads the whole cache, and at 500 positions that is as many
+ * bytes as a fifth of the layers' weights. */
+static void self_attention(const srm_decoder *m, const srm_layer *l, int64_t pos) {
+    const int64_t hd = m->head_dim, d = m->hidden, cap = m->capacity;
+    const int64_t key_stride = (cap + SRM_KEY_TILE - 1) / SRM_KEY_TILE * SRM_KEY_TILE * hd;
 #pragma omp for schedule(static)
     for (int64_t p = 0; p < m->rows * m->heads; p++) {
         const int64_t r = p / m->heads, h = p % m->heads;
         const float *q = m->wide + r * m->out_stride + h * hd;
         const float *k_new = q + d, *v_new = q + 2 * d;
-        uint16_t *keys = l->k_cache + p * key_stride, *values = l->v_cache + p * cap * hd;
+        int8_t *keys = l->k_cache + p * key_stride, *values = l->v_cache + p * cap * hd;
+        float *key_scale = l->k_scale + p * cap, *value_scale = l->v_scale + p * cap;
         float *scores = m->scores + p * m->capacity;
         float *o = m->attn + r * m->in_stride + h * hd;
-        uint16_t *key_slot = keys + (pos / SRM_KEY_TILE) * hd * SRM_KEY_TILE + pos % SRM_KEY_TILE;
-        for (int64_t i = 0; i < hd; i++) {
-            key_slot[i * SRM_KEY_TILE] = float_to_bf16(k_new[i]);
-            values[pos * hd + i] = float_to_bf16(v_new[i]);
-        }
-        for (int64_t t0 = 0; t0 < len; t0 += SRM_KEY_TILE) {
-            const uint16_t *tile = keys + (t0 / SRM_KEY_TILE) * hd * SRM_KEY_TILE;
-            float tile_scores[SRM_KEY_TILE] = {0};
-            for (int64_t i = 0; i < hd; i++) {
-                const float qi = q[i] * scale;
-#pragma omp simd
-                for (int j = 0; j < SRM_KEY_TILE; j++) tile_scores[j] += qi * bf16_to_float(tile[i * SRM_KEY_TILE + j]);
-            }
-            /* the tile's positions beyond `pos` hold whatever was there; they are never used */
-            const int64_t valid = len - t0 < SRM_KEY_TILE ? len - t0 : SRM_KEY_TILE;
-            for (int64_t j = 0; j < valid; j++) scores[t0 + j] = tile_scores[j];
-        }
-        softmax_in_place(scores, len);
-        for (int64_t i = 0; i < hd; i++) o[i] = 0.0f;
-        for (int64_t t = 0; t < len; t++) {
-            const uint16_t *value = values + t * hd;
-            const float w = scores[t];
-#pragma omp simd
-            for (int64_t i = 0; i < hd; i++) o[i] += w * bf16_to_float(value[i]);
-        }
+        int8_t *key_slot = keys + (pos / SRM_KEY_TILE) * hd * SRM_KEY_TILE + pos % SRM_KEY_TILE;
+        key_scale[pos] = quantize_vector(k_new, hd, key_slot, SRM_KEY_TILE);
+        value_scale[pos] = quantize_vector(v_new, hd, values + pos * hd, 1);
+        /* musicgen's head size as a constant: the output's accumulators stay in registers */
+        if (hd == 64)
+            attend(q, keys, key_scale, values, value_scale, 64, pos + 1, scores, o);
+        else
+            attend(q, keys, key_scale, values, value_scale, hd, pos + 1, scores, o);
     }
 }
 

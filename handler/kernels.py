@@ -25,8 +25,8 @@ from handler.cpu import cpu_flags
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("kernels.c")
-BLOCK_N, BLOCK_K, MAX_ROWS, KEY_TILE = 4, 64, 8, 32
-"""Must match SRM_BLOCK_N, SRM_BLOCK_K, SRM_MAX_ROWS and SRM_KEY_TILE in kernels.c."""
+BLOCK_N, BLOCK_K, MAX_ROWS, KEY_TILE, MAX_HEAD_DIM = 4, 64, 8, 32, 256
+"""Must match SRM_BLOCK_N, SRM_BLOCK_K, SRM_MAX_ROWS, SRM_KEY_TILE and SRM_MAX_HEAD_DIM in kernels.c."""
 
 
 @dataclass(frozen=True)
@@ -320,7 +320,7 @@ class _Layer(ctypes.Structure):
     _fields_ = [
         *((name, _ptr) for name in ("ln1_w", "ln1_b", "ln2_w", "ln2_b", "ln3_w", "ln3_b")),
         *((name, _Linear) for name in ("qkv", "out", "cross_q", "cross_out", "fc1", "fc2")),
-        *((name, _ptr) for name in ("k_cache", "v_cache", "cross_k", "cross_v")),
+        *((name, _ptr) for name in ("k_cache", "v_cache", "k_scale", "v_scale", "cross_k", "cross_v")),
     ]
 
 
@@ -431,8 +431,12 @@ class NativeRun:
         # Uninitialised: attention uses only positions already written. Keys are in transposed
         # tiles of KEY_TILE positions (see self_attention in kernels.c).
         tiles = -(-capacity // KEY_TILE)
-        self.k_cache = torch.empty((len(layers), rows, heads, tiles, head_dim, KEY_TILE), dtype=torch.bfloat16)
-        self.v_cache = torch.empty((len(layers), rows, heads, capacity, head_dim), dtype=torch.bfloat16)
+        if head_dim > MAX_HEAD_DIM:
+            raise ValueError(f"at most {MAX_HEAD_DIM} dimensions per attention head")
+        self.k_cache = torch.empty((len(layers), rows, heads, tiles, head_dim, KEY_TILE), dtype=torch.int8)
+        self.v_cache = torch.empty((len(layers), rows, heads, capacity, head_dim), dtype=torch.int8)
+        self.k_scale = torch.empty((len(layers), rows, heads, capacity))
+        self.v_scale = torch.empty((len(layers), rows, heads, capacity))
         self.x = torch.empty((rows, hidden))
         self.logits = torch.empty((rows, head.padded_shape[0]))
         normed = torch.empty((rows, in_stride))
@@ -453,6 +457,8 @@ class NativeRun:
                     *(_linear_struct(lin) for lin in lw.linears()),
                     self.k_cache[i].data_ptr(),
                     self.v_cache[i].data_ptr(),
+                    self.k_scale[i].data_ptr(),
+                    self.v_scale[i].data_ptr(),
                     keys[i].data_ptr(),
                     values[i].data_ptr(),
                 )

@@ -92,7 +92,7 @@ def test_native_step_equals_the_torch_step(
     in_torch = teacher_forced(tiny_model_dir, prompts, guidance, precision=precision, native=False)
     exact = teacher_forced(tiny_model_dir, prompts, guidance, precision="fp32")
     scale = float(exact.abs().max())
-    # The native step's only other approximation is its bf16 KV cache; guidance amplifies it.
+    # The native step's only other approximation is its int8 KV cache; guidance amplifies it.
     torch.testing.assert_close(native, in_torch, rtol=0, atol=0.01 * guidance * scale)
     torch.testing.assert_close(native, exact, rtol=0, atol=0.05 * scale)
     assert not torch.equal(native, exact)

@@ -201,3 +201,14 @@ def test_too_many_rows_are_refused(builds: dict[str, NativeKernels]) -> None:
             rows=kernels.MAX_ROWS + 1, cond_rows=1, capacity=4,
             cross_k=[torch.zeros(1, 4, 2, 16)], cross_v=[torch.zeros(1, 4, 2, 16)], cross_mask=None,
         )  # fmt: skip
+
+
+def test_too_wide_heads_are_refused(builds: dict[str, NativeKernels]) -> None:
+    hidden = 2 * (kernels.MAX_HEAD_DIM + 2)
+    layer = random_layer(hidden, 64)
+    with pytest.raises(ValueError, match="dimensions per attention head"):
+        NativeRun(
+            builds["generic"], [layer], nn.LayerNorm(hidden), Int8Linear(torch.randn(8, hidden), None), heads=1,
+            rows=2, cond_rows=1, capacity=4,
+            cross_k=[torch.zeros(1, 1, 2, hidden)], cross_v=[torch.zeros(1, 1, 2, hidden)], cross_mask=None,
+        )  # fmt: skip
