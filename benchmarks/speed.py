@@ -58,7 +58,8 @@ def artifact_version() -> str:
     import transformers
 
     digest = hashlib.sha256(f"{torch.__version__} {transformers.__version__}".encode())
-    for source in ("handler/fast_decoder.py", "handler/kernels.py", "infra/bake_model.py"):
+    shaping = ("fast_decoder", "kernels", "text_encoder", "audio_decoder", "tokenizer")
+    for source in (*(f"handler/{name}.py" for name in shaping), "infra/bake_model.py"):
         digest.update((ROOT / source).read_bytes())
     return digest.hexdigest()[:12]
 
