@@ -154,8 +154,15 @@ class FastMusicgen:
         self.sampling_rate = int(acfg.sampling_rate)
         self.frame_rate = int(acfg.frame_rate)
         self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        # The kernel implements exactly this layer: int8 or int4 weights, pre-norm, GELU (erf).
-        self.native = native and precision in QUANTIZED and dcfg.activation_function == "gelu"
+        # The kernel implements exactly this layer: int8 or int4 weights, pre-norm, GELU (erf), and
+        # its cache layout holds heads of a multiple of 4 dimensions.
+        self.native = (
+            native
+            and precision in QUANTIZED
+            and dcfg.activation_function == "gelu"
+            and self.head_dim % 4 == 0
+            and self.head_dim <= kernels.MAX_HEAD_DIM
+        )
 
         dec: Any = model.decoder.model.decoder
         with torch.no_grad():

@@ -10,8 +10,9 @@
  * int4 with one bfloat16 scale per 64 inputs of an output channel (`int4`: half the bytes to
  * stream, the step's main cost). Each input row is quantised to int8 with its own scale just
  * before a matrix product; products are summed exactly in int32 (per group of 64 for int4) and
- * rescaled to float32. The self-attention KV cache is int8 with one scale per cached vector.
- * Everything else (layer norms, softmax, GELU, residuals) is float32.
+ * rescaled to float32. The self-attention KV cache is int8 with one scale per cached vector, and
+ * the query is quantised to int8 for its integer dots with the keys. Everything else (softmax
+ * weights, layer norms, GELU, residuals) is float32.
  *
  * The matrix products use AVX512-VNNI or AVX2 when the build targets them, plain C otherwise.
  */
@@ -31,7 +32,7 @@
 #define SRM_BLOCK_K 64 /* packed weights: (n / 4, k / 64, 4, 64) int8 */
 #define SRM_BLOCK_N 4
 #define SRM_MAX_ROWS 8
-#define SRM_KEY_TILE 32 /* key cache: (capacity / 32, head_dim, 32) per (row, head) */
+#define SRM_KEY_TILE 32 /* key cache: (capacity / 32, head_dim / 4, 32, 4) per (row, head) */
 #define SRM_MAX_HEAD_DIM 256
 
 typedef struct {
@@ -52,9 +53,10 @@ typedef struct {
 typedef struct {
     const float *ln1_weight, *ln1_bias, *ln2_weight, *ln2_bias, *ln3_weight, *ln3_bias;
     srm_linear qkv, out, cross_q, cross_out, fc1, fc2;
-    int8_t *k_cache;                 /* (rows, heads, capacity / 32, head_dim, 32), see self_attention */
+    int8_t *k_cache;                 /* (rows, heads, capacity / 32, head_dim / 4, 32, 4), see attend */
     int8_t *v_cache;                 /* (rows, heads, capacity, head_dim) */
     float *k_scale, *v_scale;        /* (rows, heads, capacity): one scale per cached key and value */
+    int32_t *k_sum;                  /* (rows, heads, capacity): sum of each cached key's int8 values */
     const float *cross_k, *cross_v;  /* (cond_rows, heads, cross_len, head_dim) float32 */
 } srm_layer;
 
@@ -380,38 +382,67 @@ static inline void softmax_in_place(float *scores, int64_t len) {
     for (int64_t t = 0; t < len; t++) scores[t] *= inv;
 }
 
-/* Quantises src[0:n] to int8 with one symmetric scale, stored `stride` apart; returns the scale. */
-static inline float quantize_vector(const float *src, int64_t n, int8_t *dst, int64_t stride) {
+/* Quantises src[0:n] to int8 with one symmetric scale; returns the scale. */
+static inline float quantize_vector(const float *src, int64_t n, int8_t *dst) {
     float top = 0.0f;
     for (int64_t i = 0; i < n; i++) top = fabsf(src[i]) > top ? fabsf(src[i]) : top;
     const float inv = top > 0.0f ? 127.0f / top : 0.0f;
-    for (int64_t i = 0; i < n; i++) dst[i * stride] = (int8_t)__builtin_rintf(src[i] * inv);
+    for (int64_t i = 0; i < n; i++) dst[i] = (int8_t)__builtin_rintf(src[i] * inv);
     return top / 127.0f;
 }
 
-/* Attention of one query over `len` cached positions. Keys are stored in tiles of SRM_KEY_TILE
- * positions, each tile transposed (head_dim rows of SRM_KEY_TILE positions): the scores of a tile
- * are built in registers by whole-vector multiply-adds, with no per-position horizontal sum, and
- * a pair's keys are one contiguous stream. Values stay position-major, so the output is a
- * whole-vector sum as well. Each cached vector's scale is applied once, to its score or its
- * softmax weight. */
+#if defined(SRM_VNNI)
+#define SRM_QUERY_SHIFT 128 /* vpdpbusd takes the query unsigned: shifted by +128, see tile_dots */
+#else
+#define SRM_QUERY_SHIFT 0
+#endif
+
+/* dots[j] = query . key j for the SRM_KEY_TILE keys of one tile, laid out (head_dim / 4, 32, 4):
+ * four dimensions of a key are adjacent, so one vpdpbusd lane takes one key's four products.
+ * The VNNI build returns the dot of the shifted query (+128 * the key's sum). */
+static inline __attribute__((always_inline)) void tile_dots(const int8_t *restrict query, const int8_t *restrict tile,
+                                                              int64_t hd, int32_t dots[SRM_KEY_TILE]) {
+#if defined(SRM_VNNI)
+    if (hd % 16 == 0) {
+        __m512i low = _mm512_setzero_si512(), high = _mm512_setzero_si512();
+        for (int64_t g = 0; g < hd / 4; g++) {
+            int32_t four;
+            memcpy(&four, query + 4 * g, sizeof four);
+            const __m512i q = _mm512_set1_epi32(four ^ (int32_t)0x80808080);
+            low = _mm512_dpbusd_epi32(low, q, _mm512_loadu_si512(tile + g * SRM_KEY_TILE * 4));
+            high = _mm512_dpbusd_epi32(high, q, _mm512_loadu_si512(tile + g * SRM_KEY_TILE * 4 + 64));
+        }
+        _mm512_storeu_si512(dots, low);
+        _mm512_storeu_si512(dots + 16, high);
+        return;
+    }
+#endif
+    for (int j = 0; j < SRM_KEY_TILE; j++) dots[j] = 0;
+    for (int64_t g = 0; g < hd / 4; g++)
+        for (int j = 0; j < SRM_KEY_TILE; j++)
+            for (int e = 0; e < 4; e++)
+                dots[j] += ((int32_t)query[4 * g + e] + SRM_QUERY_SHIFT) * (int32_t)tile[(g * SRM_KEY_TILE + j) * 4 + e];
+}
+
+/* Attention of one query over `len` cached positions. The scores are integer dots of the query,
+ * quantised to int8, with the int8 keys, rescaled by both scales. The output is a float sum of
+ * the int8 values weighted by the softmax weights times each value's scale: weights stay float
+ * (8-bit weights would round a long flat tail of small weights all the same way). */
 static inline __attribute__((always_inline)) void attend(const float *restrict q, const int8_t *restrict keys,
                                                            const float *restrict key_scale,
+                                                           const int32_t *restrict key_sum,
                                                            const int8_t *restrict values,
                                                            const float *restrict value_scale, int64_t hd, int64_t len,
                                                            float *restrict scores, float *restrict o) {
-    const float scale = 1.0f / sqrtf((float)hd);
+    int8_t query[SRM_MAX_HEAD_DIM];
+    const float scale = quantize_vector(q, hd, query) / sqrtf((float)hd);
     for (int64_t t0 = 0; t0 < len; t0 += SRM_KEY_TILE) {
-        const int8_t *tile = keys + (t0 / SRM_KEY_TILE) * hd * SRM_KEY_TILE;
-        float tile_scores[SRM_KEY_TILE] = {0};
-        for (int64_t i = 0; i < hd; i++) {
-            const float qi = q[i] * scale;
-#pragma omp simd
-            for (int j = 0; j < SRM_KEY_TILE; j++) tile_scores[j] += qi * (float)tile[i * SRM_KEY_TILE + j];
-        }
+        int32_t dots[SRM_KEY_TILE];
+        tile_dots(query, keys + t0 * hd, hd, dots);
         /* the tile's positions beyond `len` hold whatever was there; they are never used */
         const int64_t valid = len - t0 < SRM_KEY_TILE ? len - t0 : SRM_KEY_TILE;
-        for (int64_t j = 0; j < valid; j++) scores[t0 + j] = tile_scores[j] * key_scale[t0 + j];
+        for (int64_t j = 0; j < valid; j++)
+            scores[t0 + j] = scale * key_scale[t0 + j] * (float)(dots[j] - SRM_QUERY_SHIFT * key_sum[t0 + j]);
     }
     softmax_in_place(scores, len);
     float acc[SRM_MAX_HEAD_DIM] = {0};
@@ -437,16 +468,25 @@ static void self_attention(const srm_decoder *m, const srm_layer *l, int64_t pos
         const float *k_new = q + d, *v_new = q + 2 * d;
         int8_t *keys = l->k_cache + p * key_stride, *values = l->v_cache + p * cap * hd;
         float *key_scale = l->k_scale + p * cap, *value_scale = l->v_scale + p * cap;
+        int32_t *key_sum = l->k_sum + p * cap;
+        int8_t vector[SRM_MAX_HEAD_DIM];
+        key_scale[pos] = quantize_vector(k_new, hd, vector);
+        int8_t *tile = keys + pos / SRM_KEY_TILE * SRM_KEY_TILE * hd;
+        int32_t sum = 0;
+        for (int64_t i = 0; i < hd; i++) {
+            tile[((i / 4) * SRM_KEY_TILE + pos % SRM_KEY_TILE) * 4 + i % 4] = vector[i];
+            sum += vector[i];
+        }
+        key_sum[pos] = sum;
+        value_scale[pos] = quantize_vector(v_new, hd, vector);
+        memcpy(values + pos * hd, vector, (size_t)hd);
         float *scores = m->scores + p * m->capacity;
         float *o = m->attn + r * m->in_stride + h * hd;
-        int8_t *key_slot = keys + (pos / SRM_KEY_TILE) * hd * SRM_KEY_TILE + pos % SRM_KEY_TILE;
-        key_scale[pos] = quantize_vector(k_new, hd, key_slot, SRM_KEY_TILE);
-        value_scale[pos] = quantize_vector(v_new, hd, values + pos * hd, 1);
         /* musicgen's head size as a constant: the output's accumulators stay in registers */
         if (hd == 64)
-            attend(q, keys, key_scale, values, value_scale, 64, pos + 1, scores, o);
+            attend(q, keys, key_scale, key_sum, values, value_scale, 64, pos + 1, scores, o);
         else
-            attend(q, keys, key_scale, values, value_scale, hd, pos + 1, scores, o);
+            attend(q, keys, key_scale, key_sum, values, value_scale, hd, pos + 1, scores, o);
     }
 }
 

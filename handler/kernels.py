@@ -320,7 +320,7 @@ class _Layer(ctypes.Structure):
     _fields_ = [
         *((name, _ptr) for name in ("ln1_w", "ln1_b", "ln2_w", "ln2_b", "ln3_w", "ln3_b")),
         *((name, _Linear) for name in ("qkv", "out", "cross_q", "cross_out", "fc1", "fc2")),
-        *((name, _ptr) for name in ("k_cache", "v_cache", "k_scale", "v_scale", "cross_k", "cross_v")),
+        *((name, _ptr) for name in ("k_cache", "v_cache", "k_scale", "v_scale", "k_sum", "cross_k", "cross_v")),
     ]
 
 
@@ -431,12 +431,14 @@ class NativeRun:
         # Uninitialised: attention uses only positions already written. Keys are in transposed
         # tiles of KEY_TILE positions (see self_attention in kernels.c).
         tiles = -(-capacity // KEY_TILE)
-        if head_dim > MAX_HEAD_DIM:
-            raise ValueError(f"at most {MAX_HEAD_DIM} dimensions per attention head")
-        self.k_cache = torch.empty((len(layers), rows, heads, tiles, head_dim, KEY_TILE), dtype=torch.int8)
-        self.v_cache = torch.empty((len(layers), rows, heads, capacity, head_dim), dtype=torch.int8)
-        self.k_scale = torch.empty((len(layers), rows, heads, capacity))
-        self.v_scale = torch.empty((len(layers), rows, heads, capacity))
+        if head_dim > MAX_HEAD_DIM or head_dim % 4:
+            raise ValueError(f"attention heads need a multiple of 4 dimensions, at most {MAX_HEAD_DIM}")
+        shape = (len(layers), rows, heads)
+        self.k_cache = torch.empty((*shape, tiles, head_dim // 4, KEY_TILE, 4), dtype=torch.int8)
+        self.v_cache = torch.empty((*shape, capacity, head_dim), dtype=torch.int8)
+        self.k_scale = torch.empty((*shape, capacity))
+        self.v_scale = torch.empty((*shape, capacity))
+        self.k_sum = torch.empty((*shape, capacity), dtype=torch.int32)
         self.x = torch.empty((rows, hidden))
         self.logits = torch.empty((rows, head.padded_shape[0]))
         normed = torch.empty((rows, in_stride))
@@ -459,6 +461,7 @@ class NativeRun:
                     self.v_cache[i].data_ptr(),
                     self.k_scale[i].data_ptr(),
                     self.v_scale[i].data_ptr(),
+                    self.k_sum[i].data_ptr(),
                     keys[i].data_ptr(),
                     values[i].data_ptr(),
                 )

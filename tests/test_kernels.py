@@ -203,12 +203,12 @@ def test_too_many_rows_are_refused(builds: dict[str, NativeKernels]) -> None:
         )  # fmt: skip
 
 
-def test_too_wide_heads_are_refused(builds: dict[str, NativeKernels]) -> None:
-    hidden = 2 * (kernels.MAX_HEAD_DIM + 2)
-    layer = random_layer(hidden, 64)
-    with pytest.raises(ValueError, match="dimensions per attention head"):
+@pytest.mark.parametrize("head_dim", [kernels.MAX_HEAD_DIM + 4, 6])
+def test_heads_the_cache_layout_cannot_hold_are_refused(builds: dict[str, NativeKernels], head_dim: int) -> None:
+    layer = random_layer(head_dim, 64)
+    with pytest.raises(ValueError, match="multiple of 4 dimensions"):
         NativeRun(
-            builds["generic"], [layer], nn.LayerNorm(hidden), Int8Linear(torch.randn(8, hidden), None), heads=1,
+            builds["generic"], [layer], nn.LayerNorm(head_dim), Int8Linear(torch.randn(8, head_dim), None), heads=1,
             rows=2, cond_rows=1, capacity=4,
-            cross_k=[torch.zeros(1, 1, 2, hidden)], cross_v=[torch.zeros(1, 1, 2, hidden)], cross_mask=None,
+            cross_k=[torch.zeros(1, 1, 2, head_dim)], cross_v=[torch.zeros(1, 1, 2, head_dim)], cross_mask=None,
         )  # fmt: skip
