@@ -220,10 +220,15 @@ def measure_http(directory: Path, seconds: int, precision: str) -> dict[str, Any
                 t0 = time.perf_counter()
                 first = client.post("/generate/", json=body)
                 cold = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                second = client.post("/generate/", json=body)
-                warm = time.perf_counter() - t0
-                assert first.status_code == second.status_code == 200, (first.text, second.text)
+                # One request is at the mercy of the neighbours' memory traffic: the best of two warm ones.
+                warm_requests = []
+                for _ in range(2):
+                    t0 = time.perf_counter()
+                    again = client.post("/generate/", json=body)
+                    warm_requests.append(time.perf_counter() - t0)
+                    assert again.status_code == 200, again.text
+                warm = min(warm_requests)
+                assert first.status_code == 200, first.text
                 rss = psutil.Process(server.pid).memory_info().rss / 2**20
         finally:
             server.terminate()
@@ -232,6 +237,7 @@ def measure_http(directory: Path, seconds: int, precision: str) -> dict[str, Any
         "server_up_s": up - started,
         "first_request_s": cold,
         "warm_request_s": warm,
+        "warm_requests_s": warm_requests,
         "warm_rtf": warm / seconds,
         "server_rss_mb": rss,
     }
@@ -316,7 +322,7 @@ def table(report: dict[str, Any]) -> str:
     base = report["baseline"]
     names = [
         "", "ms per decode step", f"wall time, {seconds} s clip", "real-time factor", "process start to ready",
-        "peak resident memory", "EnCodec decode", f"HTTP POST /generate/ {seconds} s, warm",
+        "peak resident memory", "EnCodec decode", f"HTTP POST /generate/ {seconds} s, warm (best of 2)",
         "HTTP first request (loads model)", "speed-up, wall time",
     ]  # fmt: skip
     baseline = [
