@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Self
 
 import torch
 from torch import nn
@@ -96,21 +97,44 @@ def build(selected: Sequence[Variant] | None = None, directory: Path = SOURCE.pa
 # ------------------------------------------------------------------------------------ weights
 
 
-class Int8Linear(nn.Module):
+class _PackedLinear(nn.Module):
+    """What the packed layers share: built from an `nn.Linear`; `forward` is the kernel's
+    arithmetic in torch (inputs quantised per row), used without the library."""
+
+    bias: torch.Tensor | None
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.out_features, self.in_features = (int(s) for s in weight.shape)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> Self:
+        return cls(linear.weight, linear.bias)  # type: ignore[call-arg]
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The (out, in) weights as float32, as the kernel multiplies them."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, row_scale = quantize_rows(x.reshape(-1, self.in_features).float())
+        y = (q.float() * row_scale) @ self.dequantized_weight().T
+        if self.bias is not None:
+            y = y + self.bias[: self.out_features]
+        return y.view(*x.shape[:-1], self.out_features)
+
+
+class Int8Linear(_PackedLinear):
     """A Linear layer as the native step stores it: int8 weights, one scale per output channel.
 
-    Packed as (out / 4, in / 64, 4, 64) and zero padded, so the kernel streams it in order. Its
-    `forward` is the same arithmetic in torch (inputs quantised per row), used without the library.
+    Packed as (out / 4, in / 64, 4, 64) and zero padded, so the kernel streams it in order.
     """
 
     weight: torch.Tensor
     scale: torch.Tensor
     row_sum: torch.Tensor
-    bias: torch.Tensor | None
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        super().__init__()
-        self.out_features, self.in_features = (int(s) for s in weight.shape)
+        super().__init__(weight)
         n, k = _round_up(self.out_features, BLOCK_N), _round_up(self.in_features, BLOCK_K)
         w = weight.detach().float()
         scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
@@ -123,10 +147,6 @@ class Int8Linear(nn.Module):
         self.register_buffer("row_sum", q.sum(dim=1, dtype=torch.int32))
         self.register_buffer("bias", None if bias is None else _padded(bias.detach().float(), n))
 
-    @classmethod
-    def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
-        return cls(linear.weight, linear.bias)
-
     @property
     def padded_shape(self) -> tuple[int, int]:
         return int(self.scale.shape[0]), int(self.weight.shape[1]) * BLOCK_K
@@ -137,33 +157,25 @@ class Int8Linear(nn.Module):
         unpacked = self.weight.transpose(1, 2).reshape(n, k)
         return unpacked[: self.out_features, : self.in_features]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, row_scale = quantize_rows(x.reshape(-1, self.in_features).float())
-        w = self.int8_weight().float() * self.scale[: self.out_features, None]
-        y = (q.float() * row_scale) @ w.T
-        if self.bias is not None:
-            y = y + self.bias[: self.out_features]
-        return y.view(*x.shape[:-1], self.out_features)
+    def dequantized_weight(self) -> torch.Tensor:
+        return self.int8_weight().float() * self.scale[: self.out_features, None]
 
 
-class Int4Linear(nn.Module):
+class Int4Linear(_PackedLinear):
     """A Linear layer with int4 weights and one bfloat16 scale per 64 inputs of each output channel.
 
     Half the bytes of `Int8Linear` for the step to stream. Each group's scale is the one, of a few
     near llama.cpp's Q4_0 choice (largest magnitude at -8), with the least squared error. Packed as
     (out / 4, in / 64, 2, 64) bytes: byte j of pair p holds input j of channels 2p (low nibble) and
-    2p + 1 (high nibble), as weight + 8. Its `forward` is the same arithmetic in torch, used
-    without the library.
+    2p + 1 (high nibble), as weight + 8.
     """
 
     weight: torch.Tensor
     group_scale: torch.Tensor
     group_shift: torch.Tensor
-    bias: torch.Tensor | None
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        super().__init__()
-        self.out_features, self.in_features = (int(s) for s in weight.shape)
+        super().__init__(weight)
         n, k = _round_up(self.out_features, BLOCK_N), _round_up(self.in_features, BLOCK_K)
         groups = torch.zeros((n, k))
         groups[: self.out_features, : self.in_features] = weight.detach().float()
@@ -179,10 +191,6 @@ class Int4Linear(nn.Module):
         self.register_buffer("group_shift", 128.0 * (step.squeeze(-1) * q.sum(dim=-1, dtype=torch.int32)).sum(dim=1))
         self.register_buffer("bias", None if bias is None else _padded(bias.detach().float(), n))
 
-    @classmethod
-    def from_linear(cls, linear: nn.Linear) -> "Int4Linear":
-        return cls(linear.weight, linear.bias)
-
     @property
     def padded_shape(self) -> tuple[int, int]:
         return int(self.group_shift.shape[0]), int(self.weight.shape[1]) * BLOCK_K
@@ -195,20 +203,13 @@ class Int4Linear(nn.Module):
         return q.permute(0, 2, 3, 1, 4).reshape(n, k)[: self.out_features, : self.in_features]
 
     def dequantized_weight(self) -> torch.Tensor:
-        """The (out, in) weights as float32: each int4 value times its group's scale."""
+        """Each int4 value times its group's scale."""
         n, k = self.padded_shape
         scale = self.group_scale.transpose(1, 2).reshape(n, k // BLOCK_K).float()
         q = torch.zeros((n, k))
         q[: self.out_features, : self.in_features] = self.int4_weight().float()
         w = (q.view(n, k // BLOCK_K, BLOCK_K) * scale[..., None]).view(n, k)
         return w[: self.out_features, : self.in_features]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, row_scale = quantize_rows(x.reshape(-1, self.in_features).float())
-        y = (q.float() * row_scale) @ self.dequantized_weight().T
-        if self.bias is not None:
-            y = y + self.bias[: self.out_features]
-        return y.view(*x.shape[:-1], self.out_features)
 
 
 INT4_SCALE_FACTORS = torch.linspace(1.0, 0.8, 11)
