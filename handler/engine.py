@@ -4,9 +4,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +31,25 @@ DEFAULT_LOAD_SECONDS = 10.0
 
 ProgressCallback = Callable[[float], None]
 """Called with the fraction of decode steps done, from 0 to 1."""
+
+_engine_thread_ids: set[int] = set()
+_engine_thread = ThreadPoolExecutor(
+    max_workers=1, thread_name_prefix="engine", initializer=lambda: _engine_thread_ids.add(threading.get_ident())
+)
+_Result = TypeVar("_Result")
+
+
+def on_engine_thread(work: Callable[[], _Result]) -> _Result:
+    """Run `work` on the process's one engine thread, one call at a time, and return its result.
+
+    OpenMP keeps a pool of worker threads for each thread that starts parallel work, and libgomp
+    stops spinning at its barriers (it sleeps instead) once the process holds more such threads
+    than CPUs. A decode step started from a second thread ran ~1.7x slower than from the first, so
+    every model load and generation runs on this one thread, whichever thread asks.
+    """
+    if threading.get_ident() in _engine_thread_ids:
+        return work()
+    return _engine_thread.submit(work).result()
 
 
 @dataclass(frozen=True)
@@ -127,8 +147,6 @@ class TransformersMusicGenerator:
         self.speed = speed or SpeedMeter(DEFAULT_STEP_SECONDS, DEFAULT_LOAD_SECONDS)
         self._loaded: _LoadedModel | None = None
         self._load_error: str | None = None
-        self._load_lock = threading.Lock()
-        self._generate_lock = threading.Lock()
 
     @property
     def sample_rate(self) -> int:
@@ -144,33 +162,35 @@ class TransformersMusicGenerator:
 
     def load(self) -> None:
         """Load the model once; later calls return at once. Raises ModelUnavailableError."""
-        if self._loaded is not None:
-            return
-        with self._load_lock:
-            if self._loaded is not None:
-                return
-            started = time.perf_counter()
-            try:
-                self._loaded = _load(self.model_id, self.precision)
-                self._load_error = None
-                self.speed.record_load(time.perf_counter() - started)
-            except Exception as exc:
-                logger.exception("model load failed", extra={"model_id": self.model_id})
-                self._load_error = f"model '{self.model_id}' could not be loaded ({type(exc).__name__})"
-                raise ModelUnavailableError(self._load_error) from exc
+        if self._loaded is None:
+            on_engine_thread(self._load_once)
+
+    def _load_once(self) -> _LoadedModel:
+        if self._loaded is not None:  # loaded by a call queued before this one
+            return self._loaded
+        started = time.perf_counter()
+        try:
+            self._loaded = _load(self.model_id, self.precision)
+            self._load_error = None
+            self.speed.record_load(time.perf_counter() - started)
+            return self._loaded
+        except Exception as exc:
+            logger.exception("model load failed", extra={"model_id": self.model_id})
+            self._load_error = f"model '{self.model_id}' could not be loaded ({type(exc).__name__})"
+            raise ModelUnavailableError(self._load_error) from exc
 
     def generate(
         self, params: GenerationParams, on_progress: ProgressCallback | None = None
     ) -> npt.NDArray[np.float32]:
-        """Generate `params.duration` seconds of audio; serialised so one runs at a time."""
-        self.load()
-        loaded = self._loaded
-        assert loaded is not None
-        with self._generate_lock:
-            started = time.perf_counter()
-            audio = _generate(loaded, params, on_progress)
-            self.speed.record_generation(loaded.steps(params.duration), time.perf_counter() - started)
-            return audio
+        """Generate `params.duration` seconds of audio, on the engine thread: one runs at a time."""
+        return on_engine_thread(lambda: self._generate_now(params, on_progress))
+
+    def _generate_now(self, params: GenerationParams, on_progress: ProgressCallback | None) -> npt.NDArray[np.float32]:
+        loaded = self._load_once()
+        started = time.perf_counter()
+        audio = _generate(loaded, params, on_progress)
+        self.speed.record_generation(loaded.steps(params.duration), time.perf_counter() - started)
+        return audio
 
     def estimate_seconds(self, duration: int) -> float:
         loaded = self._loaded

@@ -5,7 +5,13 @@ import threading
 import numpy as np
 import pytest
 
-from handler.engine import GenerationParams, ModelUnavailableError, TransformersMusicGenerator, decode_steps
+from handler.engine import (
+    GenerationParams,
+    ModelUnavailableError,
+    TransformersMusicGenerator,
+    decode_steps,
+    on_engine_thread,
+)
 
 
 def params(**overrides: object) -> GenerationParams:
@@ -64,3 +70,27 @@ def test_missing_model_raises_a_clean_error(tmp_path: object) -> None:
         engine.load()
     assert engine.load_error is not None
     assert not engine.loaded
+
+
+def test_generations_asked_from_any_thread_run_on_the_one_engine_thread(
+    generator: TransformersMusicGenerator,
+) -> None:
+    ran_on: list[int] = []
+
+    def generate() -> None:
+        generator.generate(params(), on_progress=lambda _: ran_on.append(threading.get_ident()))
+
+    callers = [threading.Thread(target=generate) for _ in range(2)]
+    for caller in callers:
+        caller.start()
+    generate()
+    for caller in callers:
+        caller.join()
+    assert len(ran_on) >= 3 * decode_steps(1, 50, 4)
+    assert len(set(ran_on)) == 1
+    assert ran_on[0] not in {threading.get_ident(), *(caller.ident for caller in callers)}
+
+
+def test_work_on_the_engine_thread_may_ask_for_the_engine_thread() -> None:
+    outer = on_engine_thread(lambda: (threading.get_ident(), on_engine_thread(threading.get_ident)))
+    assert outer[0] == outer[1] != threading.get_ident()
