@@ -101,11 +101,17 @@ class _PackedLinear(nn.Module):
     """What the packed layers share: built from an `nn.Linear`; `forward` is the kernel's
     arithmetic in torch (inputs quantised per row), used without the library."""
 
+    weight: torch.Tensor  # packed: (out / 4, in / 64, ...), zero padded
     bias: torch.Tensor | None
 
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()
         self.out_features, self.in_features = (int(s) for s in weight.shape)
+
+    @property
+    def padded_shape(self) -> tuple[int, int]:
+        """(out, in) rounded up to the kernel's blocks."""
+        return int(self.weight.shape[0]) * BLOCK_N, int(self.weight.shape[1]) * BLOCK_K
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> Self:
@@ -129,7 +135,6 @@ class Int8Linear(_PackedLinear):
     Packed as (out / 4, in / 64, 4, 64) and zero padded, so the kernel streams it in order.
     """
 
-    weight: torch.Tensor
     scale: torch.Tensor
     row_sum: torch.Tensor
 
@@ -146,10 +151,6 @@ class Int8Linear(_PackedLinear):
         self.register_buffer("scale", _padded(scale, n))
         self.register_buffer("row_sum", q.sum(dim=1, dtype=torch.int32))
         self.register_buffer("bias", None if bias is None else _padded(bias.detach().float(), n))
-
-    @property
-    def padded_shape(self) -> tuple[int, int]:
-        return int(self.scale.shape[0]), int(self.weight.shape[1]) * BLOCK_K
 
     def int8_weight(self) -> torch.Tensor:
         """The (out, in) int8 weights, unpacked."""
@@ -170,7 +171,6 @@ class Int4Linear(_PackedLinear):
     2p + 1 (high nibble), as weight + 8.
     """
 
-    weight: torch.Tensor
     group_scale: torch.Tensor
     group_shift: torch.Tensor
 
@@ -190,10 +190,6 @@ class Int4Linear(_PackedLinear):
         # The VNNI build multiplies inputs shifted by +128 (see dot_block in kernels.c).
         self.register_buffer("group_shift", 128.0 * (step.squeeze(-1) * q.sum(dim=-1, dtype=torch.int32)).sum(dim=1))
         self.register_buffer("bias", None if bias is None else _padded(bias.detach().float(), n))
-
-    @property
-    def padded_shape(self) -> tuple[int, int]:
-        return int(self.group_shift.shape[0]), int(self.weight.shape[1]) * BLOCK_K
 
     def int4_weight(self) -> torch.Tensor:
         """The (out, in) weights, unpacked, as int8 in [-8, 7]."""
