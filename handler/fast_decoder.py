@@ -16,10 +16,10 @@ over the model's modules instead of ``model.generate``:
 * precision ``"int8"`` (default) stores the decoder's Linear layers as int8 with per-output-channel
   scales and runs each step in the native kernel of ``handler.kernels`` (one call for all layers,
   int8 KV cache; the same products in torch, with a float cache, where the library is not built);
-  the text encoder's Linear layers get torch's dynamic int8 quantization. ``"int4"`` is the same with the decoder
-  layers' weights in int4, one scale per 64 inputs (the codebook heads stay int8): half the bytes
-  each step streams, further from fp32. ``"bf16"`` casts the decoder to bfloat16,
-  ``"fp32"`` keeps it exact (greedy codes match ``model.generate`` bit for bit);
+  the text encoder's Linear layers get torch's dynamic int8 quantization. ``"int4"`` is the same
+  with the decoder layers' weights in int4, one scale per 64 inputs (the codebook heads stay
+  int8): half the bytes each step streams, further from fp32. ``"bf16"`` casts the decoder to
+  bfloat16, ``"fp32"`` keeps it exact (greedy codes match ``model.generate`` bit for bit);
 * the text encoder (``handler.text_encoder``) and EnCodec's decoder (``handler.audio_decoder``) are
   rebuilt from plain torch modules with the same arithmetic, so an engine holds no transformers
   objects and a saved one loads without importing transformers (seconds of every cold start).
@@ -154,14 +154,12 @@ class FastMusicgen:
         self.sampling_rate = int(acfg.sampling_rate)
         self.frame_rate = int(acfg.frame_rate)
         self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        # The kernel implements exactly this layer: int8 or int4 weights, pre-norm, GELU (erf), and
-        # its cache layout holds heads of a multiple of 4 dimensions.
+        # The kernel implements exactly this layer: int8 or int4 weights, pre-norm, GELU (erf).
         self.native = (
             native
             and precision in QUANTIZED
             and dcfg.activation_function == "gelu"
-            and self.head_dim % 4 == 0
-            and self.head_dim <= kernels.MAX_HEAD_DIM
+            and kernels.head_dim_supported(self.head_dim)
         )
 
         dec: Any = model.decoder.model.decoder

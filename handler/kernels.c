@@ -382,15 +382,6 @@ static inline void softmax_in_place(float *scores, int64_t len) {
     for (int64_t t = 0; t < len; t++) scores[t] *= inv;
 }
 
-/* Quantises src[0:n] to int8 with one symmetric scale; returns the scale. */
-static inline float quantize_vector(const float *src, int64_t n, int8_t *dst) {
-    float top = 0.0f;
-    for (int64_t i = 0; i < n; i++) top = fabsf(src[i]) > top ? fabsf(src[i]) : top;
-    const float inv = top > 0.0f ? 127.0f / top : 0.0f;
-    for (int64_t i = 0; i < n; i++) dst[i] = (int8_t)__builtin_rintf(src[i] * inv);
-    return top / 127.0f;
-}
-
 #if defined(SRM_VNNI)
 #define SRM_QUERY_SHIFT 128 /* vpdpbusd takes the query unsigned: shifted by +128, see tile_dots */
 #else
@@ -435,7 +426,9 @@ static inline __attribute__((always_inline)) void attend(const float *restrict q
                                                            const float *restrict value_scale, int64_t hd, int64_t len,
                                                            float *restrict scores, float *restrict o) {
     int8_t query[SRM_MAX_HEAD_DIM];
-    const float scale = quantize_vector(q, hd, query) / sqrtf((float)hd);
+    float query_scale;
+    quantize_row(q, hd, query, &query_scale);
+    const float scale = query_scale / sqrtf((float)hd);
     for (int64_t t0 = 0; t0 < len; t0 += SRM_KEY_TILE) {
         int32_t dots[SRM_KEY_TILE];
         tile_dots(query, keys + t0 * hd, hd, dots);
@@ -470,7 +463,7 @@ static void self_attention(const srm_decoder *m, const srm_layer *l, int64_t pos
         float *key_scale = l->k_scale + p * cap, *value_scale = l->v_scale + p * cap;
         int32_t *key_sum = l->k_sum + p * cap;
         int8_t vector[SRM_MAX_HEAD_DIM];
-        key_scale[pos] = quantize_vector(k_new, hd, vector);
+        quantize_row(k_new, hd, vector, key_scale + pos);
         int8_t *tile = keys + pos / SRM_KEY_TILE * SRM_KEY_TILE * hd;
         int32_t sum = 0;
         for (int64_t i = 0; i < hd; i++) {
@@ -478,7 +471,7 @@ static void self_attention(const srm_decoder *m, const srm_layer *l, int64_t pos
             sum += vector[i];
         }
         key_sum[pos] = sum;
-        value_scale[pos] = quantize_vector(v_new, hd, vector);
+        quantize_row(v_new, hd, vector, value_scale + pos);
         memcpy(values + pos * hd, vector, (size_t)hd);
         float *scores = m->scores + p * m->capacity;
         float *o = m->attn + r * m->in_stride + h * hd;

@@ -103,6 +103,8 @@ class _PackedLinear(nn.Module):
 
     weight: torch.Tensor  # packed: (out / 4, in / 64, ...), zero padded
     bias: torch.Tensor | None
+    streamed: tuple[str, ...] = ("weight",)
+    """The buffers every decode step reads through (see `gather`)."""
 
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()
@@ -173,6 +175,7 @@ class Int4Linear(_PackedLinear):
 
     group_scale: torch.Tensor
     group_shift: torch.Tensor
+    streamed = ("weight", "group_scale")
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__(weight)
@@ -242,7 +245,7 @@ def gather(linears: Sequence[PackedLinear]) -> None:
     block, because `torch.save` refuses views of one storage as different types."""
     by_dtype: dict[torch.dtype, list[tuple[PackedLinear, str]]] = {}
     for lin in linears:
-        for name in _streamed(lin):
+        for name in lin.streamed:
             by_dtype.setdefault(getattr(lin, name).dtype, []).append((lin, name))
     for dtype, streamed in by_dtype.items():
         block = torch.empty(sum(getattr(lin, name).numel() for lin, name in streamed), dtype=dtype)
@@ -253,10 +256,6 @@ def gather(linears: Sequence[PackedLinear]) -> None:
             part.copy_(tensor)
             setattr(lin, name, part)
             offset += tensor.numel()
-
-
-def _streamed(lin: PackedLinear) -> tuple[str, ...]:
-    return ("weight", "group_scale") if isinstance(lin, Int4Linear) else ("weight",)
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -346,8 +345,13 @@ def _address(tensor: torch.Tensor | None) -> int | None:
 
 def _linear_struct(lin: PackedLinear) -> _Linear:
     n, k = lin.padded_shape
-    common = {"weight": lin.weight.data_ptr(), "bias": _address(lin.bias), "n": n, "k": k}
-    common["in_features"] = lin.in_features
+    common = {
+        "weight": lin.weight.data_ptr(),
+        "bias": _address(lin.bias),
+        "n": n,
+        "k": k,
+        "in_features": lin.in_features,
+    }
     if isinstance(lin, Int4Linear):
         return _Linear(**common, group_scale=lin.group_scale.data_ptr(), group_shift=lin.group_shift.data_ptr(), bits=4)
     return _Linear(**common, scale=lin.scale.data_ptr(), row_sum=lin.row_sum.data_ptr(), bits=8)
@@ -397,6 +401,11 @@ class NativeKernels:
         return run.logits
 
 
+def head_dim_supported(head_dim: int) -> bool:
+    """Whether the native step's cache layout holds attention heads of `head_dim` dimensions."""
+    return head_dim % 4 == 0 and head_dim <= MAX_HEAD_DIM
+
+
 class NativeRun:
     """Caches, scratch and the C description of one generation's decoder state."""
 
@@ -425,10 +434,10 @@ class NativeRun:
         in_stride = max(lin.padded_shape[1] for lin in linears)
         out_stride = max(lin.padded_shape[0] for lin in linears)
         cross_len = int(cross_k[0].shape[2])
-        # Uninitialised: attention uses only positions already written. Keys are in transposed
-        # tiles of KEY_TILE positions (see self_attention in kernels.c).
+        # Uninitialised: attention uses only positions already written. Keys are in tiles of
+        # KEY_TILE positions, four dimensions of a key side by side (see tile_dots in kernels.c).
         tiles = -(-capacity // KEY_TILE)
-        if head_dim > MAX_HEAD_DIM or head_dim % 4:
+        if not head_dim_supported(head_dim):
             raise ValueError(f"attention heads need a multiple of 4 dimensions, at most {MAX_HEAD_DIM}")
         shape = (len(layers), rows, heads)
         self.k_cache = torch.empty((*shape, tiles, head_dim // 4, KEY_TILE, 4), dtype=torch.int8)
