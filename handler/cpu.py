@@ -17,6 +17,12 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX)."""
+    flags = cpu_flags()
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def cpu_quota_threads() -> int:
     """Number of CPUs this process may use: cgroup CPU quota, else affinity, else os.cpu_count()."""
     try:

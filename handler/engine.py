@@ -12,7 +12,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from handler.cpu import cpu_flags
+from handler.cpu import cpu_has_bf16
 from handler.settings import QUANTIZED, Precision
 from handler.tokenizer import TOKENIZER_NAME, PromptTokenizer
 
@@ -214,6 +214,7 @@ def _load(model_id: str, precision: Precision) -> _LoadedModel:
         processor: Any = AutoProcessor.from_pretrained(model_id)  # type: ignore[no-untyped-call]
         tokenizer = PromptTokenizer.from_processor(processor)
         decoder = FastMusicgen(MusicgenForConditionalGeneration.from_pretrained(model_id), precision)
+        decoder.prepare_to_serve()
     return _LoadedModel(
         decoder=decoder,
         tokenizer=tokenizer,
@@ -256,12 +257,6 @@ def _generate(
     if on_progress:
         on_progress(1.0)
     return np.ascontiguousarray(samples[:expected], dtype=np.float32)
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX)."""
-    flags = cpu_flags()
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def effective_precision(requested: Precision) -> Precision:

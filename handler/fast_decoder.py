@@ -41,7 +41,7 @@ from torch import nn
 
 from handler import kernels
 from handler.audio_decoder import EncodecAudioDecoder
-from handler.cpu import cpu_quota_threads
+from handler.cpu import cpu_has_bf16, cpu_quota_threads
 from handler.kernels import Int4Linear, Int8Linear, LayerWeights, NativeRun
 from handler.settings import QUANTIZED, Precision
 from handler.text_encoder import T5TextEncoder, shared_linear
@@ -198,6 +198,13 @@ class FastMusicgen:
                 # Runs once per request, so speed hardly matters; a quarter of the memory does.
                 _quantize_int8(self.text_encoder)
                 self.gather_step_weights()
+
+    def prepare_to_serve(self) -> None:
+        """Fit the engine to the CPU it serves on: its threads, and EnCodec in bfloat16 where the
+        CPU has bf16 dot products (not for fp32, which stays exact)."""
+        torch.set_num_threads(cpu_quota_threads())
+        if self.precision != "fp32" and cpu_has_bf16():
+            self.audio_decoder.compute_in(torch.bfloat16)
 
     def gather_step_weights(self) -> None:
         """Move what every decode step streams into one block of anonymous memory, in read order."""
@@ -424,7 +431,7 @@ class FastMusicgen:
         fp32 decodes the whole clip at once, exactly as transformers does. The other precisions
         decode the convolutional upsampler in chunks of frames: the same audio up to float
         rounding, in a fraction of the memory, and faster, since each chunk's activations stay in
-        the CPU caches.
+        the CPU caches (and in bfloat16 once ``prepare_to_serve`` finds bf16 instructions).
         """
         decoder = self.audio_decoder
         if self.precision == "fp32":
@@ -448,13 +455,16 @@ def artifact_name(precision: Precision) -> str:
 
 
 def save_artifact(engine: FastMusicgen, path: Path) -> None:
-    """Save a prepared engine, so serving loads quantized weights instead of converting fp32 ones."""
+    """Save a converted engine, so serving loads quantized weights instead of converting fp32 ones."""
+    if engine.audio_decoder.compute_dtype != torch.float32:
+        # An artifact is baked on one machine and served on others: EnCodec's dtype is chosen there.
+        raise ValueError("an engine prepared to serve (EnCodec not in float32) cannot be saved")
     torch.save(engine, path)
 
 
 def load_artifact(path: Path) -> FastMusicgen:
     """Load an engine saved by `save_artifact`. Only for artifacts this project baked: it unpickles."""
     engine: FastMusicgen = torch.load(path, weights_only=False, mmap=True)
-    torch.set_num_threads(cpu_quota_threads())
     engine.gather_step_weights()
+    engine.prepare_to_serve()
     return engine

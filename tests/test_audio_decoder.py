@@ -113,6 +113,20 @@ def test_musicgen_small_shaped_codec_matches_transformers() -> None:
     assert torch.equal(ours(decoder, codes), reference(codec, codes))
 
 
+def test_bfloat16_decoding_stays_close_to_float32() -> None:
+    codec = random_codec(**MUSICGEN_SMALL_CODEC)
+    decoder = EncodecAudioDecoder.from_transformers(codec)
+    codes = random_codes(codec, batch=1, frames=20)
+    expected = ours(decoder, codes)
+    decoder.compute_in(torch.bfloat16)
+    actual = ours(decoder, codes)
+    assert actual.dtype == torch.float32
+    assert actual.shape == expected.shape
+    assert {p.dtype for p in decoder.output_layers.parameters()} == {torch.float32}
+    noise = (actual - expected).pow(2).mean() / expected.pow(2).mean()
+    assert 30.0 < -10 * torch.log10(noise) < 80.0  # close, yet really computed in bfloat16
+
+
 @pytest.mark.parametrize(
     "overrides",
     [

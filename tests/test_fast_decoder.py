@@ -8,7 +8,8 @@ import torch
 from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
 from handler import kernels
-from handler.fast_decoder import FastMusicgen
+from handler.cpu import cpu_has_bf16
+from handler.fast_decoder import FastMusicgen, save_artifact
 from handler.kernels import Int4Linear, Int8Linear
 
 PROMPTS = ["80s pop track with bassy drums and synth", "lofi chill"]
@@ -125,3 +126,22 @@ def test_chunked_encodec_decoding_equals_whole_clip_decoding(tiny_model_dir: Pat
     chunked = FastMusicgen(model, precision="int8").decode_audio(codes)
     assert chunked.shape == whole.shape == (1, 1, frames * 640)
     torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-5 * float(whole.abs().max()))
+
+
+@pytest.mark.parametrize("precision", ["int8", "int4", "fp32"])
+def test_serving_decodes_encodec_in_bf16_only_where_the_cpu_has_bf16(tiny_model_dir: Path, precision: Any) -> None:
+    model, _ = load(tiny_model_dir)
+    engine = FastMusicgen(model, precision=precision)
+    assert engine.audio_decoder.compute_dtype == torch.float32
+    engine.prepare_to_serve()
+    bf16 = precision != "fp32" and cpu_has_bf16()
+    assert engine.audio_decoder.compute_dtype == (torch.bfloat16 if bf16 else torch.float32)
+
+
+def test_an_engine_decoding_in_bf16_is_never_saved(tiny_model_dir: Path, tmp_path: Path) -> None:
+    model, _ = load(tiny_model_dir)
+    engine = FastMusicgen(model, precision="int8")
+    engine.audio_decoder.compute_in(torch.bfloat16)
+    with pytest.raises(ValueError, match="float32"):
+        save_artifact(engine, tmp_path / "artifact.pt")
+    assert not (tmp_path / "artifact.pt").exists()
