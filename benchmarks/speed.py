@@ -189,13 +189,19 @@ def measure_quality(directory: Path, seconds: int, precisions: list[str]) -> dic
         return [round(float(values[valid[:, c], c].mean()), digits) for c in per_codebook]
 
     report: dict[str, Any] = {"fp32_entropy_nats": per_position_mean(entropy, 3), "positions": int(valid.sum())}
+    audio = reference.decode_audio(codes)
     for precision in precisions:
-        logits = engine(precision).teacher_forced_logits(ids, mask, sequence, guidance_scale=3.0)[:, 0]
+        ours = engine(precision)
+        ours.prepare_to_serve()
+        logits = ours.teacher_forced_logits(ids, mask, sequence, guidance_scale=3.0)[:, 0]
         kl = (log_p.exp() * (log_p - torch.log_softmax(logits, -1))).sum(-1)
         overlap = in_reference.gather(-1, logits.topk(top_k, -1).indices).float().mean(-1)
+        noise = (ours.decode_audio(codes) - audio).pow(2).mean() / audio.pow(2).mean()
         report[precision] = {
             "kl_per_codebook": per_position_mean(kl, 5),
             "top250_overlap_per_codebook": per_position_mean(overlap, 4),
+            "encodec_dtype": str(ours.audio_decoder.compute_dtype).removeprefix("torch."),
+            "audio_snr_db": round(float(-10 * torch.log10(noise)), 1),
         }
     return report
 
@@ -342,6 +348,8 @@ def table(report: dict[str, Any]) -> str:
             lines.append(f"{precision} vs fp32 next-token KL per codebook: {quality[precision]['kl_per_codebook']}")
             overlap = quality[precision]["top250_overlap_per_codebook"]
             lines.append(f"{precision} vs fp32 top-250 overlap per codebook: {overlap}")
+            snr, dtype = quality[precision]["audio_snr_db"], quality[precision]["encodec_dtype"]
+            lines.append(f"{precision} vs fp32 audio from the same codes: SNR {snr} dB (EnCodec in {dtype})")
         lines.append(f"(fp32 entropy, nats: {quality['fp32_entropy_nats']}; random weights are near uniform)")
     return "\n".join(lines)
 

@@ -30,6 +30,8 @@ def test_smoke_benchmark_measures_baseline_engine_http_and_quality(
         assert len(quality["kl_per_codebook"]) == 4
         assert all(kl >= 0 for kl in quality["kl_per_codebook"])
         assert all(0 <= overlap <= 1 for overlap in quality["top250_overlap_per_codebook"])
+        assert quality["audio_snr_db"] > 30
+        assert quality["encodec_dtype"] in {"bfloat16", "float32"}
     printed = capsys.readouterr().out
     assert "ms per decode step" in printed
     assert "real-time factor" in printed
