@@ -23,7 +23,7 @@ from typing import Any, get_args
 
 import psutil
 
-from handler.settings import Precision
+from handler.settings import QUANTIZED, Precision
 
 PROMPT = "A lofi hip hop beat with smooth jazz piano and rain sounds"
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "srocks-music"
@@ -33,7 +33,6 @@ ROOT = Path(__file__).resolve().parent.parent
 def model_dir(smoke: bool, cache_dir: Path) -> Path:
     """The benchmark model, built once and cached outside the repository, baked as the image bakes it."""
     from handler.fast_decoder import artifact_name
-    from handler.settings import QUANTIZED
     from infra.bake_model import bake
     from tests.model_builder import build_musicgen_small, build_tiny_model
 
@@ -152,7 +151,33 @@ def measure_engine(directory: Path, seconds: int, precision: str, long_seconds: 
     generator.generate(GenerationParams(PROMPT, long_seconds, 3.0, 1.0, seed=1))
     result["peak_rss_mb"] = peak_rss_mb()
     result["peak_rss_clip_s"] = long_seconds
+    if native and precision in QUANTIZED:
+        result |= memory_floor(directory, precision, steps_for(seconds))
     return result
+
+
+def memory_floor(directory: Path, precision: str, steps: int) -> dict[str, Any]:
+    """The fastest a memory-bound step could be here: the bytes each step reads (weights and KV
+    cache, averaged over the clip) at the bandwidth a plain streaming read gets, measured now."""
+    import torch
+
+    from handler.engine import on_engine_thread
+    from handler.fast_decoder import artifact_name, load_artifact
+
+    engine = load_artifact(directory / artifact_name(precision))  # type: ignore[arg-type]
+    mean_bytes = sum(engine.step_bytes(position, rows=2) for position in range(steps)) / steps
+    values = torch.ones(2**26)  # 256 MB of float32, far beyond the caches
+
+    def read_once() -> float:
+        started = time.perf_counter()
+        values.sum()
+        return time.perf_counter() - started
+
+    # On the engine thread, like the steps: the same OpenMP threads read.
+    fastest = on_engine_thread(lambda: min(read_once() for _ in range(20)))
+    bandwidth = values.nbytes / fastest
+    floor_ms = 1000 * mean_bytes / bandwidth
+    return {"step_mb": mean_bytes / 1e6, "stream_gbs": bandwidth / 1e9, "floor_ms_per_step": floor_ms}
 
 
 def measure_quality(directory: Path, seconds: int, precisions: list[str]) -> dict[str, Any]:
@@ -307,11 +332,14 @@ def first_and_warm(ours: dict[str, Any], key: str, form: str, per: float = 1.0) 
 
 
 def engine_column(base: dict[str, Any], ours: dict[str, Any], http: dict[str, Any], seconds: int) -> list[str]:
-    """One engine's cells, in the order of `ROW_NAMES`."""
+    """One engine's cells, in the order of the row names in `table`."""
     speed_up = (base["wall_s"] / ours["wall_s"], base["wall_s"] / ours["warm_wall_s"])
     return [
         f"ours ({ours['precision']}, kernels: {ours['kernels']})",
         first_and_warm(ours, "ms_per_step", "{:.1f}"),
+        f"{ours['floor_ms_per_step']:.1f} ({ours['step_mb']:.0f} MB at {ours['stream_gbs']:.1f} GB/s)"
+        if "floor_ms_per_step" in ours
+        else "",
         first_and_warm(ours, "wall_s", "{:.2f} s"),
         first_and_warm(ours, "wall_s", "{:.2f}", seconds),
         f"{ours['ready_s']:.2f} s",
@@ -327,12 +355,13 @@ def table(report: dict[str, Any]) -> str:
     seconds = report["clip_seconds"]
     base = report["baseline"]
     names = [
-        "", "ms per decode step", f"wall time, {seconds} s clip", "real-time factor", "process start to ready",
+        "", "ms per decode step", "memory-bound floor, ms per step", f"wall time, {seconds} s clip",
+        "real-time factor", "process start to ready",
         "peak resident memory", "EnCodec decode", f"HTTP POST /generate/ {seconds} s, warm (best of 2)",
         "HTTP first request (loads model)", "speed-up, wall time",
     ]  # fmt: skip
     baseline = [
-        "baseline (generate, fp32)", f"{base['ms_per_step']:.1f}", f"{base['wall_s']:.2f} s",
+        "baseline (generate, fp32)", f"{base['ms_per_step']:.1f}", "", f"{base['wall_s']:.2f} s",
         f"{base['wall_s'] / seconds:.2f}", f"{base['ready_s']:.2f} s", f"{base['peak_rss_mb']:.0f} MB", "", "", "", "",
     ]  # fmt: skip
     columns = [names, baseline] + [

@@ -208,8 +208,17 @@ class FastMusicgen:
 
     def gather_step_weights(self) -> None:
         """Move what every decode step streams into one block of anonymous memory, in read order."""
+        kernels.gather(self._step_linears())
+
+    def step_bytes(self, position: int, rows: int) -> int:
+        """Bytes a native step at `position` reads from memory: what bounds its speed on a CPU."""
+        return kernels.step_bytes(
+            self._step_linears(), len(self._layers), rows, self.num_heads, self.head_dim, position
+        )
+
+    def _step_linears(self) -> list[Int8Linear | Int4Linear]:
         linears = [lin for layer in self._layers for lin in layer.native_weights().linears()]
-        kernels.gather([lin for lin in (*linears, self.lm_head) if isinstance(lin, Int8Linear | Int4Linear)])
+        return [lin for lin in (*linears, self.lm_head) if isinstance(lin, Int8Linear | Int4Linear)]
 
     def _convert(self, module: nn.Module, heads: bool = False) -> None:
         if self.precision in QUANTIZED:

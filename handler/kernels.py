@@ -258,6 +258,16 @@ def gather(linears: Sequence[PackedLinear]) -> None:
             offset += tensor.numel()
 
 
+def step_bytes(
+    linears: Sequence[PackedLinear], layers: int, rows: int, heads: int, head_dim: int, position: int
+) -> int:
+    """Bytes one native step at `position` streams: every packed weight, and each row's KV cache so
+    far (int8 keys and values, with a scale each and a key sum). Norms and activations stay in cache."""
+    weights: int = sum(getattr(lin, name).nbytes for lin in linears for name in lin.streamed)
+    per_position = 2 * head_dim + 3 * 4
+    return weights + (position + 1) * layers * rows * heads * per_position
+
+
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 quantisation with one scale per row, as the kernel does: (q, scale (rows, 1))."""
     top = x.abs().amax(dim=-1, keepdim=True)

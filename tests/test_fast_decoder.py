@@ -145,3 +145,22 @@ def test_an_engine_decoding_in_bf16_is_never_saved(tiny_model_dir: Path, tmp_pat
     with pytest.raises(ValueError, match="float32"):
         save_artifact(engine, tmp_path / "artifact.pt")
     assert not (tmp_path / "artifact.pt").exists()
+
+
+def test_step_bytes_count_the_streamed_weights_and_the_cache_written_so_far(tiny_model_dir: Path) -> None:
+    model, processor = load(tiny_model_dir)
+    engine = FastMusicgen(model, precision="int4")
+    inputs = processor(text=PROMPTS[:1], return_tensors="pt")
+    hidden, mask = engine._encode_text(inputs["input_ids"], inputs["attention_mask"])
+    capacity = 2 * kernels.KEY_TILE
+    run = engine._new_state(hidden, mask, rows=2, total_len=capacity).native
+    assert run is not None
+    caches = (run.k_cache, run.v_cache, run.k_scale, run.v_scale, run.k_sum)
+    per_position = sum(cache.nbytes for cache in caches) // capacity
+    # What a step streams was gathered into one block of memory per dtype: those blocks, whole.
+    streamed = [getattr(lin, name) for lin in engine._step_linears() for name in lin.streamed]
+    blocks = {tensor.untyped_storage().data_ptr(): tensor.untyped_storage().nbytes() for tensor in streamed}
+    assert len(blocks) == 3  # int4 layer weights, their bf16 scales, int8 heads
+    weights = sum(blocks.values())
+    assert engine.step_bytes(0, rows=2) == weights + per_position
+    assert engine.step_bytes(capacity - 1, rows=2) == weights + capacity * per_position
