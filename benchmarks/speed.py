@@ -164,7 +164,7 @@ def memory_floor(directory: Path, precision: str, steps: int) -> dict[str, Any]:
     from handler.engine import on_engine_thread
     from handler.fast_decoder import artifact_name, load_artifact
 
-    engine = load_artifact(directory / artifact_name(precision))  # type: ignore[arg-type]
+    engine = load_artifact(Path(directory) / artifact_name(precision))  # type: ignore[arg-type]
     mean_bytes = sum(engine.step_bytes(position, rows=2) for position in range(steps)) / steps
     values = torch.ones(2**26)  # 256 MB of float32, far beyond the caches
 

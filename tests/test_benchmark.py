@@ -26,6 +26,8 @@ def test_smoke_benchmark_measures_baseline_engine_http_and_quality(
         assert engine["warm_ms_per_step"] > 0
         assert engine["warm_wall_s"] > 0
         assert report["http"][precision]["warm_request_s"] > 0
+        assert engine["stream_gbs"] > 0
+        assert 0 < engine["floor_ms_per_step"] < engine["warm_ms_per_step"]
         quality = report["quality"][precision]
         assert len(quality["kl_per_codebook"]) == 4
         assert all(kl >= 0 for kl in quality["kl_per_codebook"])
@@ -35,5 +37,6 @@ def test_smoke_benchmark_measures_baseline_engine_http_and_quality(
     printed = capsys.readouterr().out
     assert "ms per decode step" in printed
     assert "real-time factor" in printed
+    assert "memory-bound floor" in printed
     assert "ours (int4" in printed
     assert "int4 vs fp32 next-token KL" in printed
