@@ -40,6 +40,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from handler import kernels
+from handler.allocator import keep_freed_memory
 from handler.audio_decoder import EncodecAudioDecoder
 from handler.cpu import cpu_has_bf16, cpu_quota_threads
 from handler.kernels import Int4Linear, Int8Linear, LayerWeights, NativeRun
@@ -201,8 +202,10 @@ class FastMusicgen:
 
     def prepare_to_serve(self) -> None:
         """Fit the engine to the CPU it serves on: its threads, and EnCodec in bfloat16 where the
-        CPU has bf16 dot products (not for fp32, which stays exact)."""
+        CPU has bf16 dot products (not for fp32, which stays exact). Also keeps freed memory
+        in the process for EnCodec's next layers (``handler.allocator``)."""
         torch.set_num_threads(cpu_quota_threads())
+        keep_freed_memory()
         if self.precision != "fp32" and cpu_has_bf16():
             self.audio_decoder.compute_in(torch.bfloat16)
 
