@@ -55,8 +55,9 @@ class PaddedConv1d(nn.Module):
         self.causal = causal
         self.pad_mode = pad_mode
         self.stride = int(conv.stride[0])
-        kernel_size = (int(conv.kernel_size[0]) - 1) * int(conv.dilation[0]) + 1
-        self.padding_total = kernel_size - self.stride
+        self.kernel_span = (int(conv.kernel_size[0]) - 1) * int(conv.dilation[0]) + 1
+        self.padding_total = self.kernel_span - self.stride
+        self.pads_in_convolution = False
 
     @classmethod
     def from_transformers(cls, layer: Any) -> PaddedConv1d:
@@ -89,15 +90,56 @@ class PaddedConv1d(nn.Module):
         padded = F.pad(hidden, (left, right), "reflect", 0.0)
         return padded[..., : padded.shape[-1] - extra]
 
+    def pad_in_convolution(self) -> None:
+        """Let the convolution zero-pad (no padded copy of the input), then recompute the few edge
+        outputs the padding mode changes. Only for stride 1 with equal padding on both sides."""
+        self.pads_in_convolution = self.stride == 1 and not self.causal and self.padding_total % 2 == 0
+
+    def _forward_padding_in_convolution(self, hidden: torch.Tensor) -> torch.Tensor:
+        side = self.padding_total // 2
+        conv = self.conv
+        if conv.out_channels == 1 and conv.groups == 1 and conv.dilation[0] == 1:
+            out = self._one_output_channel(hidden, side)
+        else:
+            out = self._convolve(hidden, padding=side)
+        if side == 0 or self.pad_mode == "constant":
+            return out
+        # The edge outputs see the padding: recompute them from their own inputs, padded by the mode.
+        span = self.kernel_span - 1
+        out[..., :side] = self._convolve(self._pad(hidden[..., :span], side, 0), padding=0)
+        out[..., -side:] = self._convolve(self._pad(hidden[..., -span:], 0, side), padding=0)
+        return out
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """Pad (with the extra right padding that makes the last stride window full) and convolve."""
+        if self.pads_in_convolution and hidden.shape[-1] >= self.kernel_span:
+            return self._forward_padding_in_convolution(hidden)
         extra = -int(hidden.shape[-1]) % self.stride
         if self.causal:
             hidden = self._pad(hidden, self.padding_total, extra)
         else:
             right = self.padding_total // 2
             hidden = self._pad(hidden, self.padding_total - right, right + extra)
-        out: torch.Tensor = self.conv(hidden)
+        return self._convolve(hidden, padding=0)
+
+    def _one_output_channel(self, hidden: torch.Tensor, side: int) -> torch.Tensor:
+        """The zero-padded convolution to one channel (EnCodec's last layer) as one matrix product
+        and shifted sums: oneDNN takes about four times as long for a single output channel."""
+        weight, bias = self.conv.weight[0], self.conv.bias
+        taps = torch.matmul(weight.t(), hidden)  # (batch, kernel, time): each tap's contribution
+        length = int(hidden.shape[-1])
+        out = taps[:, side].clone() if bias is None else taps[:, side] + bias
+        for k in range(weight.shape[1]):
+            shift = k - side
+            if shift < 0:
+                out[:, -shift:] += taps[:, k, : length + shift]
+            elif shift > 0:
+                out[:, : length - shift] += taps[:, k, shift:]
+        return out.unsqueeze(1)
+
+    def _convolve(self, hidden: torch.Tensor, padding: int) -> torch.Tensor:
+        conv = self.conv
+        out: torch.Tensor = F.conv1d(hidden, conv.weight, conv.bias, conv.stride, padding, conv.dilation, conv.groups)
         return out
 
 
@@ -132,9 +174,21 @@ class TrimmedConvTranspose1d(nn.Module):
         _assign_weights(conv, src)
         return cls(conv, bool(layer.causal), float(layer.trim_right_ratio))
 
+    def trim_in_convolution(self) -> None:
+        """Let the transposed convolution leave out the trimmed samples itself (its padding, plus
+        output padding for a left trim longer than the right one), so no strided view is copied
+        later. Not for causal trims, which fall on the right."""
+        conv = self.conv
+        shift = self.trim_left - self.trim_right
+        if (conv.padding[0], conv.output_padding[0]) == (0, 0) and 0 <= shift < max(conv.stride[0], conv.dilation[0]):
+            conv.padding, conv.output_padding = (self.trim_left,), (shift,)
+            self.trim_left = self.trim_right = 0
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """Upsample, then trim."""
         out: torch.Tensor = self.conv(hidden)
+        if self.trim_left == self.trim_right == 0:
+            return out
         return out[..., self.trim_left : out.shape[-1] - self.trim_right]
 
 
@@ -225,7 +279,9 @@ class EncodecAudioDecoder(nn.Module):
     """Code frames per second."""
 
     compute_dtype: torch.dtype
-    """What the frame and upsampling layers compute in (see ``compute_in``); the output layers stay float32."""
+    """What the frame and upsampling layers compute in (see ``prepare_to_serve``); the output layers stay float32."""
+    prepared_to_serve: bool
+    """Whether ``prepare_to_serve`` has run: bit-exactness with transformers traded for speed."""
 
     def __init__(
         self,
@@ -246,6 +302,7 @@ class EncodecAudioDecoder(nn.Module):
         self.sampling_rate = sampling_rate
         self.frame_rate = frame_rate
         self.compute_dtype = torch.float32
+        self.prepared_to_serve = False
 
     @classmethod
     def from_transformers(cls, model: Any) -> EncodecAudioDecoder:
@@ -302,17 +359,30 @@ class EncodecAudioDecoder(nn.Module):
         out: torch.Tensor = self.output_layers(upsampled.float())
         return out
 
-    def compute_in(self, dtype: torch.dtype) -> None:
-        """Convert the frame and upsampling layers (the LSTM, all but the last convolution) to `dtype`.
+    def prepare_to_serve(self, dtype: torch.dtype) -> None:
+        """Trade bit-exactness with transformers for speed: the same audio up to rounding.
 
-        bfloat16 halves the decode time on CPUs with bf16 dot products, about 40-45 dB from float32
-        (musicgen-small's shape, random weights). The output layers stay float32: in bf16 they
-        cost as much and round the samples themselves. Converting back does not restore the
-        float32 weights, so a bf16 decoder is for serving, never for saving.
+        The frame and upsampling layers (the LSTM, all but the last convolution) compute in
+        `dtype`: bfloat16 halves the decode time on CPUs with bf16 dot products, about 40-45 dB
+        from float32 (musicgen-small's shape, random weights); the output layers stay float32,
+        which in bf16 cost as much and round the samples themselves. Convolutions pad and trim
+        inside oneDNN instead of copying their inputs and outputs, and ELUs whose input nothing
+        else reads work in place. Not undone: a decoder prepared to serve is never saved.
         """
         self.frame_layers.to(dtype)
         self.upsample_layers.to(dtype)
         self.compute_dtype = dtype
+        for module in self.modules():
+            if isinstance(module, PaddedConv1d):
+                module.pad_in_convolution()
+            elif isinstance(module, TrimmedConvTranspose1d):
+                module.trim_in_convolution()
+            elif isinstance(module, nn.Sequential):
+                # A layer's input past the first is the previous layer's fresh output.
+                for layer in list(module)[1:]:
+                    if isinstance(layer, nn.ELU):
+                        layer.inplace = True
+        self.prepared_to_serve = True
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes ``(1, batch, codebooks, frames)`` -> audio ``(batch, 1, samples)``."""

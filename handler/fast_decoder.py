@@ -206,8 +206,8 @@ class FastMusicgen:
         in the process for EnCodec's next layers (``handler.allocator``)."""
         torch.set_num_threads(cpu_quota_threads())
         keep_freed_memory()
-        if self.precision != "fp32" and cpu_has_bf16():
-            self.audio_decoder.compute_in(torch.bfloat16)
+        if self.precision != "fp32":
+            self.audio_decoder.prepare_to_serve(torch.bfloat16 if cpu_has_bf16() else torch.float32)
 
     def gather_step_weights(self) -> None:
         """Move what every decode step streams into one block of anonymous memory, in read order."""
@@ -468,9 +468,9 @@ def artifact_name(precision: Precision) -> str:
 
 def save_artifact(engine: FastMusicgen, path: Path) -> None:
     """Save a converted engine, so serving loads quantized weights instead of converting fp32 ones."""
-    if engine.audio_decoder.compute_dtype != torch.float32:
-        # An artifact is baked on one machine and served on others: EnCodec's dtype is chosen there.
-        raise ValueError("an engine prepared to serve (EnCodec not in float32) cannot be saved")
+    if engine.audio_decoder.prepared_to_serve:
+        # An artifact is baked on one machine and served on others: EnCodec is fitted to the CPU there.
+        raise ValueError("an engine prepared to serve (EnCodec no longer in float32) cannot be saved")
     torch.save(engine, path)
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import EncodecConfig, EncodecModel, MusicgenForConditionalGeneration
 
-from handler.audio_decoder import EncodecAudioDecoder
+from handler.audio_decoder import EncodecAudioDecoder, PaddedConv1d
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,6 +48,16 @@ SMALL_CODEC = {
     "hidden_size": 8,
     "num_lstm_layers": 1,
 }
+
+CODEC_VARIANTS: list[dict[str, Any]] = [
+    # Dilated residual blocks, conv shortcuts, zero padding, a two-layer LSTM.
+    {"num_residual_layers": 2, "use_conv_shortcut": True, "pad_mode": "constant", "num_lstm_layers": 2},
+    # Causal convolutions with a partial right trim of the transposed convolutions.
+    {"use_causal_conv": True, "trim_right_ratio": 0.5},
+    # Odd strides (asymmetric trims), at a sampling rate that keeps 50 frames/s and enough codebooks.
+    {"use_causal_conv": True, "upsampling_ratios": [3, 2], "sampling_rate": 300},
+    {"upsampling_ratios": [3, 2], "sampling_rate": 300},
+]
 
 
 def random_codec(**overrides: Any) -> Any:
@@ -113,12 +123,12 @@ def test_musicgen_small_shaped_codec_matches_transformers() -> None:
     assert torch.equal(ours(decoder, codes), reference(codec, codes))
 
 
-def test_bfloat16_decoding_stays_close_to_float32() -> None:
+def test_serving_in_bfloat16_stays_close_to_float32() -> None:
     codec = random_codec(**MUSICGEN_SMALL_CODEC)
     decoder = EncodecAudioDecoder.from_transformers(codec)
     codes = random_codes(codec, batch=1, frames=20)
     expected = ours(decoder, codes)
-    decoder.compute_in(torch.bfloat16)
+    decoder.prepare_to_serve(torch.bfloat16)
     actual = ours(decoder, codes)
     assert actual.dtype == torch.float32
     assert actual.shape == expected.shape
@@ -127,24 +137,26 @@ def test_bfloat16_decoding_stays_close_to_float32() -> None:
     assert 30.0 < -10 * torch.log10(noise) < 80.0  # close, yet really computed in bfloat16
 
 
-@pytest.mark.parametrize(
-    "overrides",
-    [
-        # Dilated residual blocks, conv shortcuts, zero padding, a two-layer LSTM.
-        {"num_residual_layers": 2, "use_conv_shortcut": True, "pad_mode": "constant", "num_lstm_layers": 2},
-        # Causal convolutions with a partial right trim of the transposed convolutions.
-        {"use_causal_conv": True, "trim_right_ratio": 0.5},
-        # Odd strides (asymmetric trims), at a sampling rate that keeps 50 frames/s and enough codebooks.
-        {"use_causal_conv": True, "upsampling_ratios": [3, 2], "sampling_rate": 300},
-        {"upsampling_ratios": [3, 2], "sampling_rate": 300},
-    ],
-)
+@pytest.mark.parametrize("overrides", CODEC_VARIANTS)
 @pytest.mark.parametrize("frames", [1, 5])
 def test_other_codec_variants_match_transformers(overrides: dict[str, Any], frames: int) -> None:
     codec = random_codec(**(SMALL_CODEC | overrides))
     decoder = EncodecAudioDecoder.from_transformers(codec)
     codes = random_codes(codec, batch=2, frames=frames)
     assert torch.equal(ours(decoder, codes), reference(codec, codes))
+
+
+@pytest.mark.parametrize("overrides", [{}, *CODEC_VARIANTS])
+@pytest.mark.parametrize("frames", [1, 5, 40])
+def test_serving_in_float32_matches_transformers_up_to_rounding(overrides: dict[str, Any], frames: int) -> None:
+    codec = random_codec(**(SMALL_CODEC | overrides))
+    decoder = EncodecAudioDecoder.from_transformers(codec)
+    decoder.prepare_to_serve(torch.float32)
+    convolutions = [m for m in decoder.modules() if isinstance(m, PaddedConv1d)]
+    assert any(conv.pads_in_convolution for conv in convolutions) != codec.config.use_causal_conv
+    codes = random_codes(codec, batch=2, frames=frames)
+    expected = reference(codec, codes)
+    torch.testing.assert_close(ours(decoder, codes), expected, rtol=0, atol=1e-5 * float(expected.abs().max()))
 
 
 def test_decode_is_upsample_of_frames(tiny_codec: Any) -> None:

@@ -141,7 +141,7 @@ def test_serving_decodes_encodec_in_bf16_only_where_the_cpu_has_bf16(tiny_model_
 def test_an_engine_decoding_in_bf16_is_never_saved(tiny_model_dir: Path, tmp_path: Path) -> None:
     model, _ = load(tiny_model_dir)
     engine = FastMusicgen(model, precision="int8")
-    engine.audio_decoder.compute_in(torch.bfloat16)
+    engine.audio_decoder.prepare_to_serve(torch.bfloat16)
     with pytest.raises(ValueError, match="float32"):
         save_artifact(engine, tmp_path / "artifact.pt")
     assert not (tmp_path / "artifact.pt").exists()
