@@ -76,14 +76,20 @@ def steps_for(seconds: int) -> int:
     return 50 * seconds + 3
 
 
-def step_timer() -> tuple[list[float], Callable[..., None]]:
-    stamps: list[float] = []
-    return stamps, lambda *_: stamps.append(time.perf_counter())
+Stamp = tuple[float, float]
+"""(time, decode steps done)"""
 
 
-def ms_per_step(stamps: list[float]) -> float:
-    # Between the first and last step: excludes text encoding and EnCodec decoding.
-    return 1000 * (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+def step_timer(steps_per_unit: float) -> tuple[list[Stamp], Callable[[float], None]]:
+    """Stamps for a progress callback that reports `progress` (decode steps done / steps_per_unit)."""
+    stamps: list[Stamp] = []
+    return stamps, lambda progress: stamps.append((time.perf_counter(), progress * steps_per_unit))
+
+
+def ms_per_step(stamps: list[Stamp]) -> float:
+    # Between the first and last stamp: excludes text encoding and EnCodec decoding.
+    (started, first), (ended, last) = stamps[0], stamps[-1]
+    return 1000 * (ended - started) / (last - first)
 
 
 def measure_baseline(directory: Path, seconds: int) -> dict[str, Any]:
@@ -96,10 +102,10 @@ def measure_baseline(directory: Path, seconds: int) -> dict[str, Any]:
     model.eval()
     ready = since_process_start()
     inputs = processor(text=[PROMPT], padding=True, return_tensors="pt")
-    stamps, on_step = step_timer()
+    stamps, on_step = step_timer(1.0)
 
     def count(input_ids: Any, scores: Any) -> Any:
-        on_step()
+        on_step(input_ids.shape[-1])  # one more token each step
         return scores
 
     torch.manual_seed(0)
@@ -117,7 +123,7 @@ def measure_baseline(directory: Path, seconds: int) -> dict[str, Any]:
 def measure_engine(directory: Path, seconds: int, precision: str, long_seconds: int) -> dict[str, Any]:
     """Our engine as the app runs it: `TransformersMusicGenerator` from `handler.engine`."""
     from handler import kernels
-    from handler.engine import GenerationParams, TransformersMusicGenerator
+    from handler.engine import DECODE_SHARE, GenerationParams, TransformersMusicGenerator
 
     native = kernels.best()
     generator = TransformersMusicGenerator(str(directory), precision)  # type: ignore[arg-type]
@@ -125,8 +131,9 @@ def measure_engine(directory: Path, seconds: int, precision: str, long_seconds: 
     ready = since_process_start()
     params = GenerationParams(PROMPT, seconds, 3.0, 1.0, seed=0)
 
-    def timed() -> tuple[float, list[float]]:
-        stamps, on_step = step_timer()
+    def timed() -> tuple[float, list[Stamp]]:
+        # The engine reports the share of decode steps done, scaled to DECODE_SHARE.
+        stamps, on_step = step_timer(steps_for(seconds) / DECODE_SHARE)
         started = time.perf_counter()
         audio = generator.generate(params, on_progress=on_step)
         wall = time.perf_counter() - started
@@ -140,10 +147,10 @@ def measure_engine(directory: Path, seconds: int, precision: str, long_seconds: 
     result = {
         "ms_per_step": ms_per_step(first_stamps[:-1]),
         "wall_s": first_wall,
-        "encodec_s": first_stamps[-1] - first_stamps[-2],
+        "encodec_s": first_stamps[-1][0] - first_stamps[-2][0],
         "warm_ms_per_step": ms_per_step(warm_stamps[:-1]),
         "warm_wall_s": warm_wall,
-        "warm_encodec_s": warm_stamps[-1] - warm_stamps[-2],
+        "warm_encodec_s": warm_stamps[-1][0] - warm_stamps[-2][0],
         "ready_s": ready,
         "precision": generator.precision,
         "kernels": native.variant.name if native else "not built (torch fallback)",

@@ -43,10 +43,12 @@ from handler import kernels
 from handler.allocator import keep_freed_memory
 from handler.audio_decoder import EncodecAudioDecoder
 from handler.cpu import cpu_has_bf16, cpu_quota_threads
-from handler.kernels import Int4Linear, Int8Linear, LayerWeights, NativeRun
+from handler.kernels import Int4Linear, Int8Linear, LayerWeights, NativeGeneration, NativeRun
 from handler.settings import QUANTIZED, Precision
 from handler.text_encoder import T5TextEncoder, shared_linear
 
+NATIVE_STEPS_PER_CALL = 10
+"""Decode steps per call into native code: progress is reported (and Python runs) between calls."""
 DECODE_CHUNK_FRAMES = 100
 """EnCodec frames decoded at a time after the LSTM (2 s of audio at 50 frames/s)."""
 DECODE_CONTEXT_FRAMES = 8
@@ -124,6 +126,20 @@ def _quantize_int8(module: nn.Module) -> nn.Module:
         module, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True
     )
     return quantized
+
+
+@dataclass(frozen=True)
+class _Sampling:
+    """How one generation picks its tokens."""
+
+    guidance: float | None  # classifier-free guidance scale; None: no unconditional rows
+    temperature: float  # <= 0: greedy
+    top_k: int
+    generator: torch.Generator
+
+
+StepCallback = Callable[[int, int], None] | None
+"""Called with (steps done, steps in all) as decoding goes."""
 
 
 class FastMusicgen:
@@ -379,7 +395,7 @@ class FastMusicgen:
         temperature: float,
         top_k: int,
         seed: int,
-        on_step: Callable[[int, int], None] | None = None,
+        on_step: StepCallback = None,
     ) -> torch.Tensor:
         """Run ``steps`` decode steps (== transformers' ``max_new_tokens``).
 
@@ -395,7 +411,6 @@ class FastMusicgen:
         bsz = int(input_ids.shape[0])
         cfg = guidance_scale > 1.0
         rows = 2 * bsz if cfg else bsz
-        greedy = temperature <= 0.0
         gen = torch.Generator(device="cpu")
         gen.manual_seed(int(seed))
 
@@ -404,37 +419,62 @@ class FastMusicgen:
         forced = self._delay_forced(total_len)
         seq = torch.full((bsz, kcb, total_len), self.pad_token_id, dtype=torch.long)
         seq[:, :, 0] = self.start_token_id
-        pad_col = torch.full((bsz, kcb), self.pad_token_id, dtype=torch.long)
-        top_k_eff = min(int(top_k), self.vocab_size) if top_k > 0 else self.vocab_size
-        inv_temp = 1.0 / temperature if not greedy else 1.0
-        gscale = float(guidance_scale)
-
-        for t in range(steps):
-            tok = seq[:, :, t]
-            if cfg:
-                tok = tok.repeat(2, 1)
-            logits = self._step(state, tok, t)
-            if cfg:
-                cond, uncond = logits[:bsz], logits[bsz:]
-                scores = uncond + (cond - uncond) * gscale
-            else:
-                scores = logits
-            if greedy:
-                nxt = scores.argmax(dim=-1)
-            else:
-                # Scaling by a positive temperature keeps the order, so only the top-k are scaled.
-                vals, idx = torch.topk(scores, top_k_eff, dim=-1)
-                vals = vals * inv_temp
-                probs = torch.softmax(vals, dim=-1).view(bsz * kcb, top_k_eff)
-                pick = torch.multinomial(probs, 1, generator=gen)
-                nxt = idx.view(bsz * kcb, top_k_eff).gather(1, pick).view(bsz, kcb)
-            seq[:, :, t + 1] = torch.where(forced[:, t + 1], pad_col, nxt)
-            if on_step is not None:
-                on_step(t + 1, steps)
-
+        top_k = min(int(top_k), self.vocab_size) if top_k > 0 else self.vocab_size
+        sampling = _Sampling(float(guidance_scale) if cfg else None, temperature, top_k, gen)
+        if state.native is not None:
+            self._decode_natively(state.native, seq, forced, sampling, on_step)
+        else:
+            self._decode_in_torch(state, seq, forced, sampling, on_step)
         n_frames = total_len - kcb
         codes = torch.stack([seq[:, k, k + 1 : k + 1 + n_frames] for k in range(kcb)], dim=1)
         return codes.unsqueeze(0)
+
+    def _decode_natively(
+        self, run: NativeRun, seq: torch.Tensor, forced: torch.Tensor, sampling: _Sampling, on_step: StepCallback
+    ) -> None:
+        """Steps, sampling and the delay pattern in native code, a batch of steps per call."""
+        bsz, kcb, total_len = seq.shape
+        steps = total_len - 1
+        uniforms = torch.rand((steps, bsz, kcb), generator=sampling.generator)
+        generation = NativeGeneration(
+            self.embed, self.positions, seq, forced, self.pad_token_id,
+            guidance=sampling.guidance or 1.0, temperature=sampling.temperature, top_k=sampling.top_k,
+            uniforms=uniforms,
+        )  # fmt: skip
+        for first in range(0, steps, NATIVE_STEPS_PER_CALL):
+            last = min(steps, first + NATIVE_STEPS_PER_CALL)
+            run.kernels.generate(run, generation, first, last)
+            if on_step is not None:
+                on_step(last, steps)
+
+    def _decode_in_torch(
+        self, state: _State, seq: torch.Tensor, forced: torch.Tensor, sampling: _Sampling, on_step: StepCallback
+    ) -> None:
+        bsz, kcb, total_len = seq.shape
+        steps = total_len - 1
+        pad_col = torch.full((bsz, kcb), self.pad_token_id, dtype=torch.long)
+        for t in range(steps):
+            tok = seq[:, :, t]
+            if sampling.guidance is not None:
+                tok = tok.repeat(2, 1)
+            logits = self._step(state, tok, t)
+            if sampling.guidance is not None:
+                cond, uncond = logits[:bsz], logits[bsz:]
+                scores = uncond + (cond - uncond) * sampling.guidance
+            else:
+                scores = logits
+            if sampling.temperature <= 0.0:
+                nxt = scores.argmax(dim=-1)
+            else:
+                # Scaling by a positive temperature keeps the order, so only the top-k are scaled.
+                vals, idx = torch.topk(scores, sampling.top_k, dim=-1)
+                vals = vals / sampling.temperature
+                probs = torch.softmax(vals, dim=-1).view(bsz * kcb, sampling.top_k)
+                pick = torch.multinomial(probs, 1, generator=sampling.generator)
+                nxt = idx.view(bsz * kcb, sampling.top_k).gather(1, pick).view(bsz, kcb)
+            seq[:, :, t + 1] = torch.where(forced[:, t + 1], pad_col, nxt)
+            if on_step is not None:
+                on_step(t + 1, steps)
 
     @torch.inference_mode()
     def decode_audio(self, codes: torch.Tensor) -> torch.Tensor:

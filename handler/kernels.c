@@ -79,6 +79,23 @@ typedef struct {
     int64_t in_stride, out_stride;
 } srm_decoder;
 
+/* What srm_generate needs beyond the decoder: the token tables, the sampling settings and the
+ * delay pattern, and the token sequence it extends. */
+typedef struct {
+    const float *embed;      /* (codebooks * (vocab + 1), hidden): one table per codebook, pad token last */
+    const float *positions;  /* (>= length, hidden) position embeddings */
+    int64_t prompts, codebooks, vocab, length;
+    float guidance;          /* used when the decoder has twice as many rows as prompts */
+    float inv_temperature;   /* 0: greedy */
+    int64_t top_k;           /* <= 0 or >= vocab: all tokens */
+    const float *uniforms;   /* (length - 1, prompts, codebooks) in [0, 1): one draw per token */
+    const uint8_t *forced;   /* (codebooks, length): 1 where the delay pattern puts the pad token */
+    int64_t pad_token;
+    int64_t *sequence;       /* (prompts, codebooks, length): column 0 holds the start tokens */
+    float *scratch;          /* 3 * vocab */
+    int64_t *picked;         /* (prompts, codebooks) */
+} srm_generation;
+
 /* ---------------------------------------------------------------- scalar helpers */
 
 static inline float bf16_to_float(uint16_t h) {
@@ -565,3 +582,108 @@ void srm_linear_forward(const srm_decoder *m, const srm_linear *lin, int64_t row
 #pragma omp parallel num_threads(m->threads)
     linear(m, lin, rows, out, out_stride, 0);
 }
+
+/* ---------------------------------------------------------------- sampling */
+
+/* The k-th largest of values[0:n], 1 <= k <= n (Hoare's selection; reorders `values`). */
+static float kth_largest(float *values, int64_t n, int64_t k) {
+    int64_t lo = 0, hi = n - 1;
+    const int64_t target = k - 1;
+    while (lo < hi) {
+        const float pivot = values[lo + (hi - lo) / 2];
+        int64_t i = lo, j = hi;
+        while (i <= j) {
+            while (values[i] > pivot) i++;
+            while (values[j] < pivot) j--;
+            if (i <= j) {
+                const float swap = values[i];
+                values[i++] = values[j];
+                values[j--] = swap;
+            }
+        }
+        if (target <= j)
+            hi = j;
+        else if (target >= i)
+            lo = i;
+        else
+            return values[target];
+    }
+    return values[target];
+}
+
+/* One token from `scores[0:vocab]`: the first best one when greedy, else a draw among the top_k
+ * with weights exp((score - best) / temperature), by inverse CDF in vocabulary order: the first
+ * token at which the running sum of weights passes uniform * total. Ties at the k-th score go
+ * to the lowest ids. scratch: 2 * vocab floats. */
+static int64_t sample_token(const float *scores, int64_t vocab, float inv_temperature, int64_t top_k, float uniform,
+                            float *scratch) {
+    int64_t best = 0;
+    for (int64_t v = 1; v < vocab; v++) best = scores[v] > scores[best] ? v : best;
+    if (inv_temperature == 0.0f) return best;
+    float *selection = scratch, *weights = scratch + vocab;
+    if (top_k <= 0 || top_k > vocab) top_k = vocab;
+    memcpy(selection, scores, (size_t)vocab * sizeof *scores);
+    const float threshold = kth_largest(selection, vocab, top_k);
+    int64_t ties = top_k;
+    for (int64_t v = 0; v < vocab; v++) ties -= scores[v] > threshold;
+    float total = 0.0f;
+    for (int64_t v = 0; v < vocab; v++) {
+        const int chosen = scores[v] > threshold || (scores[v] == threshold && ties-- > 0);
+        weights[v] = chosen ? fast_exp((scores[v] - scores[best]) * inv_temperature) : 0.0f;
+        total += weights[v];
+    }
+    const float target = uniform * total;
+    float running = 0.0f;
+    int64_t pick = best;
+    for (int64_t v = 0; v < vocab; v++) {
+        if (weights[v] <= 0.0f) continue;
+        running += weights[v];
+        pick = v;
+        if (running > target) break;
+    }
+    return pick;
+}
+
+/* Next tokens from the step's logits: guidance (unconditional rows after the prompts' rows)
+ * combined as uncond + (cond - uncond) * guidance, then one token per prompt and codebook. */
+static void sample_step(const srm_decoder *m, const srm_generation *g, const float *uniforms) {
+    float *scores = g->scratch, *work = g->scratch + g->vocab;
+    const int guided = m->rows == 2 * g->prompts;
+    for (int64_t b = 0; b < g->prompts; b++)
+        for (int64_t c = 0; c < g->codebooks; c++) {
+            const float *cond = m->logits + b * m->head.n + c * g->vocab;
+            const float *uncond = cond + g->prompts * m->head.n;
+            for (int64_t v = 0; v < g->vocab; v++)
+                scores[v] = guided ? uncond[v] + (cond[v] - uncond[v]) * g->guidance : cond[v];
+            const float uniform = uniforms[b * g->codebooks + c];
+            g->picked[b * g->codebooks + c] = sample_token(scores, g->vocab, g->inv_temperature, g->top_k, uniform, work);
+        }
+}
+
+/* Decode steps first..last-1 of a generation without returning to Python: each step embeds the
+ * tokens at position t, runs the decoder, samples, and writes position t + 1 of the sequence
+ * (the pad token where the delay pattern forces it). x: (rows, hidden) scratch. */
+void srm_generate(const srm_decoder *m, const srm_generation *g, float *x, int64_t first, int64_t last) {
+    const int64_t d = m->hidden, len = g->length;
+    for (int64_t t = first; t < last; t++) {
+        for (int64_t r = 0; r < m->rows; r++) {
+            const int64_t b = r % g->prompts;
+            float *row = x + r * d;
+            for (int64_t i = 0; i < d; i++) row[i] = 0.0f;
+            for (int64_t c = 0; c < g->codebooks; c++) {
+                const float *e = g->embed + (c * (g->vocab + 1) + g->sequence[(b * g->codebooks + c) * len + t]) * d;
+                for (int64_t i = 0; i < d; i++) row[i] += e[i];
+            }
+            for (int64_t i = 0; i < d; i++) row[i] += g->positions[t * d + i];
+        }
+        srm_decoder_step(m, x, t);
+        sample_step(m, g, g->uniforms + t * g->prompts * g->codebooks);
+        for (int64_t b = 0; b < g->prompts; b++)
+            for (int64_t c = 0; c < g->codebooks; c++)
+                g->sequence[(b * g->codebooks + c) * len + t + 1] =
+                    g->forced[c * len + t + 1] ? g->pad_token : g->picked[b * g->codebooks + c];
+    }
+}
+
+/* Exposed for tests: one step's sampling from the logits already in m->logits. */
+void srm_sample(const srm_decoder *m, const srm_generation *g, const float *uniforms) { sample_step(m, g, uniforms); }

@@ -349,6 +349,23 @@ class _Decoder(ctypes.Structure):
     ]
 
 
+class _Generation(ctypes.Structure):
+    _fields_ = [
+        ("embed", _ptr),
+        ("positions", _ptr),
+        *((name, ctypes.c_int64) for name in ("prompts", "codebooks", "vocab", "length")),
+        ("guidance", ctypes.c_float),
+        ("inv_temperature", ctypes.c_float),
+        ("top_k", ctypes.c_int64),
+        ("uniforms", _ptr),
+        ("forced", _ptr),
+        ("pad_token", ctypes.c_int64),
+        ("sequence", _ptr),
+        ("scratch", _ptr),
+        ("picked", _ptr),
+    ]
+
+
 def _address(tensor: torch.Tensor | None) -> int | None:
     return None if tensor is None else tensor.data_ptr()
 
@@ -375,6 +392,18 @@ class NativeKernels:
         self._step = library.srm_decoder_step
         self._step.restype = None
         self._step.argtypes = [ctypes.POINTER(_Decoder), _ptr, ctypes.c_int64]
+        self._generate = library.srm_generate
+        self._generate.restype = None
+        self._generate.argtypes = [
+            ctypes.POINTER(_Decoder),
+            ctypes.POINTER(_Generation),
+            _ptr,
+            ctypes.c_int64,
+            ctypes.c_int64,
+        ]
+        self._sample = library.srm_sample
+        self._sample.restype = None
+        self._sample.argtypes = [ctypes.POINTER(_Decoder), ctypes.POINTER(_Generation), _ptr]
         self._linear = library.srm_linear_forward
         self._linear.restype = None
         self._linear.argtypes = [
@@ -403,6 +432,35 @@ class NativeKernels:
             )
             self._linear(ctypes.byref(holder), ctypes.byref(_linear_struct(lin)), rows, out[start].data_ptr(), n)
         return out[:, : lin.out_features]
+
+    def generate(self, run: "NativeRun", generation: "NativeGeneration", first: int, last: int) -> None:
+        """Decode steps `first` to `last` - 1 of `generation` on `run`, extending its sequence."""
+        self._generate(ctypes.byref(run.struct), ctypes.byref(generation.struct), run.x.data_ptr(), first, last)
+
+    def sample(
+        self, logits: torch.Tensor, guidance: float | None, temperature: float, top_k: int, uniforms: torch.Tensor
+    ) -> torch.Tensor:
+        """The tokens (prompts, codebooks) `generate` picks from one step's logits (rows, codebooks,
+        vocab), with guidance (None: no unconditional rows) and one uniform per token."""
+        rows, codebooks, vocab = (int(size) for size in logits.shape)
+        prompts = rows // 2 if guidance is not None else rows
+        flat = logits.float().reshape(rows, codebooks * vocab).contiguous()
+        picked = torch.empty((prompts, codebooks), dtype=torch.long)
+        scratch = torch.empty(3 * vocab)
+        holder = _Decoder(rows=rows, logits=flat.data_ptr(), head=_Linear(n=codebooks * vocab))
+        sampling = _Generation(
+            prompts=prompts,
+            codebooks=codebooks,
+            vocab=vocab,
+            guidance=guidance or 1.0,
+            inv_temperature=_inverse_temperature(temperature),
+            top_k=top_k,
+            scratch=scratch.data_ptr(),
+            picked=picked.data_ptr(),
+        )
+        draws = uniforms.float().contiguous()
+        self._sample(ctypes.byref(holder), ctypes.byref(sampling), draws.data_ptr())
+        return picked
 
     def step(self, run: "NativeRun", x: torch.Tensor, pos: int) -> torch.Tensor:
         """One decoder step of `run` on embeddings `x` (rows, hidden) -> logits (rows, head outputs)."""
@@ -547,3 +605,58 @@ def runnable(variant: Variant) -> bool:
 if __name__ == "__main__":
     for path in build(directory=Path(sys.argv[1]) if len(sys.argv) > 1 else SOURCE.parent):
         print(path)
+
+
+class NativeGeneration:
+    """The token side of a native generation: tables, sampling settings, delay pattern and the
+    sequence (prompts, codebooks, length) that `NativeKernels.generate` extends in place."""
+
+    def __init__(
+        self,
+        embed: torch.Tensor,
+        positions: torch.Tensor,
+        sequence: torch.Tensor,
+        forced: torch.Tensor,
+        pad_token: int,
+        *,
+        guidance: float,
+        temperature: float,
+        top_k: int,
+        uniforms: torch.Tensor,
+    ) -> None:
+        prompts, codebooks, length = (int(size) for size in sequence.shape)
+        vocab = int(embed.shape[0]) // codebooks - 1
+        if sequence.dtype != torch.long or not sequence.is_contiguous():
+            raise ValueError("the sequence must be a contiguous int64 tensor")
+        if tuple(forced.shape) != (codebooks, length) or tuple(uniforms.shape) != (length - 1, prompts, codebooks):
+            raise ValueError("the delay pattern and the uniforms must cover the whole sequence")
+        if int(positions.shape[0]) < length:
+            raise ValueError(f"position embeddings for {length} positions needed, {positions.shape[0]} given")
+        tensors = {
+            "embed": embed.float().contiguous(),
+            "positions": positions.float().contiguous(),
+            "uniforms": uniforms.float().contiguous(),
+            "forced": forced.to(torch.uint8).contiguous(),
+            "scratch": torch.empty(3 * vocab),
+            "picked": torch.empty((prompts, codebooks), dtype=torch.long),
+        }
+        self.sequence = sequence
+        # The C side holds raw pointers: keep every tensor it points to alive as long as this.
+        self._keep = tensors
+        self.struct = _Generation(
+            **{name: tensor.data_ptr() for name, tensor in tensors.items()},
+            prompts=prompts,
+            codebooks=codebooks,
+            vocab=vocab,
+            length=length,
+            guidance=guidance,
+            inv_temperature=_inverse_temperature(temperature),
+            top_k=top_k,
+            pad_token=pad_token,
+            sequence=sequence.data_ptr(),
+        )
+
+
+def _inverse_temperature(temperature: float) -> float:
+    """What the native sampler takes: 0 for greedy decoding (a temperature of 0 or less)."""
+    return 0.0 if temperature <= 0 else 1.0 / temperature

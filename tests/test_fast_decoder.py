@@ -164,3 +164,27 @@ def test_step_bytes_count_the_streamed_weights_and_the_cache_written_so_far(tiny
     weights = sum(blocks.values())
     assert engine.step_bytes(0, rows=2) == weights + per_position
     assert engine.step_bytes(capacity - 1, rows=2) == weights + capacity * per_position
+
+
+@pytest.mark.parametrize("guidance", [3.0, 1.0])
+@pytest.mark.parametrize("prompts", [PROMPTS[:1], PROMPTS])
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+def test_the_native_loop_picks_each_greedy_token_as_the_argmax_of_its_step(
+    tiny_model_dir: Path, guidance: float, prompts: list[str], precision: Any
+) -> None:
+    model, processor = load(tiny_model_dir)
+    engine = FastMusicgen(model, precision=precision)
+    inputs = processor(text=prompts, padding=True, return_tensors="pt")
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    codes = engine.generate_codes(ids, mask, steps=40, guidance_scale=guidance, temperature=0.0, top_k=250, seed=0)
+    frames = codes.shape[-1]
+    sequence = torch.full((len(prompts), 4, frames + 4), engine.pad_token_id, dtype=torch.long)
+    sequence[:, :, 0] = engine.start_token_id
+    for k in range(4):
+        sequence[:, k, k + 1 : k + 1 + frames] = codes[0, :, k]
+    # The torch loop's steps (each a native step) along the sequence the native loop made.
+    logits = engine.teacher_forced_logits(ids, mask, sequence, guidance_scale=guidance)
+    free = ~engine._delay_forced(sequence.shape[-1])[:, 1:]
+    picked = sequence[:, :, 1:]
+    argmax = logits.argmax(-1).permute(1, 2, 0)
+    assert torch.equal(picked[:, free], argmax[:, free])

@@ -214,3 +214,44 @@ def test_heads_the_cache_layout_cannot_hold_are_refused(builds: dict[str, Native
             rows=2, cond_rows=1, capacity=4,
             cross_k=[torch.zeros(1, 1, 2, head_dim)], cross_v=[torch.zeros(1, 1, 2, head_dim)], cross_mask=None,
         )  # fmt: skip
+
+
+def reference_draws(
+    logits: torch.Tensor, guidance: float, temperature: float, top_k: int, uniforms: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse-CDF draws in float64, in vocabulary order, and how far each draw is from a CDF step."""
+    scores = logits.double()
+    prompts = scores.shape[0] // 2
+    scores = scores[prompts:] + (scores[:prompts] - scores[prompts:]) * guidance
+    kept = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, scores.topk(top_k, -1).indices, True)
+    weights = torch.where(kept, ((scores - scores.amax(-1, keepdim=True)) / temperature).exp(), 0.0)
+    cdf = weights.cumsum(-1) / weights.sum(-1, keepdim=True)
+    target = uniforms.double().unsqueeze(-1)
+    picks = (cdf <= target).sum(-1)
+    return picks, (cdf - target).abs().amin(-1)
+
+
+@pytest.mark.parametrize(("temperature", "top_k"), [(1.0, 250), (0.7, 10), (2.0, 1000)])
+def test_native_sampling_draws_by_inverse_cdf_in_vocabulary_order(
+    builds: dict[str, NativeKernels], temperature: float, top_k: int
+) -> None:
+    generator = torch.Generator().manual_seed(top_k)
+    logits = torch.randn((2, 4, 1000), generator=generator) * 3  # one prompt with guidance, 4 codebooks
+    for _ in range(50):
+        uniforms = torch.rand((1, 4), generator=generator)
+        expected, margin = reference_draws(logits, 3.0, temperature, top_k, uniforms)
+        clear = margin > 1e-4  # float32 sums may land either side of a CDF step closer than this
+        for native in builds.values():
+            picked = native.sample(logits, 3.0, temperature, top_k, uniforms)
+            assert torch.equal(picked[clear], expected[clear])
+
+
+def test_native_sampling_at_temperature_zero_or_top_1_is_the_argmax(builds: dict[str, NativeKernels]) -> None:
+    logits = torch.randn((2, 4, 300), generator=torch.Generator().manual_seed(3))
+    best = (logits[1:] + (logits[:1] - logits[1:]) * 2.5).argmax(-1)
+    unguided = logits[:1].argmax(-1)
+    for native in builds.values():
+        uniforms = torch.rand((1, 4))
+        assert torch.equal(native.sample(logits, 2.5, 0.0, 250, uniforms), best)
+        assert torch.equal(native.sample(logits, 2.5, 1.0, 1, uniforms), best)
+        assert torch.equal(native.sample(logits[:1], None, 0.0, 250, uniforms), unguided)
