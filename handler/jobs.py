@@ -3,6 +3,7 @@
 import contextlib
 import json
 import logging
+import math
 import queue
 import threading
 import time
@@ -29,14 +30,15 @@ class JobDispatchError(RuntimeError):
 
 
 class ProgressWriter:
-    """Writes a running job's progress and ETA to its record, at most once per interval."""
+    """Writes a running job's progress and ETA to its record: the first report at once (a short
+    clip may finish within one interval), then at most once per interval."""
 
     def __init__(self, store: JobStore, record: JobRecord, interval_s: float = PROGRESS_WRITE_INTERVAL_S) -> None:
         self.store = store
         self.record = record
         self.interval_s = interval_s
         self._started = time.monotonic()
-        self._last_write = self._started
+        self._last_write = -math.inf
 
     def __call__(self, fraction: float) -> None:
         now = time.monotonic()

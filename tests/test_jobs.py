@@ -190,6 +190,20 @@ def test_progress_writes_move_the_deadline_forward(local_storage: LocalStorage) 
     assert saved.deadline >= now + timedelta(seconds=HEARTBEAT_GRACE_S)
 
 
+def test_the_first_progress_is_written_at_once_then_once_per_interval(local_storage: LocalStorage) -> None:
+    from handler.jobs import ProgressWriter
+
+    store = JobStore(local_storage)
+    now = datetime.now(UTC)
+    record = store.create("gen_20250528_134211_a1b2c3d4", GenerationParams("x", 1, 3.0, 1.0, 1), now, 60, 5)
+    writer = ProgressWriter(store, record, interval_s=3600.0)
+    writer(0.1)
+    writer(0.2)  # within the interval: not written
+    saved = store.get(record.job_id)
+    assert saved is not None
+    assert saved.progress == 0.1
+
+
 def test_local_queue_runs_jobs_in_order_one_at_a_time() -> None:
     queue = LocalJobQueue()
     order: list[str] = []
