@@ -438,7 +438,8 @@ class FastMusicgen:
         uniforms = torch.rand((steps, bsz, kcb), generator=sampling.generator)
         generation = NativeGeneration(
             self.embed, self.positions, seq, forced, self.pad_token_id,
-            guidance=sampling.guidance or 1.0, temperature=sampling.temperature, top_k=sampling.top_k,
+            guidance=1.0 if sampling.guidance is None else sampling.guidance,
+            temperature=sampling.temperature, top_k=sampling.top_k,
             uniforms=uniforms,
         )  # fmt: skip
         for first in range(0, steps, NATIVE_STEPS_PER_CALL):

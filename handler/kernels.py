@@ -452,7 +452,7 @@ class NativeKernels:
             prompts=prompts,
             codebooks=codebooks,
             vocab=vocab,
-            guidance=guidance or 1.0,
+            guidance=1.0 if guidance is None else guidance,
             inv_temperature=_inverse_temperature(temperature),
             top_k=top_k,
             scratch=scratch.data_ptr(),
@@ -574,39 +574,6 @@ class NativeRun:
         return self.kernels.step(self, x, pos)
 
 
-def load(variant: Variant, directory: Path = SOURCE.parent) -> NativeKernels | None:
-    """`variant`'s library in `directory`, or None when it has not been built or cannot be loaded."""
-    path = variant.path(directory)
-    if not path.is_file():
-        return None
-    try:
-        # torch is imported first, so the library's OpenMP runtime is torch's own (one thread pool).
-        return NativeKernels(ctypes.CDLL(str(path)), variant)
-    except OSError:
-        logger.warning("native kernels could not be loaded", extra={"library": str(path)}, exc_info=True)
-        return None
-
-
-@cache
-def best() -> NativeKernels | None:
-    """The best library built for this CPU, loaded once per process; None if none is built."""
-    for variant in variants():
-        if runnable(variant) and (kernels := load(variant)) is not None:
-            return kernels
-    logger.warning("native kernels not built (python -m handler.kernels); the int8 decoder runs in torch, slowly")
-    return None
-
-
-def runnable(variant: Variant) -> bool:
-    """Whether this CPU has the instructions `variant` was compiled for."""
-    return variant.cpu_flags <= cpu_flags()
-
-
-if __name__ == "__main__":
-    for path in build(directory=Path(sys.argv[1]) if len(sys.argv) > 1 else SOURCE.parent):
-        print(path)
-
-
 class NativeGeneration:
     """The token side of a native generation: tables, sampling settings, delay pattern and the
     sequence (prompts, codebooks, length) that `NativeKernels.generate` extends in place."""
@@ -660,3 +627,36 @@ class NativeGeneration:
 def _inverse_temperature(temperature: float) -> float:
     """What the native sampler takes: 0 for greedy decoding (a temperature of 0 or less)."""
     return 0.0 if temperature <= 0 else 1.0 / temperature
+
+
+def load(variant: Variant, directory: Path = SOURCE.parent) -> NativeKernels | None:
+    """`variant`'s library in `directory`, or None when it has not been built or cannot be loaded."""
+    path = variant.path(directory)
+    if not path.is_file():
+        return None
+    try:
+        # torch is imported first, so the library's OpenMP runtime is torch's own (one thread pool).
+        return NativeKernels(ctypes.CDLL(str(path)), variant)
+    except OSError:
+        logger.warning("native kernels could not be loaded", extra={"library": str(path)}, exc_info=True)
+        return None
+
+
+@cache
+def best() -> NativeKernels | None:
+    """The best library built for this CPU, loaded once per process; None if none is built."""
+    for variant in variants():
+        if runnable(variant) and (kernels := load(variant)) is not None:
+            return kernels
+    logger.warning("native kernels not built (python -m handler.kernels); the int8 decoder runs in torch, slowly")
+    return None
+
+
+def runnable(variant: Variant) -> bool:
+    """Whether this CPU has the instructions `variant` was compiled for."""
+    return variant.cpu_flags <= cpu_flags()
+
+
+if __name__ == "__main__":
+    for path in build(directory=Path(sys.argv[1]) if len(sys.argv) > 1 else SOURCE.parent):
+        print(path)
