@@ -29,24 +29,27 @@
 #define SRM_AVX2 1
 #endif
 
-#define SRM_BLOCK_K 64 /* packed weights: (n / 4, k / 64, 4, 64) int8 */
+#define SRM_BLOCK_K 64 /* 8-bit weights: (n / 4, k / 64, 4, 64) int8 */
 #define SRM_BLOCK_N 4
+#define SRM_BLOCK_N4 16 /* 4-bit weights: blocks of 16 output channels, one per 32-bit lane */
 #define SRM_MAX_ROWS 8
 #define SRM_KEY_TILE 32 /* key cache: (capacity / 32, head_dim / 4, 32, 4) per (row, head) */
 #define SRM_MAX_HEAD_DIM 256
 
 typedef struct {
-    /* 8 bits: (n / 4, k / 64, 4, 64) int8. 4 bits: (n / 4, k / 64, 2, 64) bytes, each holding the
-     * same input of two output channels (channel 2i in the low nibble, 2i + 1 in the high one),
-     * stored as weight + 8. Zero padded to n and k. */
+    /* 8 bits: (n / 4, k / 64, 4, 64) int8. 4 bits: (n / 16, k / 64, 8, 16, 4) bytes, weight + 8 in
+     * each nibble: in block b, group g, byte (m, j, i) holds input 64 g + 8 m + i of channel
+     * 16 b + j in its low nibble and input 64 g + 8 m + 4 + i in its high one, so the low (high)
+     * nibbles of 64 bytes are four consecutive inputs of each of the 16 channels, one channel a
+     * 32-bit lane. Zero padded to n and k. */
     const int8_t *weight;
     const float *scale;     /* 8 bits: (n) per output channel */
     const int32_t *row_sum; /* 8 bits: (n) sum of each output channel's weights */
-    const uint16_t *group_scale; /* 4 bits: (n / 4, k / 64, 4) bfloat16, one per 64 inputs of a channel */
-    const float *group_shift;    /* 4 bits: (n) 128 * sum over groups of scale * sum of the group's weights */
+    const uint16_t *group_scale; /* 4 bits: (n / 16, k / 64, 16) bfloat16, one per 64 inputs of a channel */
     const float *bias;      /* (n) or NULL */
-    int64_t n, k;           /* padded sizes: n % 4 == 0, k % 64 == 0 */
+    int64_t n, k;           /* padded sizes: n % 4 == 0 (n % 16 == 0 for 4 bits), k % 64 == 0 */
     int64_t in_features;    /* k before padding */
+    int64_t out_features;   /* n before padding: outputs past it are not written */
     int64_t bits;           /* 8 or 4 */
 } srm_linear;
 
@@ -72,6 +75,7 @@ typedef struct {
     float *normed;   /* (rows, in_stride) */
     int8_t *quant;   /* (rows, in_stride) */
     float *row_scale; /* (rows) */
+    int32_t *quant_sum; /* (rows, in_stride / 64): the sum of each group of 64 quantised inputs */
     float *wide;     /* (rows, out_stride) */
     float *attn;     /* (rows, in_stride) */
     float *scores;   /* (rows * heads, max(capacity, cross_len)) */
@@ -135,7 +139,7 @@ static inline float gelu(float x) {
 
 /* ---------------------------------------------------------------- row operations */
 
-/* Quantise `src[0:k]` to int8 with one symmetric scale; the padding of `dst` stays zero. */
+/* Quantise `src[0:k]` to int8 with one symmetric scale. */
 static void quantize_row(const float *src, int64_t k, int8_t *dst, float *scale) {
     float top = 0.0f;
 #pragma omp simd reduction(max : top)
@@ -163,20 +167,36 @@ static void layer_norm_row(const float *x, int64_t d, const float *w, const floa
     for (int64_t i = 0; i < d; i++) out[i] = (x[i] - mean) * rstd * w[i] + b[i];
 }
 
+/* Quantises input row r of a matrix product into m->quant, zero padded to a whole group, with the
+ * sums of its groups of 64 (the 4-bit products multiply weight + 8 and take 8 * group sum off, so
+ * the padding must be zero: a product with fewer inputs may follow one with more). */
+static void quantize_input(const srm_decoder *m, const float *src, int64_t k, int64_t r) {
+    int8_t *dst = m->quant + r * m->in_stride;
+    quantize_row(src, k, dst, m->row_scale + r);
+    const int64_t groups = (k + SRM_BLOCK_K - 1) / SRM_BLOCK_K;
+    memset(dst + k, 0, (size_t)(groups * SRM_BLOCK_K - k));
+    int32_t *sums = m->quant_sum + r * (m->in_stride / SRM_BLOCK_K);
+    for (int64_t g = 0; g < groups; g++) {
+        int32_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t i = 0; i < SRM_BLOCK_K; i++) sum += dst[g * SRM_BLOCK_K + i];
+        sums[g] = sum;
+    }
+}
+
 /* Each thread takes whole rows; the loop's end is a barrier. */
 static void norm_and_quantize(const srm_decoder *m, const float *x, const float *w, const float *b) {
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < m->rows; r++) {
         float *normed = m->normed + r * m->in_stride;
         layer_norm_row(x + r * m->hidden, m->hidden, w, b, m->eps, normed);
-        quantize_row(normed, m->hidden, m->quant + r * m->in_stride, m->row_scale + r);
+        quantize_input(m, normed, m->hidden, r);
     }
 }
 
 static void quantize_rows(const srm_decoder *m, const float *src, int64_t k) {
 #pragma omp for schedule(static)
-    for (int64_t r = 0; r < m->rows; r++)
-        quantize_row(src + r * m->in_stride, k, m->quant + r * m->in_stride, m->row_scale + r);
+    for (int64_t r = 0; r < m->rows; r++) quantize_input(m, src + r * m->in_stride, k, r);
 }
 
 /* ---------------------------------------------------------------- int8 matrix product */
@@ -248,84 +268,92 @@ static inline __attribute__((always_inline)) void dot_block(const int8_t *w, con
 #endif
 }
 
-/* acc[i][r] = sum over groups g of scale[i, g] * (weight[i, g] . quant[r, g]) for one block of 4
- * output channels of 4-bit weights (groups of 64 inputs). The VNNI build sums the shifted input
- * (see dot_block) and leaves 128 * group_shift in acc. */
-static inline __attribute__((always_inline)) void dot_block4(const uint8_t *w, const uint16_t *group_scale, const int8_t *quant, int64_t stride,
-                              int64_t rows, int64_t k, float acc[SRM_BLOCK_N][SRM_MAX_ROWS]) {
+/* out[r][j] = sum over groups g of scale[j, g] * (weight[j, g] . quant[r, g]) for one block of 16
+ * output channels of 4-bit weights (see srm_linear), j a vector lane. The weights are multiplied
+ * as stored (weight + 8, unsigned), and 8 * the group's input sum is taken off. */
+static inline __attribute__((always_inline)) void dot_block4(const uint8_t *w, const uint16_t *group_scale, const int8_t *quant,
+                              const int32_t *quant_sum, int64_t stride, int64_t sum_stride, int64_t rows, int64_t k,
+                              float out[SRM_MAX_ROWS][SRM_BLOCK_N4]) {
+    const int64_t groups = k / SRM_BLOCK_K;
 #if defined(SRM_VNNI)
-    __m512 sum[SRM_BLOCK_N][SRM_MAX_ROWS];
-    const __m512i flip = _mm512_set1_epi8((char)0x80), low = _mm512_set1_epi8(0x0F), eight = _mm512_set1_epi8(8);
-    for (int i = 0; i < SRM_BLOCK_N; i++)
-        for (int64_t r = 0; r < rows; r++) sum[i][r] = _mm512_setzero_ps();
-    for (int64_t kb = 0; kb < k; kb += SRM_BLOCK_K) {
-        const __m512i a = _mm512_loadu_si512(w + kb * 2), b = _mm512_loadu_si512(w + kb * 2 + 64);
-        const __m512i wv[SRM_BLOCK_N] = {
-            _mm512_sub_epi8(_mm512_and_si512(a, low), eight),
-            _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(a, 4), low), eight),
-            _mm512_sub_epi8(_mm512_and_si512(b, low), eight),
-            _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(b, 4), low), eight),
-        };
-        const uint16_t *scales = group_scale + kb / SRM_BLOCK_K * SRM_BLOCK_N;
-        __m512 s[SRM_BLOCK_N];
-        for (int i = 0; i < SRM_BLOCK_N; i++) s[i] = _mm512_set1_ps(bf16_to_float(scales[i]));
+    __m512 sum[SRM_MAX_ROWS];
+    const __m512i low = _mm512_set1_epi8(0x0F);
+    for (int64_t r = 0; r < rows; r++) sum[r] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < groups; g++) {
+        const uint8_t *wg = w + g * SRM_BLOCK_K * SRM_BLOCK_N4 / 2;
+        __m512i wv[16];
+        for (int c = 0; c < 8; c++) {
+            const __m512i packed = _mm512_loadu_si512(wg + c * 64);
+            wv[2 * c] = _mm512_and_si512(packed, low);
+            wv[2 * c + 1] = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low);
+        }
+        const __m256i scale_bits = _mm256_loadu_si256((const __m256i *)(group_scale + g * SRM_BLOCK_N4));
+        const __m512 scale = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(scale_bits), 16));
         for (int64_t r = 0; r < rows; r++) {
-            const __m512i x = _mm512_xor_si512(_mm512_loadu_si512(quant + r * stride + kb), flip);
-            for (int i = 0; i < SRM_BLOCK_N; i++) {
-                const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), x, wv[i]);
-                sum[i][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s[i], sum[i][r]);
+            const int32_t *x = (const int32_t *)(quant + r * stride + g * SRM_BLOCK_K);
+            /* four accumulators: one chain of 16 dependent vpdpbusd would wait on its latency */
+            __m512i a0 = _mm512_set1_epi32(-8 * quant_sum[r * sum_stride + g]), a1 = _mm512_setzero_si512();
+            __m512i a2 = _mm512_setzero_si512(), a3 = _mm512_setzero_si512();
+            for (int c = 0; c < 16; c += 4) {
+                a0 = _mm512_dpbusd_epi32(a0, wv[c], _mm512_set1_epi32(x[c]));
+                a1 = _mm512_dpbusd_epi32(a1, wv[c + 1], _mm512_set1_epi32(x[c + 1]));
+                a2 = _mm512_dpbusd_epi32(a2, wv[c + 2], _mm512_set1_epi32(x[c + 2]));
+                a3 = _mm512_dpbusd_epi32(a3, wv[c + 3], _mm512_set1_epi32(x[c + 3]));
             }
+            const __m512i dot = _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3));
+            sum[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, sum[r]);
         }
     }
-    for (int i = 0; i < SRM_BLOCK_N; i++)
-        for (int64_t r = 0; r < rows; r++) acc[i][r] = _mm512_reduce_add_ps(sum[i][r]);
+    for (int64_t r = 0; r < rows; r++) _mm512_storeu_ps(out[r], sum[r]);
 #elif defined(SRM_AVX2)
-    __m256 sum[SRM_BLOCK_N][SRM_MAX_ROWS];
-    const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(0x0F), eight = _mm256_set1_epi8(8);
-    for (int i = 0; i < SRM_BLOCK_N; i++)
-        for (int64_t r = 0; r < rows; r++) sum[i][r] = _mm256_setzero_ps();
-    for (int64_t kb = 0; kb < k; kb += SRM_BLOCK_K) {
-        const uint16_t *scales = group_scale + kb / SRM_BLOCK_K * SRM_BLOCK_N;
-        for (int i = 0; i < SRM_BLOCK_N; i++) {
-            const __m256 s = _mm256_set1_ps(bf16_to_float(scales[i]));
-            const uint8_t *pair = w + kb * 2 + (i / 2) * 64;
-            __m256i dots[SRM_MAX_ROWS];
-            for (int64_t r = 0; r < rows; r++) dots[r] = _mm256_setzero_si256();
-            for (int half = 0; half < 2; half++) {
-                __m256i packed = _mm256_loadu_si256((const __m256i *)(pair + half * 32));
-                if (i % 2) packed = _mm256_srli_epi16(packed, 4);
-                const __m256i wv = _mm256_sub_epi8(_mm256_and_si256(packed, low), eight);
-                const __m256i w_abs = _mm256_sign_epi8(wv, wv);
+    /* Eight channels a register: half h of each 64-byte run. vpmaddubsw's int16 pair sums of
+     * weights <= 15 and inputs within +-127 stay below 2^15 when eight of them are added. */
+    const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    for (int half = 0; half < 2; half++) {
+        __m256 sum[SRM_MAX_ROWS];
+        for (int64_t r = 0; r < rows; r++) sum[r] = _mm256_setzero_ps();
+        for (int64_t g = 0; g < groups; g++) {
+            const uint8_t *wg = w + g * SRM_BLOCK_K * SRM_BLOCK_N4 / 2 + half * 32;
+            __m256i pairs[SRM_MAX_ROWS][2];
+            for (int64_t r = 0; r < rows; r++) pairs[r][0] = pairs[r][1] = _mm256_setzero_si256();
+            for (int c = 0; c < 8; c++) {
+                const __m256i packed = _mm256_loadu_si256((const __m256i *)(wg + c * 64));
+                const __m256i lo = _mm256_and_si256(packed, low);
+                const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low);
                 for (int64_t r = 0; r < rows; r++) {
-                    const __m256i x = _mm256_loadu_si256((const __m256i *)(quant + r * stride + kb + half * 32));
-                    const __m256i pairs = _mm256_maddubs_epi16(w_abs, _mm256_sign_epi8(x, wv));
-                    dots[r] = _mm256_add_epi32(dots[r], _mm256_madd_epi16(pairs, ones));
+                    const int32_t *x = (const int32_t *)(quant + r * stride + g * SRM_BLOCK_K);
+                    pairs[r][c / 4] = _mm256_add_epi16(pairs[r][c / 4], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(x[2 * c])));
+                    pairs[r][c / 4] = _mm256_add_epi16(pairs[r][c / 4], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(x[2 * c + 1])));
                 }
             }
-            for (int64_t r = 0; r < rows; r++) sum[i][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots[r]), s, sum[i][r]);
-        }
-    }
-    for (int i = 0; i < SRM_BLOCK_N; i++)
-        for (int64_t r = 0; r < rows; r++) {
-            const __m128 s = _mm_add_ps(_mm256_castps256_ps128(sum[i][r]), _mm256_extractf128_ps(sum[i][r], 1));
-            const __m128 s2 = _mm_add_ps(s, _mm_movehl_ps(s, s));
-            acc[i][r] = _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
-        }
-#else
-    for (int i = 0; i < SRM_BLOCK_N; i++)
-        for (int64_t r = 0; r < rows; r++) acc[i][r] = 0.0f;
-    for (int64_t kb = 0; kb < k; kb += SRM_BLOCK_K)
-        for (int i = 0; i < SRM_BLOCK_N; i++) {
-            const uint8_t *pair = w + kb * 2 + (i / 2) * 64;
-            const int shift = (i % 2) * 4;
-            const float s = bf16_to_float(group_scale[kb / SRM_BLOCK_K * SRM_BLOCK_N + i]);
+            const __m128i scale_bits = _mm_loadu_si128((const __m128i *)(group_scale + g * SRM_BLOCK_N4 + half * 8));
+            const __m256 scale = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(scale_bits), 16));
             for (int64_t r = 0; r < rows; r++) {
-                const int8_t *x = quant + r * stride + kb;
-                int32_t dot = 0;
-                for (int j = 0; j < 64; j++) dot += (((int32_t)pair[j] >> shift & 0x0F) - 8) * (int32_t)x[j];
-                acc[i][r] += s * (float)dot;
+                __m256i dot = _mm256_add_epi32(_mm256_madd_epi16(pairs[r][0], ones), _mm256_madd_epi16(pairs[r][1], ones));
+                dot = _mm256_sub_epi32(dot, _mm256_set1_epi32(8 * quant_sum[r * sum_stride + g]));
+                sum[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, sum[r]);
             }
         }
+        for (int64_t r = 0; r < rows; r++) _mm256_storeu_ps(out[r] + half * 8, sum[r]);
+    }
+#else
+    for (int64_t r = 0; r < rows; r++)
+        for (int j = 0; j < SRM_BLOCK_N4; j++) out[r][j] = 0.0f;
+    for (int64_t g = 0; g < groups; g++) {
+        const uint8_t *wg = w + g * SRM_BLOCK_K * SRM_BLOCK_N4 / 2;
+        for (int64_t r = 0; r < rows; r++) {
+            const int8_t *x = quant + r * stride + g * SRM_BLOCK_K;
+            for (int j = 0; j < SRM_BLOCK_N4; j++) {
+                int32_t dot = -8 * quant_sum[r * sum_stride + g];
+                for (int c = 0; c < 8; c++)
+                    for (int i = 0; i < 4; i++) {
+                        const int32_t packed = wg[(c * SRM_BLOCK_N4 + j) * 4 + i];
+                        dot += (packed & 0x0F) * x[8 * c + i] + (packed >> 4) * x[8 * c + 4 + i];
+                    }
+                out[r][j] += bf16_to_float(group_scale[g * SRM_BLOCK_N4 + j]) * (float)dot;
+            }
+        }
+    }
 #endif
 }
 
@@ -333,48 +361,48 @@ static inline __attribute__((always_inline)) void dot_block4(const uint8_t *w, c
  * Output channels are split between the threads; the loop's end is a barrier. */
 static void linear(const srm_decoder *m, const srm_linear *lin, int64_t rows, float *out, int64_t out_stride,
                    int accumulate) {
+    if (lin->bits == 4) {
+        const int64_t sum_stride = m->in_stride / SRM_BLOCK_K;
 #pragma omp for schedule(static)
-    for (int64_t nb = 0; nb < lin->n; nb += SRM_BLOCK_N) {
-        float y[SRM_BLOCK_N][SRM_MAX_ROWS];
-        if (lin->bits == 4) {
-            float acc[SRM_BLOCK_N][SRM_MAX_ROWS];
+        for (int64_t nb = 0; nb < lin->n; nb += SRM_BLOCK_N4) {
+            float y[SRM_MAX_ROWS][SRM_BLOCK_N4];
             const uint8_t *w = (const uint8_t *)lin->weight + nb * lin->k / 2;
             const uint16_t *group_scale = lin->group_scale + nb * (lin->k / SRM_BLOCK_K);
             /* Two rows (one prompt with guidance) is the common case: with `rows` a constant the
              * accumulators stay in registers. */
             if (rows == 2)
-                dot_block4(w, group_scale, m->quant, m->in_stride, 2, lin->k, acc);
+                dot_block4(w, group_scale, m->quant, m->quant_sum, m->in_stride, sum_stride, 2, lin->k, y);
             else
-                dot_block4(w, group_scale, m->quant, m->in_stride, rows, lin->k, acc);
-            for (int i = 0; i < SRM_BLOCK_N; i++) {
-#if defined(SRM_VNNI)
-                const float shift = lin->group_shift[nb + i];
-#else
-                const float shift = 0.0f;
-#endif
-                for (int64_t r = 0; r < rows; r++) y[i][r] = m->row_scale[r] * (acc[i][r] - shift);
-            }
-        } else {
-            int32_t acc[SRM_BLOCK_N][SRM_MAX_ROWS];
-            if (rows == 2)
-                dot_block(lin->weight + nb * lin->k, m->quant, m->in_stride, 2, lin->k, acc);
-            else
-                dot_block(lin->weight + nb * lin->k, m->quant, m->in_stride, rows, lin->k, acc);
-            for (int i = 0; i < SRM_BLOCK_N; i++) {
-#if defined(SRM_VNNI)
-                const int32_t shift = 128 * lin->row_sum[nb + i];
-#else
-                const int32_t shift = 0;
-#endif
-                for (int64_t r = 0; r < rows; r++)
-                    y[i][r] = m->row_scale[r] * lin->scale[nb + i] * (float)(acc[i][r] - shift);
+                dot_block4(w, group_scale, m->quant, m->quant_sum, m->in_stride, sum_stride, rows, lin->k, y);
+            const int64_t width = lin->out_features - nb < SRM_BLOCK_N4 ? lin->out_features - nb : SRM_BLOCK_N4;
+            for (int64_t r = 0; r < rows; r++) {
+                float *dst = out + r * out_stride + nb;
+                const float row_scale = m->row_scale[r];
+                for (int64_t j = 0; j < width; j++) {
+                    const float value = row_scale * y[r][j] + (lin->bias ? lin->bias[nb + j] : 0.0f);
+                    dst[j] = accumulate ? dst[j] + value : value;
+                }
             }
         }
-        for (int i = 0; i < SRM_BLOCK_N; i++) {
+        return;
+    }
+#pragma omp for schedule(static)
+    for (int64_t nb = 0; nb < lin->n; nb += SRM_BLOCK_N) {
+        int32_t acc[SRM_BLOCK_N][SRM_MAX_ROWS];
+        if (rows == 2)
+            dot_block(lin->weight + nb * lin->k, m->quant, m->in_stride, 2, lin->k, acc);
+        else
+            dot_block(lin->weight + nb * lin->k, m->quant, m->in_stride, rows, lin->k, acc);
+        for (int i = 0; i < SRM_BLOCK_N && nb + i < lin->out_features; i++) {
+#if defined(SRM_VNNI)
+            const int32_t shift = 128 * lin->row_sum[nb + i];
+#else
+            const int32_t shift = 0;
+#endif
             const int64_t n = nb + i;
             const float bias = lin->bias ? lin->bias[n] : 0.0f;
             for (int64_t r = 0; r < rows; r++) {
-                const float value = y[i][r] + bias;
+                const float value = m->row_scale[r] * lin->scale[n] * (float)(acc[i][r] - shift) + bias;
                 float *dst = out + r * out_stride + n;
                 *dst = accumulate ? *dst + value : value;
             }
@@ -544,7 +572,7 @@ static void feed_forward(const srm_decoder *m, const srm_layer *l, float *x) {
         float *row = m->wide + r * m->out_stride;
 #pragma omp simd
         for (int64_t i = 0; i < ffn; i++) row[i] = gelu(row[i]);
-        quantize_row(row, ffn, m->quant + r * m->in_stride, m->row_scale + r);
+        quantize_input(m, row, ffn, r);
     }
     linear(m, &l->fc2, m->rows, x, m->hidden, 1);
 }
@@ -577,7 +605,8 @@ void srm_decoder_step(const srm_decoder *m, float *x, int64_t pos) {
     }
 }
 
-/* Exposed for tests: one int8 Linear over `rows` input rows already in m->quant / m->row_scale. */
+/* Exposed for tests: one Linear over `rows` input rows already in m->quant, m->row_scale and
+ * m->quant_sum. */
 void srm_linear_forward(const srm_decoder *m, const srm_linear *lin, int64_t rows, float *out, int64_t out_stride) {
 #pragma omp parallel num_threads(m->threads)
     linear(m, lin, rows, out, out_stride, 0);

@@ -26,8 +26,9 @@ from handler.cpu import cpu_flags
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("kernels.c")
-BLOCK_N, BLOCK_K, MAX_ROWS, KEY_TILE, MAX_HEAD_DIM = 4, 64, 8, 32, 256
-"""Must match SRM_BLOCK_N, SRM_BLOCK_K, SRM_MAX_ROWS, SRM_KEY_TILE and SRM_MAX_HEAD_DIM in kernels.c."""
+BLOCK_N, BLOCK_N4, BLOCK_K, MAX_ROWS, KEY_TILE, MAX_HEAD_DIM = 4, 16, 64, 8, 32, 256
+"""Must match SRM_BLOCK_N, SRM_BLOCK_N4, SRM_BLOCK_K, SRM_MAX_ROWS, SRM_KEY_TILE and
+SRM_MAX_HEAD_DIM in kernels.c."""
 
 
 @dataclass(frozen=True)
@@ -101,10 +102,12 @@ class _PackedLinear(nn.Module):
     """What the packed layers share: built from an `nn.Linear`; `forward` is the kernel's
     arithmetic in torch (inputs quantised per row), used without the library."""
 
-    weight: torch.Tensor  # packed: (out / 4, in / 64, ...), zero padded
+    weight: torch.Tensor  # packed: (out / block_n, in / 64, ...), zero padded
     bias: torch.Tensor | None
     streamed: tuple[str, ...] = ("weight",)
     """The buffers every decode step reads through (see `gather`)."""
+    block_n = BLOCK_N
+    """Output channels a block of the packed weights holds."""
 
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()
@@ -113,7 +116,7 @@ class _PackedLinear(nn.Module):
     @property
     def padded_shape(self) -> tuple[int, int]:
         """(out, in) rounded up to the kernel's blocks."""
-        return int(self.weight.shape[0]) * BLOCK_N, int(self.weight.shape[1]) * BLOCK_K
+        return int(self.weight.shape[0]) * self.block_n, int(self.weight.shape[1]) * BLOCK_K
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> Self:
@@ -168,47 +171,50 @@ class Int4Linear(_PackedLinear):
     """A Linear layer with int4 weights and one bfloat16 scale per 64 inputs of each output channel.
 
     Half the bytes of `Int8Linear` for the step to stream. Each group's scale is the one, of a few
-    near llama.cpp's Q4_0 choice (largest magnitude at -8), with the least squared error. Packed as
-    (out / 4, in / 64, 2, 64) bytes: byte j of pair p holds input j of channels 2p (low nibble) and
-    2p + 1 (high nibble), as weight + 8.
+    near llama.cpp's Q4_0 choice (largest magnitude at -8), with the least squared error. Stored
+    as weight + 8 and packed as (out / 16, in / 64, 8, 16, 4) bytes: byte (m, j, i) of a block and
+    group holds input 8m + i of the block's channel j in its low nibble and input 8m + 4 + i in
+    its high one, so each 64 bytes unpack to four consecutive inputs of 16 channels, a channel per
+    32-bit lane (see srm_linear in kernels.c). Scales are (out / 16, in / 64, 16).
     """
 
     group_scale: torch.Tensor
-    group_shift: torch.Tensor
     streamed = ("weight", "group_scale")
+    block_n = BLOCK_N4
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__(weight)
-        n, k = _round_up(self.out_features, BLOCK_N), _round_up(self.in_features, BLOCK_K)
+        n, k = _round_up(self.out_features, BLOCK_N4), _round_up(self.in_features, BLOCK_K)
         groups = torch.zeros((n, k))
         groups[: self.out_features, : self.in_features] = weight.detach().float()
         q, scale = _int4_groups(groups.view(n, k // BLOCK_K, BLOCK_K))
-        step = scale.float()
-        nibbles = (q + 8).to(torch.uint8).view(n // BLOCK_N, 2, 2, k // BLOCK_K, BLOCK_K)
-        packed = nibbles[:, :, 0] | (nibbles[:, :, 1] << 4)  # (n / 4, pair, groups, 64)
-        self.register_buffer("weight", packed.transpose(1, 2).contiguous())
+        # (block, channel, group, run m, nibble, input i) -> (block, group, m, nibble, channel, i)
+        nibbles = (q + 8).to(torch.uint8).view(n // BLOCK_N4, BLOCK_N4, k // BLOCK_K, 8, 2, 4).permute(0, 2, 3, 4, 1, 5)
+        self.register_buffer("weight", (nibbles[:, :, :, 0] | (nibbles[:, :, :, 1] << 4)).contiguous())
         self.register_buffer(
-            "group_scale", scale.view(n // BLOCK_N, BLOCK_N, k // BLOCK_K).transpose(1, 2).contiguous()
+            "group_scale", scale.view(n // BLOCK_N4, BLOCK_N4, k // BLOCK_K).transpose(1, 2).contiguous()
         )
-        # The VNNI build multiplies inputs shifted by +128 (see dot_block in kernels.c).
-        self.register_buffer("group_shift", 128.0 * (step.squeeze(-1) * q.sum(dim=-1, dtype=torch.int32)).sum(dim=1))
         self.register_buffer("bias", None if bias is None else _padded(bias.detach().float(), n))
 
     def int4_weight(self) -> torch.Tensor:
         """The (out, in) weights, unpacked, as int8 in [-8, 7]."""
         n, k = self.padded_shape
-        low, high = self.weight & 0x0F, self.weight >> 4  # (n / 4, groups, pair, 64)
-        q = torch.stack((low, high), dim=3).to(torch.int8) - 8  # (n / 4, groups, pair, member, 64)
-        return q.permute(0, 2, 3, 1, 4).reshape(n, k)[: self.out_features, : self.in_features]
+        low, high = self.weight & 0x0F, self.weight >> 4  # (block, group, m, channel, i)
+        q = torch.stack((low, high), dim=3).to(torch.int8) - 8  # (block, group, m, nibble, channel, i)
+        return q.permute(0, 4, 1, 2, 3, 5).reshape(n, k)[: self.out_features, : self.in_features]
+
+    def group_scales(self) -> torch.Tensor:
+        """(out, in / 64) float32: each group's scale."""
+        n, k = self.padded_shape
+        return self.group_scale.transpose(1, 2).reshape(n, k // BLOCK_K).float()[: self.out_features]
 
     def dequantized_weight(self) -> torch.Tensor:
         """Each int4 value times its group's scale."""
-        n, k = self.padded_shape
-        scale = self.group_scale.transpose(1, 2).reshape(n, k // BLOCK_K).float()
-        q = torch.zeros((n, k))
-        q[: self.out_features, : self.in_features] = self.int4_weight().float()
-        w = (q.view(n, k // BLOCK_K, BLOCK_K) * scale[..., None]).view(n, k)
-        return w[: self.out_features, : self.in_features]
+        k = self.padded_shape[1]
+        q = torch.zeros((self.out_features, k))
+        q[:, : self.in_features] = self.int4_weight().float()
+        w = (q.view(self.out_features, k // BLOCK_K, BLOCK_K) * self.group_scales()[..., None]).view(-1, k)
+        return w[:, : self.in_features]
 
 
 INT4_SCALE_FACTORS = torch.linspace(1.0, 0.8, 11)
@@ -313,11 +319,11 @@ class _Linear(ctypes.Structure):
         ("scale", _ptr),
         ("row_sum", _ptr),
         ("group_scale", _ptr),
-        ("group_shift", _ptr),
         ("bias", _ptr),
         ("n", ctypes.c_int64),
         ("k", ctypes.c_int64),
         ("in_features", ctypes.c_int64),
+        ("out_features", ctypes.c_int64),
         ("bits", ctypes.c_int64),
     ]
 
@@ -343,7 +349,7 @@ class _Decoder(ctypes.Structure):
         ("final_ln_b", _ptr),
         ("head", _Linear),
         ("cross_mask", _ptr),
-        *((name, _ptr) for name in ("normed", "quant", "row_scale", "wide", "attn", "scores", "logits")),
+        *((name, _ptr) for name in ("normed", "quant", "row_scale", "quant_sum", "wide", "attn", "scores", "logits")),
         ("in_stride", ctypes.c_int64),
         ("out_stride", ctypes.c_int64),
     ]
@@ -378,9 +384,10 @@ def _linear_struct(lin: PackedLinear) -> _Linear:
         "n": n,
         "k": k,
         "in_features": lin.in_features,
+        "out_features": lin.out_features,
     }
     if isinstance(lin, Int4Linear):
-        return _Linear(**common, group_scale=lin.group_scale.data_ptr(), group_shift=lin.group_shift.data_ptr(), bits=4)
+        return _Linear(**common, group_scale=lin.group_scale.data_ptr(), bits=4)
     return _Linear(**common, scale=lin.scale.data_ptr(), row_sum=lin.row_sum.data_ptr(), bits=8)
 
 
@@ -423,11 +430,13 @@ class NativeKernels:
             rows = min(MAX_ROWS, int(x.shape[0]) - start)
             quant = torch.zeros((rows, k), dtype=torch.int8)
             quant[:, : lin.in_features] = q[start : start + rows]
+            quant_sum = quant.view(rows, k // BLOCK_K, BLOCK_K).sum(dim=-1, dtype=torch.int32)
             holder = _Decoder(
                 rows=rows,
                 threads=torch.get_num_threads(),
                 quant=quant.data_ptr(),
                 row_scale=row_scale[start : start + rows].contiguous().data_ptr(),
+                quant_sum=quant_sum.data_ptr(),
                 in_stride=k,
             )
             self._linear(ctypes.byref(holder), ctypes.byref(_linear_struct(lin)), rows, out[start].data_ptr(), n)
@@ -518,6 +527,7 @@ class NativeRun:
         normed = torch.empty((rows, in_stride))
         quant = torch.zeros((rows, in_stride), dtype=torch.int8)
         row_scale = torch.empty(rows)
+        quant_sum = torch.empty((rows, in_stride // BLOCK_K), dtype=torch.int32)
         wide = torch.empty((rows, out_stride))
         attn = torch.zeros((rows, in_stride))
         scores = torch.empty((rows * heads, max(capacity, cross_len)))
@@ -525,7 +535,8 @@ class NativeRun:
         keys = [k.contiguous() for k in cross_k]
         values = [v.contiguous() for v in cross_v]
         # The C side holds raw pointers: keep every tensor it points to alive as long as the run.
-        self._keep = [normed, quant, row_scale, wide, attn, scores, mask, keys, values, layers, final_norm, head]
+        scratch = [normed, quant, row_scale, quant_sum, wide, attn, scores]
+        self._keep = [*scratch, mask, keys, values, layers, final_norm, head]
         self._layers = (_Layer * len(layers))(
             *(
                 _Layer(
@@ -561,6 +572,7 @@ class NativeRun:
             normed=normed.data_ptr(),
             quant=quant.data_ptr(),
             row_scale=row_scale.data_ptr(),
+            quant_sum=quant_sum.data_ptr(),
             wide=wide.data_ptr(),
             attn=attn.data_ptr(),
             scores=scores.data_ptr(),

@@ -82,18 +82,34 @@ def test_int4_linear_keeps_each_weight_within_half_a_step_of_its_group() -> None
     assert q.shape == (6, 150)
     assert int(q.min()) == -8
     assert int(q.max()) <= 7
-    steps = lin.group_scale.transpose(1, 2).reshape(8, 3).float()[:6].abs()  # (channels, groups)
+    steps = lin.group_scales().abs()  # (channels, groups)
+    assert steps.shape == (6, 3)
     assert torch.all(steps[:, 0] < steps[:, 2])
     step = steps.repeat_interleave(64, dim=1)[:, :150]
     error = (lin.dequantized_weight() - weight).abs()
     # only values beyond the grid's ends (-8 and 7 steps) are further than half a step away
     assert torch.all((error <= step / 2 + 1e-6) | (q == -8) | (q == 7))
-    assert lin.padded_shape == (8, 192)
-    assert lin.weight.numel() == 8 * 192 // 2
-    grouped = torch.zeros(8, 192)
-    grouped[:6, :150] = q.float()
-    signed_sums = (grouped.view(8, 3, 64).sum(-1) * lin.group_scale.transpose(1, 2).reshape(8, 3).float()).sum(-1)
-    torch.testing.assert_close(lin.group_shift, 128 * signed_sums)
+    assert lin.padded_shape == (16, 192)
+    assert lin.weight.numel() == 16 * 192 // 2
+
+
+def test_int4_packing_puts_four_inputs_of_a_channel_in_each_lane() -> None:
+    torch.manual_seed(0)
+    weight = torch.randn(40, 130)
+    lin = Int4Linear(weight, None)
+    q = lin.int4_weight()
+    packed = lin.weight  # (blocks, groups, m, channel, i)
+    assert packed.shape == (3, 3, 8, 16, 4)
+    for channel, index in [(0, 0), (5, 7), (17, 64 + 12), (39, 129), (33, 101)]:
+        block, j = divmod(channel, 16)
+        group, within = divmod(index, 64)
+        m, rest = divmod(within, 8)
+        nibble, i = divmod(rest, 4)
+        byte = int(packed[block, group, m, j, i])
+        assert (byte >> (4 * nibble) & 0x0F) - 8 == int(q[channel, index])
+    assert torch.all(packed[2, :, :, 8:] == 0x88)  # padded channels hold zero weights
+    assert torch.all(packed[:, 2, 1:] == 0x88)  # and so do padded inputs (130 of 192)
+    assert torch.all(packed[:, 2, 0, :, 2:] & 0x0F == 8)
 
 
 def test_int4_scales_have_less_error_than_q4_0s() -> None:
