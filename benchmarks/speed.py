@@ -38,30 +38,40 @@ def model_dir(smoke: bool, cache_dir: Path) -> Path:
     from tests.model_builder import build_musicgen_small, build_tiny_model
 
     name = "tiny-musicgen-random" if smoke else "musicgen-small-random"
-    source, baked = cache_dir / name, cache_dir / f"{name}-baked-{artifact_version()}"
+    source = cache_dir / f"{name}-source-{source_version()}"
+    baked = cache_dir / f"{name}-baked-{artifact_version()}"
     if not any(source.glob("*.safetensors")):
         source.mkdir(parents=True, exist_ok=True)
         (build_tiny_model if smoke else build_musicgen_small)(source)
     if not all((baked / artifact_name(precision)).is_file() for precision in QUANTIZED):
         bake(str(source), baked)
-        for stale in cache_dir.glob(f"{name}-baked-*"):
-            if stale != baked:
-                shutil.rmtree(stale)  # ~3 GB each
+    for stale in (*cache_dir.glob(f"{name}-source-*"), *cache_dir.glob(f"{name}-baked-*"), cache_dir / name):
+        if stale.is_dir() and stale not in (source, baked):
+            shutil.rmtree(stale)  # ~2-3 GB each
     return baked
 
 
-def artifact_version() -> str:
-    """Changes whenever the code or libraries that shape the serving artifact do: a stale bake is never reused."""
+def _digest(*sources: str) -> str:
     import hashlib
 
     import torch
     import transformers
 
     digest = hashlib.sha256(f"{torch.__version__} {transformers.__version__}".encode())
-    shaping = ("fast_decoder", "kernels", "text_encoder", "audio_decoder", "tokenizer")
-    for source in (*(f"handler/{name}.py" for name in shaping), "infra/bake_model.py"):
+    for source in sources:
         digest.update((ROOT / source).read_bytes())
     return digest.hexdigest()[:12]
+
+
+def source_version() -> str:
+    """Changes whenever the code that builds the random-weight model does."""
+    return _digest("tests/model_builder.py")
+
+
+def artifact_version() -> str:
+    """Changes whenever the code or libraries that shape the serving artifact do: a stale bake is never reused."""
+    shaping = ("fast_decoder", "kernels", "text_encoder", "audio_decoder", "tokenizer")
+    return _digest("tests/model_builder.py", *(f"handler/{name}.py" for name in shaping), "infra/bake_model.py")
 
 
 def peak_rss_mb() -> float:
@@ -171,9 +181,12 @@ def memory_floor(directory: Path, precision: str, steps: int) -> dict[str, Any]:
 
     from handler.engine import on_engine_thread
     from handler.fast_decoder import artifact_name, load_artifact
+    from handler.tokenizer import TOKENIZER_NAME, PromptTokenizer
 
     engine = load_artifact(Path(directory) / artifact_name(precision))  # type: ignore[arg-type]
-    mean_bytes = sum(engine.step_bytes(position, rows=2) for position in range(steps)) / steps
+    text_length = int(PromptTokenizer.from_file(Path(directory) / TOKENIZER_NAME)([PROMPT])[0].shape[1])
+    folded = text_length if engine.folds_cross_attention(1, text_length, steps) else None
+    mean_bytes = sum(engine.step_bytes(position, 2, folded) for position in range(steps)) / steps
     values = torch.ones(2**26)  # 256 MB of float32, far beyond the caches
 
     def read_once() -> float:
@@ -186,7 +199,13 @@ def memory_floor(directory: Path, precision: str, steps: int) -> dict[str, Any]:
     typical = on_engine_thread(lambda: statistics.median(read_once() for _ in range(20)))
     bandwidth = values.nbytes / typical
     floor_ms = 1000 * mean_bytes / bandwidth
-    return {"step_mb": mean_bytes / 1e6, "stream_gbs": bandwidth / 1e9, "floor_ms_per_step": floor_ms}
+    return {
+        "step_mb": mean_bytes / 1e6,
+        "stream_gbs": bandwidth / 1e9,
+        "floor_ms_per_step": floor_ms,
+        "prompt_tokens": text_length,
+        "cross_attention_folded": folded is not None,
+    }
 
 
 def measure_quality(directory: Path, seconds: int, precisions: list[str]) -> dict[str, Any]:
@@ -346,7 +365,8 @@ def engine_column(base: dict[str, Any], ours: dict[str, Any], http: dict[str, An
     return [
         f"ours ({ours['precision']}, kernels: {ours['kernels']})",
         first_and_warm(ours, "ms_per_step", "{:.1f}"),
-        f"{ours['floor_ms_per_step']:.1f} ({ours['step_mb']:.0f} MB at {ours['stream_gbs']:.1f} GB/s)"
+        f"{ours['floor_ms_per_step']:.1f} ({ours['step_mb']:.0f} MB at {ours['stream_gbs']:.1f} GB/s"
+        + (f", cross-attention folded for {ours['prompt_tokens']} tokens)" if ours["cross_attention_folded"] else ")")
         if "floor_ms_per_step" in ours
         else "",
         first_and_warm(ours, "wall_s", "{:.2f} s"),

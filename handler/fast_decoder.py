@@ -43,7 +43,7 @@ from handler import kernels
 from handler.allocator import keep_freed_memory
 from handler.audio_decoder import EncodecAudioDecoder
 from handler.cpu import cpu_has_bf16, cpu_quota_threads
-from handler.kernels import Int4Linear, Int8Linear, LayerWeights, NativeGeneration, NativeRun
+from handler.kernels import FoldedCrossAttention, Int4Linear, Int8Linear, LayerWeights, NativeGeneration, NativeRun
 from handler.settings import QUANTIZED, Precision
 from handler.text_encoder import T5TextEncoder, shared_linear
 
@@ -138,6 +138,11 @@ class _Sampling:
     generator: torch.Generator
 
 
+FOLD_BYTES_PER_MULTIPLY_ADD = 2
+"""Fold a request's cross-attention when the bytes that saves its steps are at least this many per
+multiply-add of folding: the 2-vCPU development machine streams ~30 GB/s and folds at ~16 G
+multiply-adds a second (~50 ms for musicgen-small and a 16-token prompt)."""
+
 StepCallback = Callable[[int, int], None] | None
 """Called with (steps done, steps in all) as decoding goes."""
 
@@ -215,6 +220,7 @@ class FastMusicgen:
                 # Runs once per request, so speed hardly matters; a quarter of the memory does.
                 _quantize_int8(self.text_encoder)
                 self.gather_step_weights()
+        self._cross_projections: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def prepare_to_serve(self) -> None:
         """Fit the engine to the CPU it serves on: its threads, and EnCodec in bfloat16 where the
@@ -224,16 +230,57 @@ class FastMusicgen:
         keep_freed_memory()
         if self.precision != "fp32":
             self.audio_decoder.prepare_to_serve(torch.bfloat16 if cpu_has_bf16() else torch.float32)
+        if self.native:
+            # Unpacked once (bf16, ~100 MB for musicgen-small): a request folds them into its text.
+            self._cross_projections = [(q.bfloat16(), o.bfloat16()) for q, o in self._unpacked_cross_projections()]
 
     def gather_step_weights(self) -> None:
         """Move what every decode step streams into one block of anonymous memory, in read order."""
         kernels.gather(self._step_linears())
 
-    def step_bytes(self, position: int, rows: int) -> int:
-        """Bytes a native step at `position` reads from memory: what bounds its speed on a CPU."""
-        return kernels.step_bytes(
-            self._step_linears(), len(self._layers), rows, self.num_heads, self.head_dim, position
-        )
+    def step_bytes(self, position: int, rows: int, folded_text_length: int | None = None) -> int:
+        """Bytes a native step at `position` reads from memory: what bounds its speed on a CPU.
+        `folded_text_length`: the prompt's length in tokens when its cross-attention is folded."""
+        linears = self._step_linears()
+        folded = 0
+        if folded_text_length is not None:
+            projections = {id(lin) for layer in self._layers for lin in (layer.xq, layer.xo)}
+            linears = [lin for lin in linears if id(lin) not in projections]
+            vectors = self.num_heads * folded_text_length
+            folded = len(self._layers) * vectors * (2 * self.hidden + 3 * 4)  # keys, values, their scales
+        return folded + kernels.step_bytes(linears, len(self._layers), rows, self.num_heads, self.head_dim, position)
+
+    def folds_cross_attention(self, cond_rows: int, text_length: int, steps: int) -> bool:
+        """Whether a request's cross-attention is folded (`FoldedCrossAttention`): for one prompt,
+        when its folded keys and values are fewer bytes than the query and output weights, by
+        enough over the clip's `steps` to pay for folding them."""
+        if not self.native or cond_rows != 1:
+            return False
+        projections = [lin for layer in self._layers for lin in (layer.xq, layer.xo)]
+        if any(getattr(lin, "bias", None) is not None for lin in projections):
+            return False
+        weights = sum(getattr(lin, name).nbytes for lin in projections for name in lin.streamed)  # type: ignore[union-attr]
+        folded = len(self._layers) * self.num_heads * text_length * 2 * self.hidden
+        multiply_adds = folded * self.head_dim
+        return (weights - folded) * steps >= FOLD_BYTES_PER_MULTIPLY_ADD * multiply_adds
+
+    def _unpacked_cross_projections(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer, the cross-attention's query and output weights as (heads, head_dim, hidden)."""
+        shape = (self.num_heads, self.head_dim, self.hidden)
+        return [
+            (
+                layer.xq.dequantized_weight().reshape(shape),  # type: ignore[operator]
+                layer.xo.dequantized_weight().t().reshape(shape),  # type: ignore[operator]
+            )
+            for layer in self._layers
+        ]
+
+    def _fold_cross_attention(self, cross: _CrossKV) -> list[FoldedCrossAttention]:
+        projections = self._cross_projections or self._unpacked_cross_projections()
+        return [
+            FoldedCrossAttention.fold(keys[0], values[0], query, output)
+            for keys, values, (query, output) in zip(cross.k, cross.v, projections, strict=True)
+        ]
 
     def _step_linears(self) -> list[Int8Linear | Int4Linear]:
         linears = [lin for layer in self._layers for lin in layer.native_weights().linears()]
@@ -305,6 +352,8 @@ class FastMusicgen:
         native = kernels.best() if self.native and rows <= kernels.MAX_ROWS else None
         if native is None:
             return None
+        folds = self.folds_cross_attention(cond_rows, int(cross.k[0].shape[2]), total_len - 1)
+        folded = self._fold_cross_attention(cross) if folds else None
         return NativeRun(
             native,
             [layer.native_weights() for layer in self._layers],
@@ -317,6 +366,7 @@ class FastMusicgen:
             cross_k=cross.k,
             cross_v=cross.v,
             cross_mask=None if cross.mask is None else cross.mask.view(cond_rows, -1),
+            folded_cross=folded,
         )
 
     def _step(self, st: _State, tok: torch.Tensor, t: int) -> torch.Tensor:

@@ -61,6 +61,12 @@ typedef struct {
     float *k_scale, *v_scale;        /* (rows, heads, capacity): one scale per cached key and value */
     int32_t *k_sum;                  /* (rows, heads, capacity): sum of each cached key's int8 values */
     const float *cross_k, *cross_v;  /* (cond_rows, heads, cross_len, head_dim) float32 */
+    /* One prompt's cross-attention with its projections folded in (used when cross_keys.n > 0):
+     * vector (h, t) of cross_keys is key t of head h times the head's query weights / sqrt(head_dim),
+     * so one product gives every score; value (h, t) is the head's value t times its output weights. */
+    srm_linear cross_keys;           /* (heads * cross_len, hidden) 8 bits */
+    const int8_t *cross_values;      /* (hidden / 64, heads * cross_len, 64), zero padded: one scale per vector */
+    const float *cross_value_scale;  /* (heads * cross_len) */
 } srm_layer;
 
 typedef struct {
@@ -561,6 +567,36 @@ static void cross_attention(const srm_decoder *m, const srm_layer *l) {
     }
 }
 
+/* Cross-attention of the one conditional row (row 0) with the projections folded into the text's
+ * keys and values (see srm_layer): the scores are one int8 product of the normed row, and the
+ * softmax-weighted sum of the folded values is added to the residual. The unconditional rows see
+ * no text: their output is zero. The values are stored in blocks of 64 dimensions, so each
+ * thread streams its blocks front to back. */
+static void folded_cross_attention(const srm_decoder *m, const srm_layer *l, float *x) {
+    const int64_t s = m->cross_len, d = m->hidden, vectors = m->heads * s;
+    float *weights = m->scores; /* (heads, cross_len) */
+    linear(m, &l->cross_keys, 1, weights, vectors, 0);
+#pragma omp for schedule(static)
+    for (int64_t h = 0; h < m->heads; h++) {
+        float *row = weights + h * s;
+        if (m->cross_mask)
+            for (int64_t t = 0; t < s; t++) row[t] = m->cross_mask[t] ? row[t] : -FLT_MAX;
+        softmax_in_place(row, s);
+        for (int64_t t = 0; t < s; t++) row[t] *= l->cross_value_scale[h * s + t];
+    }
+#pragma omp for schedule(static)
+    for (int64_t block = 0; block < (d + 63) / 64; block++) {
+        float sum[64] = {0.0f}; /* four vector registers: four independent chains */
+        const int8_t *values = l->cross_values + block * vectors * 64;
+        for (int64_t j = 0; j < vectors; j++) {
+            const float w = weights[j];
+#pragma omp simd
+            for (int i = 0; i < 64; i++) sum[i] += w * (float)values[j * 64 + i];
+        }
+        for (int64_t i = 0; i < 64 && block * 64 + i < d; i++) x[block * 64 + i] += sum[i];
+    }
+}
+
 /* ---------------------------------------------------------------- the step */
 
 static void feed_forward(const srm_decoder *m, const srm_layer *l, float *x) {
@@ -591,10 +627,14 @@ void srm_decoder_step(const srm_decoder *m, float *x, int64_t pos) {
         linear(m, &l->out, m->rows, x, m->hidden, 1);
 
         norm_and_quantize(m, x, l->ln2_weight, l->ln2_bias);
-        linear(m, &l->cross_q, m->cond_rows, m->wide, m->out_stride, 0);
-        cross_attention(m, l);
-        quantize_rows(m, m->attn, m->hidden);
-        linear(m, &l->cross_out, m->rows, x, m->hidden, 1);
+        if (l->cross_keys.n > 0) {
+            folded_cross_attention(m, l, x);
+        } else {
+            linear(m, &l->cross_q, m->cond_rows, m->wide, m->out_stride, 0);
+            cross_attention(m, l);
+            quantize_rows(m, m->attn, m->hidden);
+            linear(m, &l->cross_out, m->rows, x, m->hidden, 1);
+        }
 
         feed_forward(m, l, x);
     }

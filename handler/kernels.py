@@ -308,6 +308,39 @@ class LayerWeights:
         return (self.qkv, self.out, self.cross_q, self.cross_out, self.fc1, self.fc2)
 
 
+@dataclass
+class FoldedCrossAttention:
+    """One prompt's cross-attention for one layer with its query and output projections folded
+    into the text's keys and values (see srm_layer in kernels.c): per (head, text position), a
+    key vector and a value vector of the decoder's width."""
+
+    keys: Int8Linear  # (heads * text length, hidden): the scores are one product of the normed row
+    values: torch.Tensor  # (hidden / 64, heads * text length, 64) int8, zero padded: streamed a block at a time
+    value_scale: torch.Tensor  # (heads * text length)
+
+    @classmethod
+    def fold(
+        cls, keys: torch.Tensor, values: torch.Tensor, query_weight: torch.Tensor, output_weight: torch.Tensor
+    ) -> Self:
+        """From one prompt's keys and values (heads, length, head_dim) and the layer's query and
+        output weights, each (heads, head_dim, hidden): key (h, t) = keys[h, t] @ query_weight[h] /
+        sqrt(head_dim), value (h, t) = values[h, t] @ output_weight[h]."""
+        heads, length, head_dim = (int(size) for size in keys.shape)
+        hidden = int(query_weight.shape[-1])
+        # In the weights' dtype (bfloat16 as served: half the time of float32), summed in float32.
+        folded_keys = torch.bmm(keys.to(query_weight.dtype), query_weight).float() * head_dim**-0.5
+        folded_values = torch.bmm(values.to(output_weight.dtype), output_weight).float().view(heads * length, hidden)
+        quantized, scale = quantize_rows(folded_values)
+        blocks = torch.zeros((heads * length, _round_up(hidden, 64)), dtype=torch.int8)
+        blocks[:, :hidden] = quantized
+        values_by_block = blocks.view(heads * length, -1, 64).transpose(0, 1).contiguous()
+        return cls(Int8Linear(folded_keys.view(heads * length, hidden), None), values_by_block, scale.view(-1))
+
+    def nbytes(self) -> int:
+        """Bytes a step reads of it."""
+        return self.keys.weight.nbytes + self.values.nbytes + 4 * int(self.value_scale.numel())
+
+
 # ------------------------------------------------------------------------------------ ctypes
 
 _ptr = ctypes.c_void_p
@@ -333,6 +366,9 @@ class _Layer(ctypes.Structure):
         *((name, _ptr) for name in ("ln1_w", "ln1_b", "ln2_w", "ln2_b", "ln3_w", "ln3_b")),
         *((name, _Linear) for name in ("qkv", "out", "cross_q", "cross_out", "fc1", "fc2")),
         *((name, _ptr) for name in ("k_cache", "v_cache", "k_scale", "v_scale", "k_sum", "cross_k", "cross_v")),
+        ("cross_keys", _Linear),
+        ("cross_values", _ptr),
+        ("cross_value_scale", _ptr),
     ]
 
 
@@ -374,6 +410,12 @@ class _Generation(ctypes.Structure):
 
 def _address(tensor: torch.Tensor | None) -> int | None:
     return None if tensor is None else tensor.data_ptr()
+
+
+def _folded_fields(folded: FoldedCrossAttention | None) -> tuple[_Linear, int | None, int | None]:
+    if folded is None:
+        return _Linear(), None, None  # n == 0: the step runs the projections
+    return _linear_struct(folded.keys), folded.values.data_ptr(), folded.value_scale.data_ptr()
 
 
 def _linear_struct(lin: PackedLinear) -> _Linear:
@@ -500,9 +542,14 @@ class NativeRun:
         cross_k: Sequence[torch.Tensor],
         cross_v: Sequence[torch.Tensor],
         cross_mask: torch.Tensor | None,
+        folded_cross: Sequence[FoldedCrossAttention] | None = None,
     ) -> None:
+        """`folded_cross`: per layer, the one prompt's folded cross-attention (`cond_rows` 1), or
+        None to run the projections and attend to `cross_k` / `cross_v`."""
         if rows > MAX_ROWS:
             raise ValueError(f"at most {MAX_ROWS} rows per step")
+        if folded_cross is not None and (cond_rows != 1 or len(folded_cross) != len(layers)):
+            raise ValueError("folded cross-attention is for one prompt, one per layer")
         hidden = int(final_norm.weight.shape[0])
         head_dim = hidden // heads
         self.kernels = kernels
@@ -536,7 +583,7 @@ class NativeRun:
         values = [v.contiguous() for v in cross_v]
         # The C side holds raw pointers: keep every tensor it points to alive as long as the run.
         scratch = [normed, quant, row_scale, quant_sum, wide, attn, scores]
-        self._keep = [*scratch, mask, keys, values, layers, final_norm, head]
+        self._keep = [*scratch, mask, keys, values, layers, final_norm, head, folded_cross]
         self._layers = (_Layer * len(layers))(
             *(
                 _Layer(
@@ -549,6 +596,7 @@ class NativeRun:
                     self.k_sum[i].data_ptr(),
                     keys[i].data_ptr(),
                     values[i].data_ptr(),
+                    *_folded_fields(None if folded_cross is None else folded_cross[i]),
                 )
                 for i, lw in enumerate(layers)
             )

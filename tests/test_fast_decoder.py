@@ -84,7 +84,10 @@ def teacher_forced(model_dir: Path, prompts: list[str], guidance: float, **engin
 
 
 @pytest.mark.parametrize("precision", ["int8", "int4"])
-@pytest.mark.parametrize(("prompts", "guidance"), [(PROMPTS[:1], 1.0), (PROMPTS[:1], 3.0), (PROMPTS, 3.0)])
+# "lofi chill" is short enough for its cross-attention to be folded (see the next test)
+@pytest.mark.parametrize(
+    ("prompts", "guidance"), [(PROMPTS[:1], 1.0), (PROMPTS[:1], 3.0), (PROMPTS, 3.0), (PROMPTS[1:], 3.0)]
+)
 def test_native_step_equals_the_torch_step(
     tiny_model_dir: Path, prompts: list[str], guidance: float, precision: str
 ) -> None:
@@ -188,3 +191,26 @@ def test_the_native_loop_picks_each_greedy_token_as_the_argmax_of_its_step(
     picked = sequence[:, :, 1:]
     argmax = logits.argmax(-1).permute(1, 2, 0)
     assert torch.equal(picked[:, free], argmax[:, free])
+
+
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+def test_one_short_prompt_folds_its_cross_attention_into_the_text(tiny_model_dir: Path, precision: str) -> None:
+    model, processor = load(tiny_model_dir)
+    fast = FastMusicgen(model, precision=precision)  # type: ignore[arg-type]
+    short, long = (processor(text=[prompt], return_tensors="pt") for prompt in (PROMPTS[1], PROMPTS[0]))
+    text_length = int(short["input_ids"].shape[1])
+    assert fast.folds_cross_attention(1, text_length, steps=47)
+    assert not fast.folds_cross_attention(2, text_length, steps=47)
+    assert not fast.folds_cross_attention(1, text_length, steps=3)  # too short a clip to pay for folding
+    # the tiny model's projections are small: a long prompt's folded keys and values would be more bytes
+    assert not fast.folds_cross_attention(1, int(long["input_ids"].shape[1]), steps=47)
+
+    def folded_layers(inputs: Any) -> list[bool]:
+        hs, mask = fast._encode_text(inputs["input_ids"], inputs["attention_mask"])
+        native = fast._new_state(hs, mask, rows=2, total_len=48).native
+        assert native is not None
+        return [native.struct.layer[i].cross_keys.n > 0 for i in range(len(fast.layers))]
+
+    assert all(folded_layers(short))
+    assert not any(folded_layers(long))
+    assert fast.step_bytes(0, rows=2, folded_text_length=text_length) < fast.step_bytes(0, rows=2)

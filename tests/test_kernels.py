@@ -8,7 +8,16 @@ import torch
 from torch import nn
 
 from handler import kernels
-from handler.kernels import GENERIC, Int4Linear, Int8Linear, LayerWeights, NativeKernels, NativeRun, PackedLinear
+from handler.kernels import (
+    GENERIC,
+    FoldedCrossAttention,
+    Int4Linear,
+    Int8Linear,
+    LayerWeights,
+    NativeKernels,
+    NativeRun,
+    PackedLinear,
+)
 
 LAYERS = 2
 SHAPES = [(64, 4, 128), (24, 2, 40)]
@@ -175,26 +184,44 @@ def random_layer(hidden: int, ffn: int, packed: type[PackedLinear] = Int8Linear)
     )
 
 
+def without_cross_biases(layer: LayerWeights, packed: type[PackedLinear]) -> LayerWeights:
+    """The layer with bias-free cross-attention projections, as MusicGen's (which can be folded)."""
+    layer.cross_q = packed(layer.cross_q.dequantized_weight(), None)
+    layer.cross_out = packed(layer.cross_out.dequantized_weight(), None)
+    return layer
+
+
+def fold(layer: LayerWeights, keys: torch.Tensor, values: torch.Tensor, heads: int) -> FoldedCrossAttention:
+    hidden = int(keys.shape[1] * keys.shape[3])
+    shape = (heads, hidden // heads, hidden)
+    query, output = layer.cross_q.dequantized_weight(), layer.cross_out.dequantized_weight()
+    return FoldedCrossAttention.fold(keys[0], values[0], query.reshape(shape), output.t().reshape(shape))
+
+
+@pytest.mark.parametrize("folded", [False, True])
 @pytest.mark.parametrize("packed", [Int8Linear, Int4Linear])
 @pytest.mark.parametrize(("hidden", "heads", "ffn"), SHAPES)
 def test_every_build_computes_the_same_decoder_steps(
-    builds: dict[str, NativeKernels], hidden: int, heads: int, ffn: int, packed: type[PackedLinear]
+    builds: dict[str, NativeKernels], hidden: int, heads: int, ffn: int, packed: type[PackedLinear], folded: bool
 ) -> None:
     torch.manual_seed(hidden)
     layers = [random_layer(hidden, ffn, packed) for _ in range(LAYERS)]
+    if folded:
+        layers = [without_cross_biases(layer, packed) for layer in layers]
     final_norm, head = nn.LayerNorm(hidden), Int8Linear(torch.randn(40, hidden), None)
     cross_len, capacity, steps = 5, 12, 12
     cross_k = [torch.randn(1, heads, cross_len, hidden // heads) for _ in layers]
     cross_v = [torch.randn(1, heads, cross_len, hidden // heads) for _ in layers]
+    folded_cross = [fold(layer, k, v, heads) for layer, k, v in zip(layers, cross_k, cross_v, strict=True)]
     inputs = torch.randn(steps, 2, hidden)
 
-    def run(native: NativeKernels) -> torch.Tensor:
+    def run(native: NativeKernels, fold_cross: bool = folded) -> torch.Tensor:
         # Scratch memory comes back from torch's allocator holding the previous run's values:
         # a result that reads any of it would differ between runs.
         state = NativeRun(
             native,
             layers, final_norm, head, heads=heads, rows=2, cond_rows=1, capacity=capacity,
-            cross_k=cross_k, cross_v=cross_v, cross_mask=None,
+            cross_k=cross_k, cross_v=cross_v, cross_mask=None, folded_cross=folded_cross if fold_cross else None,
         )  # fmt: skip
         return torch.stack([state.step(inputs[t], t).clone() for t in range(steps)])
 
@@ -209,6 +236,23 @@ def test_every_build_computes_the_same_decoder_steps(
         torch.testing.assert_close(got, reference, rtol=0, atol=0.02 * scale, msg=name)
         assert float((got - reference).abs().mean()) < 0.002 * scale, name
         assert torch.equal(run(native), run(native)), name
+    if folded:
+        # The same attention as through the projections, up to int8 rounding of other values.
+        projected = run(builds["generic"], fold_cross=False)
+        torch.testing.assert_close(reference, projected, rtol=0, atol=0.05 * scale)
+        assert float((reference - projected).abs().mean()) < 0.005 * scale
+        assert not torch.equal(reference, projected)
+
+
+def test_folded_cross_attention_is_for_one_prompt(builds: dict[str, NativeKernels]) -> None:
+    layer = without_cross_biases(random_layer(64, 128), Int8Linear)
+    keys, values = torch.randn(2, 4, 3, 16), torch.randn(2, 4, 3, 16)
+    with pytest.raises(ValueError, match="one prompt"):
+        NativeRun(
+            builds["generic"], [layer], nn.LayerNorm(64), Int8Linear(torch.randn(8, 64), None), heads=4,
+            rows=4, cond_rows=2, capacity=4, cross_k=[keys], cross_v=[values], cross_mask=None,
+            folded_cross=[fold(layer, keys[:1], values[:1], 4)],
+        )  # fmt: skip
 
 
 def test_too_many_rows_are_refused(builds: dict[str, NativeKernels]) -> None:
@@ -271,3 +315,25 @@ def test_native_sampling_at_temperature_zero_or_top_1_is_the_argmax(builds: dict
         assert torch.equal(native.sample(logits, 2.5, 0.0, 250, uniforms), best)
         assert torch.equal(native.sample(logits, 2.5, 1.0, 1, uniforms), best)
         assert torch.equal(native.sample(logits[:1], None, 0.0, 250, uniforms), unguided)
+
+
+def test_folded_cross_attention_equals_attention_through_the_projections() -> None:
+    torch.manual_seed(0)
+    heads, length, head_dim = 4, 5, 8
+    hidden = heads * head_dim
+    keys, values = torch.randn(heads, length, head_dim), torch.randn(heads, length, head_dim)
+    query_weight, output_weight = torch.randn(heads, head_dim, hidden), torch.randn(heads, head_dim, hidden)
+    row = torch.randn(hidden)
+
+    query = torch.einsum("hdn,n->hd", query_weight, row)
+    probabilities = torch.softmax(torch.einsum("hld,hd->hl", keys, query) / head_dim**0.5, dim=-1)
+    expected = torch.einsum("hdn,hd->n", output_weight, torch.einsum("hl,hld->hd", probabilities, values))
+
+    folded = FoldedCrossAttention.fold(keys, values, query_weight, output_weight)
+    scores = (folded.keys.dequantized_weight() @ row).view(heads, length)
+    weights = torch.softmax(scores, dim=-1).view(-1) * folded.value_scale
+    by_vector = folded.values.transpose(0, 1).reshape(heads * length, -1)  # stored in blocks of 64 dimensions
+    assert torch.all(by_vector[:, hidden:] == 0)
+    output = weights @ by_vector[:, :hidden].float()
+    torch.testing.assert_close(output, expected, rtol=0, atol=0.02 * float(expected.abs().max()))
+    assert folded.keys.padded_shape[0] >= heads * length
