@@ -24,20 +24,23 @@ TRAINING_TEXT = [
 
 
 def train_tokenizer(vocab_size: int = 120, whole_words: bool = False) -> T5Tokenizer:
-    """A small T5-style tokenizer trained on the spot, no download: Unigram, mostly single letters;
-    or, with `whole_words`, BPE that keeps the training text's words whole, so a prompt of them
-    takes about as many tokens as with T5's own vocabulary."""
+    """A small T5-style Unigram tokenizer made on the spot, no download: trained, mostly single
+    letters; or, with `whole_words`, each word of the training text one piece (letters for the
+    rest), so a prompt of them takes about as many tokens as with T5's own vocabulary."""
     special = ["<pad>", "</s>", "<unk>"]
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>") if whole_words else models.Unigram())
+    if whole_words:
+        words = sorted({f"\u2581{word}" for text in TRAINING_TEXT for word in text.split()})
+        letters = sorted({letter for text in TRAINING_TEXT for letter in text.replace(" ", "\u2581")})
+        pieces = [(token, 0.0) for token in special] + [(w, -1.0) for w in words] + [(c, -10.0) for c in letters]
+        tokenizer = Tokenizer(models.Unigram(pieces, unk_id=special.index("<unk>")))
+    else:
+        tokenizer = Tokenizer(models.Unigram())
     tokenizer.normalizer = normalizers.NFKC()
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
     tokenizer.decoder = decoders.Metaspace()
-    trainer: trainers.Trainer = (
-        trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special)
-        if whole_words
-        else trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=special, unk_token="<unk>")
-    )
-    tokenizer.train_from_iterator(TRAINING_TEXT * 20, trainer)
+    if not whole_words:
+        trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=special, unk_token="<unk>")
+        tokenizer.train_from_iterator(TRAINING_TEXT * 20, trainer)
     eos = tokenizer.token_to_id("</s>")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos)]
@@ -139,7 +142,7 @@ def build_musicgen_small(directory: Path) -> Path:
     """Save a random-weight model with musicgen-small's exact shape; the text vocabulary stays 32128.
     Its prompts take about as many tokens as with the real T5 tokenizer (the decoder's
     cross-attention reads one key and value a token)."""
-    return save_model(musicgen_small_config(), train_tokenizer(400, whole_words=True), directory)
+    return save_model(musicgen_small_config(), train_tokenizer(whole_words=True), directory)
 
 
 def save_model(config: MusicgenConfig, tokenizer: T5Tokenizer, directory: Path, seed: int = 0) -> Path:
