@@ -244,10 +244,9 @@ class FastMusicgen:
         linears = self._step_linears()
         folded = 0
         if folded_text_length is not None:
-            projections = {id(lin) for layer in self._layers for lin in (layer.xq, layer.xo)}
+            projections = {id(lin) for lin in self._cross_projection_linears()}
             linears = [lin for lin in linears if id(lin) not in projections]
-            vectors = self.num_heads * folded_text_length
-            folded = len(self._layers) * vectors * (2 * self.hidden + 3 * 4)  # keys, values, their scales
+            folded = self._folded_cross_bytes(folded_text_length)
         return folded + kernels.step_bytes(linears, len(self._layers), rows, self.num_heads, self.head_dim, position)
 
     def folds_cross_attention(self, cond_rows: int, text_length: int, steps: int) -> bool:
@@ -256,23 +255,28 @@ class FastMusicgen:
         enough over the clip's `steps` to pay for folding them."""
         if not self.native or cond_rows != 1:
             return False
-        projections = [lin for layer in self._layers for lin in (layer.xq, layer.xo)]
-        if any(getattr(lin, "bias", None) is not None for lin in projections):
+        projections = self._cross_projection_linears()
+        if any(lin.bias is not None for lin in projections):
             return False
-        weights = sum(getattr(lin, name).nbytes for lin in projections for name in lin.streamed)  # type: ignore[union-attr]
-        folded = len(self._layers) * self.num_heads * text_length * 2 * self.hidden
+        weights: int = sum(getattr(lin, name).nbytes for lin in projections for name in lin.streamed)
+        folded = self._folded_cross_bytes(text_length)
         multiply_adds = folded * self.head_dim
         return (weights - folded) * steps >= FOLD_BYTES_PER_MULTIPLY_ADD * multiply_adds
+
+    def _cross_projection_linears(self) -> list[Int8Linear | Int4Linear]:
+        return [lin for layer in self._layers for lin in (layer.xq, layer.xo)]  # type: ignore[misc]
+
+    def _folded_cross_bytes(self, text_length: int) -> int:
+        """A folded prompt's keys and values: per layer, two vectors of the decoder's width per head and token."""
+        return len(self._layers) * self.num_heads * text_length * 2 * self.hidden
 
     def _unpacked_cross_projections(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per layer, the cross-attention's query and output weights as (heads, head_dim, hidden)."""
         shape = (self.num_heads, self.head_dim, self.hidden)
+        linears = self._cross_projection_linears()
         return [
-            (
-                layer.xq.dequantized_weight().reshape(shape),  # type: ignore[operator]
-                layer.xo.dequantized_weight().t().reshape(shape),  # type: ignore[operator]
-            )
-            for layer in self._layers
+            (query.dequantized_weight().reshape(shape), output.dequantized_weight().t().reshape(shape))
+            for query, output in zip(linears[0::2], linears[1::2], strict=True)
         ]
 
     def _fold_cross_attention(self, cross: _CrossKV) -> list[FoldedCrossAttention]:

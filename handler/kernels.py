@@ -336,10 +336,6 @@ class FoldedCrossAttention:
         values_by_block = blocks.view(heads * length, -1, 64).transpose(0, 1).contiguous()
         return cls(Int8Linear(folded_keys.view(heads * length, hidden), None), values_by_block, scale.view(-1))
 
-    def nbytes(self) -> int:
-        """Bytes a step reads of it."""
-        return self.keys.weight.nbytes + self.values.nbytes + 4 * int(self.value_scale.numel())
-
 
 # ------------------------------------------------------------------------------------ ctypes
 
