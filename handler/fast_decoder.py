@@ -258,7 +258,7 @@ class FastMusicgen:
         projections = self._cross_projection_linears()
         if any(lin.bias is not None for lin in projections):
             return False
-        weights: int = sum(getattr(lin, name).nbytes for lin in projections for name in lin.streamed)
+        weights = kernels.streamed_bytes(projections)
         folded = self._folded_cross_bytes(text_length)
         multiply_adds = folded * self.head_dim
         return (weights - folded) * steps >= FOLD_BYTES_PER_MULTIPLY_ADD * multiply_adds

@@ -35,6 +35,7 @@
 #define SRM_MAX_ROWS 8
 #define SRM_KEY_TILE 32 /* key cache: (capacity / 32, head_dim / 4, 32, 4) per (row, head) */
 #define SRM_MAX_HEAD_DIM 256
+#define SRM_VALUE_BLOCK 64 /* folded cross-attention values: (hidden / 64, vectors, 64) */
 
 typedef struct {
     /* 8 bits: (n / 4, k / 64, 4, 64) int8. 4 bits: (n / 16, k / 64, 8, 16, 4) bytes, weight + 8 in
@@ -585,15 +586,16 @@ static void folded_cross_attention(const srm_decoder *m, const srm_layer *l, flo
         for (int64_t t = 0; t < s; t++) row[t] *= l->cross_value_scale[h * s + t];
     }
 #pragma omp for schedule(static)
-    for (int64_t block = 0; block < (d + 63) / 64; block++) {
-        float sum[64] = {0.0f}; /* four vector registers: four independent chains */
-        const int8_t *values = l->cross_values + block * vectors * 64;
+    for (int64_t block = 0; block < (d + SRM_VALUE_BLOCK - 1) / SRM_VALUE_BLOCK; block++) {
+        float sum[SRM_VALUE_BLOCK] = {0.0f}; /* several vector registers: independent chains */
+        const int8_t *values = l->cross_values + block * vectors * SRM_VALUE_BLOCK;
         for (int64_t j = 0; j < vectors; j++) {
             const float w = weights[j];
 #pragma omp simd
-            for (int i = 0; i < 64; i++) sum[i] += w * (float)values[j * 64 + i];
+            for (int i = 0; i < SRM_VALUE_BLOCK; i++) sum[i] += w * (float)values[j * SRM_VALUE_BLOCK + i];
         }
-        for (int64_t i = 0; i < 64 && block * 64 + i < d; i++) x[block * 64 + i] += sum[i];
+        float *out = x + block * SRM_VALUE_BLOCK;
+        for (int64_t i = 0; i < SRM_VALUE_BLOCK && block * SRM_VALUE_BLOCK + i < d; i++) out[i] += sum[i];
     }
 }
 

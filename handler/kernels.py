@@ -26,9 +26,9 @@ from handler.cpu import cpu_flags
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("kernels.c")
-BLOCK_N, BLOCK_N4, BLOCK_K, MAX_ROWS, KEY_TILE, MAX_HEAD_DIM = 4, 16, 64, 8, 32, 256
-"""Must match SRM_BLOCK_N, SRM_BLOCK_N4, SRM_BLOCK_K, SRM_MAX_ROWS, SRM_KEY_TILE and
-SRM_MAX_HEAD_DIM in kernels.c."""
+BLOCK_N, BLOCK_N4, BLOCK_K, MAX_ROWS, KEY_TILE, MAX_HEAD_DIM, VALUE_BLOCK = 4, 16, 64, 8, 32, 256, 64
+"""Must match SRM_BLOCK_N, SRM_BLOCK_N4, SRM_BLOCK_K, SRM_MAX_ROWS, SRM_KEY_TILE, SRM_MAX_HEAD_DIM
+and SRM_VALUE_BLOCK in kernels.c."""
 
 
 @dataclass(frozen=True)
@@ -269,9 +269,13 @@ def step_bytes(
 ) -> int:
     """Bytes one native step at `position` streams: every packed weight, and each row's KV cache so
     far (int8 keys and values, with a scale each and a key sum). Norms and activations stay in cache."""
-    weights: int = sum(getattr(lin, name).nbytes for lin in linears for name in lin.streamed)
     per_position = 2 * head_dim + 3 * 4
-    return weights + (position + 1) * layers * rows * heads * per_position
+    return streamed_bytes(linears) + (position + 1) * layers * rows * heads * per_position
+
+
+def streamed_bytes(linears: Sequence[PackedLinear]) -> int:
+    """Bytes of the buffers every step reads through in `linears` (see `gather`)."""
+    return sum(getattr(lin, name).nbytes for lin in linears for name in lin.streamed)
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -315,7 +319,7 @@ class FoldedCrossAttention:
     key vector and a value vector of the decoder's width."""
 
     keys: Int8Linear  # (heads * text length, hidden): the scores are one product of the normed row
-    values: torch.Tensor  # (hidden / 64, heads * text length, 64) int8, zero padded: streamed a block at a time
+    values: torch.Tensor  # (hidden / VALUE_BLOCK, heads * text length, VALUE_BLOCK) int8, zero padded
     value_scale: torch.Tensor  # (heads * text length)
 
     @classmethod
@@ -331,9 +335,9 @@ class FoldedCrossAttention:
         folded_keys = torch.bmm(keys.to(query_weight.dtype), query_weight).float() * head_dim**-0.5
         folded_values = torch.bmm(values.to(output_weight.dtype), output_weight).float().view(heads * length, hidden)
         quantized, scale = quantize_rows(folded_values)
-        blocks = torch.zeros((heads * length, _round_up(hidden, 64)), dtype=torch.int8)
+        blocks = torch.zeros((heads * length, _round_up(hidden, VALUE_BLOCK)), dtype=torch.int8)
         blocks[:, :hidden] = quantized
-        values_by_block = blocks.view(heads * length, -1, 64).transpose(0, 1).contiguous()
+        values_by_block = blocks.view(heads * length, -1, VALUE_BLOCK).transpose(0, 1).contiguous()
         return cls(Int8Linear(folded_keys.view(heads * length, hidden), None), values_by_block, scale.view(-1))
 
 
