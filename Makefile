@@ -27,7 +27,7 @@ setup-dev: $(VENV)/.dev kernels
 
 # The native decoder step (handler/kernels.c), one library per instruction set; needs a C compiler.
 kernels: | $(VENV)/.runtime
-	$(BIN)/python -m handler.kernels
+	$(BIN)/python -m handler.native.build
 
 run: setup
 	$(BIN)/uvicorn handler.app:app --host $(HOST) --port $(PORT)

@@ -33,9 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def model_dir(smoke: bool, cache_dir: Path) -> Path:
     """The benchmark model, built once and cached outside the repository, baked as the image bakes it."""
-    from handler.fast_decoder import artifact_name
+    from benchmarks.random_models import build_musicgen_small, build_tiny_model
+    from handler.musicgen.model import artifact_name
     from infra.bake_model import bake
-    from tests.model_builder import build_musicgen_small, build_tiny_model
 
     name = "tiny-musicgen-random" if smoke else "musicgen-small-random"
     source = cache_dir / f"{name}-source-{source_version()}"
@@ -65,13 +65,19 @@ def _digest(*sources: str) -> str:
 
 def source_version() -> str:
     """Changes whenever the code that builds the random-weight model does."""
-    return _digest("tests/model_builder.py")
+    return _digest("benchmarks/random_models.py")
 
 
 def artifact_version() -> str:
     """Changes whenever the code or libraries that shape the serving artifact do: a stale bake is never reused."""
-    shaping = ("fast_decoder", "kernels", "text_encoder", "audio_decoder", "tokenizer")
-    return _digest("tests/model_builder.py", *(f"handler/{name}.py" for name in shaping), "infra/bake_model.py")
+    shaping = (
+        "musicgen/model",
+        "native/packing",
+        "musicgen/text_encoder",
+        "musicgen/audio_decoder",
+        "musicgen/tokenizer",
+    )
+    return _digest("benchmarks/random_models.py", *(f"handler/{name}.py" for name in shaping), "infra/bake_model.py")
 
 
 def peak_rss_mb() -> float:
@@ -132,11 +138,11 @@ def measure_baseline(directory: Path, seconds: int) -> dict[str, Any]:
 
 
 def measure_engine(directory: Path, seconds: int, precision: str, long_seconds: int) -> dict[str, Any]:
-    """Our engine as the app runs it: `TransformersMusicGenerator` from `handler.engine`."""
-    from handler import kernels
-    from handler.engine import DECODE_SHARE, GenerationParams, TransformersMusicGenerator
+    """Our engine as the app runs it: `TransformersMusicGenerator` from `handler.musicgen.generator`."""
+    from handler.musicgen.generator import DECODE_SHARE, GenerationParams, TransformersMusicGenerator
+    from handler.native import runtime
 
-    native = kernels.best()
+    native = runtime.best()
     generator = TransformersMusicGenerator(str(directory), precision)  # type: ignore[arg-type]
     generator.load()
     ready = since_process_start()
@@ -179,9 +185,9 @@ def memory_floor(directory: Path, precision: str, steps: int) -> dict[str, Any]:
     cache, averaged over the clip) at the bandwidth a plain streaming read gets, measured now."""
     import torch
 
-    from handler.engine import on_engine_thread
-    from handler.fast_decoder import artifact_name, load_artifact
-    from handler.tokenizer import TOKENIZER_NAME, PromptTokenizer
+    from handler.musicgen.generator import on_engine_thread
+    from handler.musicgen.model import artifact_name, load_artifact
+    from handler.musicgen.tokenizer import TOKENIZER_NAME, PromptTokenizer
 
     engine = load_artifact(Path(directory) / artifact_name(precision))  # type: ignore[arg-type]
     text_length = int(PromptTokenizer.from_file(Path(directory) / TOKENIZER_NAME)([PROMPT])[0].shape[1])
@@ -213,7 +219,7 @@ def measure_quality(directory: Path, seconds: int, precisions: list[str]) -> dic
     import torch
     from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
-    from handler.fast_decoder import FastMusicgen
+    from handler.musicgen.model import FastMusicgen
 
     processor: Any = AutoProcessor.from_pretrained(directory)  # type: ignore[no-untyped-call]
     inputs = processor(text=[PROMPT], padding=True, return_tensors="pt")

@@ -7,11 +7,11 @@ from mangum import Mangum
 
 from handler import __version__
 from handler.dependencies import Services
-from handler.engine import MusicGenerator, TransformersMusicGenerator
 from handler.errors import install_error_handlers
 from handler.job_records import JobDispatcher, job_id_from_event
 from handler.jobs import LambdaJobInvoker, LocalJobQueue, run_job
 from handler.logs import configure_logging, log_requests, take_cold_start
+from handler.musicgen.generator import MusicGenerator, TransformersMusicGenerator
 from handler.routes import router
 from handler.settings import Settings, get_settings
 from handler.storage import LocalStorage, S3Storage, Storage, aws_region, s3_client

@@ -5,8 +5,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from handler.engine import MusicGenerator
 from handler.job_records import JobDispatcher
+from handler.musicgen.generator import MusicGenerator
 from handler.settings import Settings
 from handler.storage import Storage
 

@@ -6,7 +6,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from handler.engine import GenerationParams
+from handler.musicgen.generator import GenerationParams
 from handler.storage import Storage
 
 EXPIRED_ERROR = "The job's worker did not finish before its deadline"

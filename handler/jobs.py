@@ -12,10 +12,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from handler.dependencies import Services
-from handler.engine import GenerationParams
 from handler.filenames import filename_for
 from handler.job_records import JobRecord, JobStatus, JobStore, job_event
 from handler.music_files import MusicFileError, make_music_file
+from handler.musicgen.generator import GenerationParams
 from handler.storage import StorageError
 
 logger = logging.getLogger(__name__)

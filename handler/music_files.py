@@ -5,7 +5,7 @@ from datetime import datetime
 
 from handler.audio import encode_wav
 from handler.dependencies import Services
-from handler.engine import GenerationFailedError, GenerationParams, ModelUnavailableError, ProgressCallback
+from handler.musicgen.generator import GenerationFailedError, GenerationParams, ModelUnavailableError, ProgressCallback
 from handler.storage import StorageError, prune
 
 logger = logging.getLogger(__name__)

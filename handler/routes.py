@@ -13,7 +13,6 @@ from starlette.concurrency import run_in_threadpool
 
 from handler import __version__
 from handler.dependencies import Services, ServicesDep
-from handler.engine import GenerationParams
 from handler.filenames import (
     TIMESTAMP_FORMAT,
     filename_for,
@@ -25,6 +24,7 @@ from handler.filenames import (
 from handler.job_records import JobStatus, JobStore
 from handler.jobs import JobDispatchError, submit_job
 from handler.music_files import MusicFileError, make_music_file
+from handler.musicgen.generator import GenerationParams
 from handler.schemas import (
     MAX_SEED,
     ErrorResponse,

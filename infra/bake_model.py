@@ -24,9 +24,9 @@ def bake(source: str, target: Path) -> None:
     model.save_pretrained(target)
     del model
 
-    from handler.fast_decoder import FastMusicgen, artifact_name, save_artifact
+    from handler.musicgen.model import FastMusicgen, artifact_name, save_artifact
+    from handler.musicgen.tokenizer import TOKENIZER_NAME, PromptTokenizer
     from handler.settings import QUANTIZED
-    from handler.tokenizer import TOKENIZER_NAME, PromptTokenizer
 
     PromptTokenizer.from_processor(processor).save(target / TOKENIZER_NAME)
     for precision in sorted(QUANTIZED):

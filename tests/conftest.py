@@ -18,14 +18,14 @@ import pytest
 from fastapi.testclient import TestClient
 from moto.server import ThreadedMotoServer
 
+from benchmarks.random_models import build_tiny_model
 from handler.app import create_app
-from handler.engine import MusicGenerator, TransformersMusicGenerator
 from handler.jobs import LocalJobQueue
+from handler.musicgen.generator import MusicGenerator, TransformersMusicGenerator
 from handler.settings import Settings, get_settings
 from handler.storage import LocalStorage, S3Storage, Storage, s3_client
-from tests.infra_files import ROOT, dockerfile_stages, function_environment, load_template, parameter_defaults
-from tests.model_builder import build_tiny_model
-from tests.runtime_api import RuntimeApiStub
+from tests.support.infra_files import ROOT, dockerfile_stages, function_environment, load_template, parameter_defaults
+from tests.support.runtime_api import RuntimeApiStub
 
 S3_REGION = "eu-west-1"
 

@@ -8,8 +8,8 @@ import httpx
 import pytest
 
 from tests.conftest import EVENTS_DIR, LambdaContext, load_event
-from tests.contract import EXPECTED, body_of, check_response
-from tests.wav import read_wav
+from tests.support.contract import EXPECTED, body_of, check_response
+from tests.support.wav import read_wav
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 

@@ -3,7 +3,7 @@
 import numpy as np
 
 from handler.audio import PEAK, encode_wav
-from tests.wav import read_wav
+from tests.support.wav import read_wav
 
 
 def test_wav_is_mono_16_bit_at_the_given_rate_with_every_sample() -> None:

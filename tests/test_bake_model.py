@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from handler.engine import GenerationParams, ModelUnavailableError, TransformersMusicGenerator
-from handler.fast_decoder import artifact_name
+from handler.musicgen.generator import GenerationParams, ModelUnavailableError, TransformersMusicGenerator
+from handler.musicgen.model import artifact_name
 from handler.settings import QUANTIZED, Precision
 from infra.bake_model import bake, main
 
@@ -62,7 +62,7 @@ def test_serving_the_baked_model_never_imports_transformers(tiny_model_dir: Path
     script = (
         "import sys\n"
         "from handler.app import app\n"
-        "from handler.engine import GenerationParams, TransformersMusicGenerator\n"
+        "from handler.musicgen.generator import GenerationParams, TransformersMusicGenerator\n"
         f"generator = TransformersMusicGenerator({str(target)!r})\n"
         "audio = generator.generate(GenerationParams('rain', 1, 3.0, 1.0, seed=3))\n"
         "assert audio.shape == (32000,), audio.shape\n"

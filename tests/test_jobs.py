@@ -11,15 +11,15 @@ import pytest
 from botocore.stub import ANY, Stubber
 from fastapi.testclient import TestClient
 
-from handler.engine import GenerationParams, TransformersMusicGenerator
 from handler.job_records import EXPIRED_ERROR, JOB_EVENT_KEY, JobStatus, JobStore, job_event, job_id_from_event
 from handler.jobs import LocalJobQueue
+from handler.musicgen.generator import GenerationParams, TransformersMusicGenerator
 from handler.routes import prefers_async
 from handler.settings import Settings
 from handler.storage import LocalStorage, Storage
 from tests.conftest import LambdaContext, load_event, serve
-from tests.doubles import FailingGenerator, GatedGenerator
-from tests.wav import read_wav
+from tests.support.doubles import FailingGenerator, GatedGenerator
+from tests.support.wav import read_wav
 
 ASYNC = {"Prefer": "respond-async"}
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]

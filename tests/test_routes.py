@@ -11,14 +11,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from handler.app import create_app
-from handler.engine import TransformersMusicGenerator
 from handler.filenames import is_valid_filename
+from handler.musicgen.generator import TransformersMusicGenerator
 from handler.schemas import MAX_PROMPT_CHARS
 from handler.settings import Settings
 from handler.storage import LocalStorage, Storage
 from tests.conftest import serve
-from tests.doubles import FailingGenerator, GatedGenerator
-from tests.wav import read_wav
+from tests.support.doubles import FailingGenerator, GatedGenerator
+from tests.support.wav import read_wav
 
 PROMPT = "A lofi hip hop beat with smooth jazz piano and rain sounds"
 

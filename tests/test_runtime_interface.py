@@ -11,8 +11,8 @@ from collections.abc import Callable
 import httpx
 
 from tests.conftest import EVENTS_DIR, LambdaRuntime, load_event
-from tests.contract import body_of, check_response
-from tests.wav import read_wav
+from tests.support.contract import body_of, check_response
+from tests.support.wav import read_wav
 
 TIMEOUT = 180.0
 """Seconds to wait for one answer: the first includes importing torch and loading the model."""

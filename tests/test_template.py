@@ -12,7 +12,7 @@ from handler.filenames import new_filename
 from handler.settings import Settings
 from handler.storage import S3Storage, StorageError, prune
 from tests.conftest import S3Request
-from tests.infra_files import (
+from tests.support.infra_files import (
     DOCKERFILE,
     DOCKERIGNORE,
     ROOT,
@@ -293,9 +293,9 @@ def test_image_builds_the_native_kernels_and_ships_only_the_libraries() -> None:
     assert kernels_stage.base == "deps"  # built against the torch the image runs
     [build] = kernels_stage.run_commands()
     assert "dnf install -y gcc" in build
-    output = build.split("python -m handler.kernels ", 1)[1].split()[0]
+    output = build.split("python -m handler.native.build ", 1)[1].split()[0]
     copies = [arguments.split() for keyword, arguments in FINAL_STAGE.instructions if keyword == "COPY"]
-    assert ["--from=kernels", f"{output}/", "${LAMBDA_TASK_ROOT}/handler/"] in copies
-    assert any("kernels.best() is not None" in run for run in FINAL_STAGE.run_commands())
+    assert ["--from=kernels", f"{output}/", "${LAMBDA_TASK_ROOT}/handler/native/"] in copies
+    assert any("runtime.best() is not None" in run for run in FINAL_STAGE.run_commands())
     # Libraries built on a developer's machine never reach the build context.
     assert "**/*.so" in DOCKERIGNORE.read_text().splitlines()

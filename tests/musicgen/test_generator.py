@@ -6,14 +6,14 @@ import threading
 import numpy as np
 import pytest
 
-from handler.engine import (
+from handler.musicgen.generator import (
     GenerationParams,
     ModelUnavailableError,
     TransformersMusicGenerator,
     decode_steps,
     on_engine_thread,
 )
-from handler.fast_decoder import NATIVE_STEPS_PER_CALL
+from handler.musicgen.model import NATIVE_STEPS_PER_CALL
 
 
 def params(**overrides: object) -> GenerationParams:

@@ -1,4 +1,4 @@
-"""handler.audio_decoder: EnCodec decoding in plain torch, bit-identical to transformers' EncodecModel.decode."""
+"""EnCodec decoding in plain torch, bit-identical to transformers' EncodecModel.decode."""
 
 import subprocess
 import sys
@@ -10,9 +10,9 @@ import pytest
 import torch
 from transformers import EncodecConfig, EncodecModel, MusicgenForConditionalGeneration
 
-from handler.audio_decoder import EncodecAudioDecoder, PaddedConv1d
+from handler.musicgen.audio_decoder import EncodecAudioDecoder, PaddedConv1d
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 MUSICGEN_SMALL_CODEC = {
     "sampling_rate": 32000,

@@ -12,8 +12,8 @@ from torch import nn
 from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 from transformers import AutoProcessor, MusicgenForConditionalGeneration, T5Config, T5EncoderModel
 
-from handler.text_encoder import T5TextEncoder
-from tests.infra_files import ROOT
+from handler.musicgen.text_encoder import T5TextEncoder
+from tests.support.infra_files import ROOT
 
 PROMPTS = ["80s pop track with bassy drums and synth", "lofi chill"]
 T5_BASE_SHAPE: dict[str, Any] = {

@@ -7,10 +7,10 @@ import pytest
 import torch
 from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
-from handler import kernels
 from handler.cpu import cpu_has_bf16
-from handler.fast_decoder import FastMusicgen, save_artifact
-from handler.kernels import Int4Linear, Int8Linear
+from handler.musicgen.model import FastMusicgen, save_artifact
+from handler.native import packing, runtime
+from handler.native.packing import Int4Linear, Int8Linear
 
 PROMPTS = ["80s pop track with bassy drums and synth", "lofi chill"]
 
@@ -91,7 +91,7 @@ def teacher_forced(model_dir: Path, prompts: list[str], guidance: float, **engin
 def test_native_step_equals_the_torch_step(
     tiny_model_dir: Path, prompts: list[str], guidance: float, precision: str
 ) -> None:
-    assert kernels.best() is not None, "make builds the kernels before the tests"
+    assert runtime.best() is not None, "make builds the kernels before the tests"
     native = teacher_forced(tiny_model_dir, prompts, guidance, precision=precision)
     in_torch = teacher_forced(tiny_model_dir, prompts, guidance, precision=precision, native=False)
     exact = teacher_forced(tiny_model_dir, prompts, guidance, precision="fp32")
@@ -155,7 +155,7 @@ def test_step_bytes_count_the_streamed_weights_and_the_cache_written_so_far(tiny
     engine = FastMusicgen(model, precision="int4")
     inputs = processor(text=PROMPTS[:1], return_tensors="pt")
     hidden, mask = engine._encode_text(inputs["input_ids"], inputs["attention_mask"])
-    capacity = 2 * kernels.KEY_TILE
+    capacity = 2 * packing.KEY_TILE
     run = engine._new_state(hidden, mask, rows=2, total_len=capacity).native
     assert run is not None
     caches = (run.k_cache, run.v_cache, run.k_scale, run.v_scale, run.k_sum)

@@ -7,17 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from handler import kernels
-from handler.kernels import (
-    GENERIC,
-    FoldedCrossAttention,
-    Int4Linear,
-    Int8Linear,
-    LayerWeights,
-    NativeKernels,
-    NativeRun,
-    PackedLinear,
-)
+from handler.native import build, packing, runtime
+from handler.native.build import GENERIC
+from handler.native.packing import FoldedCrossAttention, Int4Linear, Int8Linear, LayerWeights, PackedLinear
+from handler.native.runtime import NativeKernels, NativeRun
 
 LAYERS = 2
 SHAPES = [(64, 4, 128), (24, 2, 40)]
@@ -28,23 +21,23 @@ SHAPES = [(64, 4, 128), (24, 2, 40)]
 def builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, NativeKernels]:
     """Each variant this CPU can run, plus the plain-C one, built into a temporary directory."""
     directory = tmp_path_factory.mktemp("kernels")
-    selected = [v for v in (*kernels.variants(), GENERIC) if kernels.runnable(v)]
-    kernels.build(selected, directory)
-    loaded = {v.name: kernels.load(v, directory) for v in selected}
+    selected = [v for v in (*build.variants(), GENERIC) if runtime.runnable(v)]
+    build.build(selected, directory)
+    loaded = {v.name: runtime.load(v, directory) for v in selected}
     return {name: k for name, k in loaded.items() if k is not None}
 
 
 def test_every_runnable_variant_builds_and_loads(builds: dict[str, NativeKernels]) -> None:
-    expected = {v.name for v in (*kernels.variants(), GENERIC) if kernels.runnable(v)}
+    expected = {v.name for v in (*build.variants(), GENERIC) if runtime.runnable(v)}
     assert set(builds) == expected
     assert "generic" in builds
 
 
 def test_the_library_links_to_torchs_openmp_runtime(builds: dict[str, NativeKernels], tmp_path: Path) -> None:
-    runtime = kernels.openmp_runtime()
+    runtime = build.openmp_runtime()
     if runtime is None:
         pytest.fail("this torch wheel bundles no OpenMP runtime; the check below would not apply")
-    (path,) = kernels.build([GENERIC], tmp_path)
+    (path,) = build.build([GENERIC], tmp_path)
     needed = subprocess.run(["readelf", "-d", str(path)], capture_output=True, text=True, check=True).stdout
     soname = subprocess.run(["readelf", "-d", str(runtime)], capture_output=True, text=True, check=True).stdout
     runtime_name = soname.split("Library soname: [", 1)[1].split("]", 1)[0]
@@ -53,18 +46,18 @@ def test_the_library_links_to_torchs_openmp_runtime(builds: dict[str, NativeKern
 
 
 def test_build_creates_its_output_directory(tmp_path: Path) -> None:
-    (path,) = kernels.build([GENERIC], tmp_path / "opt" / "kernels")
+    (path,) = build.build([GENERIC], tmp_path / "opt" / "kernels")
     assert path.parent == tmp_path / "opt" / "kernels"
     assert path.stat().st_mode & 0o777 == 0o755
-    assert kernels.load(GENERIC, path.parent) is not None
+    assert runtime.load(GENERIC, path.parent) is not None
 
 
 def test_a_failed_build_leaves_the_previous_library(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (path,) = kernels.build([GENERIC], tmp_path)
+    (path,) = build.build([GENERIC], tmp_path)
     before = path.read_bytes()
     monkeypatch.setenv("CC", "false")
     with pytest.raises(subprocess.CalledProcessError):
-        kernels.build([GENERIC], tmp_path)
+        build.build([GENERIC], tmp_path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
 
@@ -260,12 +253,12 @@ def test_too_many_rows_are_refused(builds: dict[str, NativeKernels]) -> None:
     with pytest.raises(ValueError, match="rows"):
         NativeRun(
             builds["generic"], [layer], nn.LayerNorm(64), Int8Linear(torch.randn(8, 64), None), heads=4,
-            rows=kernels.MAX_ROWS + 1, cond_rows=1, capacity=4,
+            rows=packing.MAX_ROWS + 1, cond_rows=1, capacity=4,
             cross_k=[torch.zeros(1, 4, 2, 16)], cross_v=[torch.zeros(1, 4, 2, 16)], cross_mask=None,
         )  # fmt: skip
 
 
-@pytest.mark.parametrize("head_dim", [kernels.MAX_HEAD_DIM + 4, 6])
+@pytest.mark.parametrize("head_dim", [packing.MAX_HEAD_DIM + 4, 6])
 def test_heads_the_cache_layout_cannot_hold_are_refused(builds: dict[str, NativeKernels], head_dim: int) -> None:
     layer = random_layer(head_dim, 64)
     with pytest.raises(ValueError, match="multiple of 4 dimensions"):

@@ -14,13 +14,13 @@ over the model's modules instead of ``model.generate``:
 * sampling is CFG -> temperature -> top-k -> softmax -> multinomial with a ``torch.Generator``
   seeded from an integer (same seed => identical codes); ``temperature == 0`` is greedy argmax;
 * precision ``"int8"`` (default) stores the decoder's Linear layers as int8 with per-output-channel
-  scales and runs each step in the native kernel of ``handler.kernels`` (one call for all layers,
+  scales and runs each step in the native kernel of ``handler.native`` (one call for all layers,
   int8 KV cache; the same products in torch, with a float cache, where the library is not built);
   the text encoder's Linear layers get torch's dynamic int8 quantization. ``"int4"`` is the same
   with the decoder layers' weights in int4, one scale per 64 inputs (the codebook heads stay
   int8): half the bytes each step streams, further from fp32. ``"bf16"`` casts the decoder to
   bfloat16, ``"fp32"`` keeps it exact (greedy codes match ``model.generate`` bit for bit);
-* the text encoder (``handler.text_encoder``) and EnCodec's decoder (``handler.audio_decoder``) are
+* the text encoder (``handler.musicgen.text_encoder``) and EnCodec's decoder (``handler.musicgen.audio_decoder``) are
   rebuilt from plain torch modules with the same arithmetic, so an engine holds no transformers
   objects and a saved one loads without importing transformers (seconds of every cold start).
 
@@ -39,13 +39,14 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from handler import kernels
 from handler.allocator import keep_freed_memory
-from handler.audio_decoder import EncodecAudioDecoder
 from handler.cpu import cpu_has_bf16, cpu_quota_threads
-from handler.kernels import FoldedCrossAttention, Int4Linear, Int8Linear, LayerWeights, NativeGeneration, NativeRun
+from handler.musicgen.audio_decoder import EncodecAudioDecoder
+from handler.musicgen.text_encoder import T5TextEncoder, shared_linear
+from handler.native import packing, runtime
+from handler.native.packing import FoldedCrossAttention, Int4Linear, Int8Linear, LayerWeights
+from handler.native.runtime import NativeGeneration, NativeRun
 from handler.settings import QUANTIZED, Precision
-from handler.text_encoder import T5TextEncoder, shared_linear
 
 NATIVE_STEPS_PER_CALL = 10
 """Decode steps per call into native code: progress is reported (and Python runs) between calls."""
@@ -181,7 +182,7 @@ class FastMusicgen:
             native
             and precision in QUANTIZED
             and dcfg.activation_function == "gelu"
-            and kernels.head_dim_supported(self.head_dim)
+            and runtime.head_dim_supported(self.head_dim)
         )
 
         dec: Any = model.decoder.model.decoder
@@ -236,7 +237,7 @@ class FastMusicgen:
 
     def gather_step_weights(self) -> None:
         """Move what every decode step streams into one block of anonymous memory, in read order."""
-        kernels.gather(self._step_linears())
+        packing.gather(self._step_linears())
 
     def step_bytes(self, position: int, rows: int, folded_text_length: int | None = None) -> int:
         """Bytes a native step at `position` reads from memory: what bounds its speed on a CPU.
@@ -247,7 +248,7 @@ class FastMusicgen:
             projections = {id(lin) for lin in self._cross_projection_linears()}
             linears = [lin for lin in linears if id(lin) not in projections]
             folded = self._folded_cross_bytes(folded_text_length)
-        return folded + kernels.step_bytes(linears, len(self._layers), rows, self.num_heads, self.head_dim, position)
+        return folded + packing.step_bytes(linears, len(self._layers), rows, self.num_heads, self.head_dim, position)
 
     def folds_cross_attention(self, cond_rows: int, text_length: int, steps: int) -> bool:
         """Whether a request's cross-attention is folded (`FoldedCrossAttention`): for one prompt,
@@ -258,7 +259,7 @@ class FastMusicgen:
         projections = self._cross_projection_linears()
         if any(lin.bias is not None for lin in projections):
             return False
-        weights = kernels.streamed_bytes(projections)
+        weights = packing.streamed_bytes(projections)
         folded = self._folded_cross_bytes(text_length)
         multiply_adds = folded * self.head_dim
         return (weights - folded) * steps >= FOLD_BYTES_PER_MULTIPLY_ADD * multiply_adds
@@ -312,7 +313,7 @@ class FastMusicgen:
         x = hs.to(self.dtype)
         # The kernel's product, not the torch one: that unpacks every layer's weights to float
         # (~0.1-0.5 s a request for musicgen-small).
-        native = kernels.best() if self.native else None
+        native = runtime.best() if self.native else None
         ks: list[torch.Tensor] = []
         vs: list[torch.Tensor] = []
         for layer in self._layers:
@@ -353,7 +354,7 @@ class FastMusicgen:
         )
 
     def _native_run(self, cross: _CrossKV, rows: int, cond_rows: int, total_len: int) -> NativeRun | None:
-        native = kernels.best() if self.native and rows <= kernels.MAX_ROWS else None
+        native = runtime.best() if self.native and rows <= packing.MAX_ROWS else None
         if native is None:
             return None
         folds = self.folds_cross_attention(cond_rows, int(cross.k[0].shape[2]), total_len - 1)

@@ -8,7 +8,7 @@ import torch
 from tokenizers import Tokenizer
 from transformers import AutoProcessor
 
-from handler.tokenizer import PromptTokenizer
+from handler.musicgen.tokenizer import PromptTokenizer
 
 PROMPTS = [
     "A lofi hip hop beat with smooth jazz piano and rain sounds",

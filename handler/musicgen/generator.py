@@ -13,8 +13,8 @@ import numpy as np
 import numpy.typing as npt
 
 from handler.cpu import cpu_has_bf16
+from handler.musicgen.tokenizer import TOKENIZER_NAME, PromptTokenizer
 from handler.settings import QUANTIZED, Precision
-from handler.tokenizer import TOKENIZER_NAME, PromptTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ class TransformersMusicGenerator:
 
 
 def _load(model_id: str, precision: Precision) -> _LoadedModel:
-    from handler.fast_decoder import artifact_name, load_artifact
+    from handler.musicgen.model import artifact_name, load_artifact
 
     artifact, tokenizer_file = Path(model_id) / artifact_name(precision), Path(model_id) / TOKENIZER_NAME
     if precision in QUANTIZED and artifact.is_file() and tokenizer_file.is_file():
@@ -209,7 +209,7 @@ def _load(model_id: str, precision: Precision) -> _LoadedModel:
     else:
         from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
-        from handler.fast_decoder import FastMusicgen
+        from handler.musicgen.model import FastMusicgen
 
         processor: Any = AutoProcessor.from_pretrained(model_id)  # type: ignore[no-untyped-call]
         tokenizer = PromptTokenizer.from_processor(processor)

@@ -3,7 +3,7 @@
 import threading
 from typing import Any
 
-from handler.engine import GenerationParams, MusicGenerator, ProgressCallback
+from handler.musicgen.generator import GenerationParams, MusicGenerator, ProgressCallback
 
 
 class GatedGenerator:

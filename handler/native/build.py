@@ -1,0 +1,84 @@
+"""Building the native library (`kernels.c`): one build per instruction set, compiled ahead of time
+(`python -m handler.native.build`, run by `make` and the image build)."""
+
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("kernels.c")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One build of the library: for the CPUs that have all of `cpu_flags`."""
+
+    name: str
+    flags: tuple[str, ...]
+    cpu_flags: frozenset[str]
+
+    def path(self, directory: Path = SOURCE.parent) -> Path:
+        return directory / f"libsrm_kernels_{self.name}.so"
+
+
+GENERIC = Variant("generic", (), frozenset())
+"""Plain C for any CPU the compiler targets by default (its scalar path on x86)."""
+
+# Best first. The targets are portable baselines, not the build machine's own CPU: the image is
+# built on one machine and runs on Lambda's (x86-64-v3 is AVX2 + FMA, on every Lambda x86 CPU).
+_VARIANTS = {
+    "x86_64": (
+        Variant("avx512vnni", ("-march=x86-64-v4", "-mavx512vnni"), frozenset({"avx512bw", "avx512_vnni"})),
+        Variant("avx2", ("-march=x86-64-v3",), frozenset({"avx2", "fma"})),
+    ),
+    "aarch64": (Variant("armv8", ("-march=armv8-a",), frozenset()),),
+}
+
+
+def variants(machine: str | None = None) -> tuple[Variant, ...]:
+    """The builds made for `machine` (default: this one), best first."""
+    return _VARIANTS.get(machine or platform.machine(), (GENERIC,))
+
+
+def openmp_runtime() -> Path | None:
+    """torch's own OpenMP runtime, where its wheel bundles one: the library links to that file."""
+    bundled = sorted((Path(torch.__file__).parent / "lib").glob("libgomp*.so*"))
+    return bundled[0] if bundled else None
+
+
+def build_commands(variant: Variant, output: Path, compiler: str = "cc") -> list[list[str]]:
+    """Compile, then link. Linking to torch's OpenMP runtime (not the system's) makes the kernels
+    share torch's thread pool; two runtimes would each keep threads spinning on the same cores."""
+    obj = output.with_suffix(".o")
+    runtime = openmp_runtime()
+    openmp = [str(runtime)] if runtime else ["-fopenmp"]
+    return [
+        [compiler, "-O3", *variant.flags, "-fopenmp", "-fPIC", "-c", str(SOURCE), "-o", str(obj)],
+        [compiler, "-shared", str(obj), "-o", str(output), *openmp, "-lm"],
+    ]
+
+
+def build(selected: Sequence[Variant] | None = None, directory: Path = SOURCE.parent) -> list[Path]:
+    """Compile each variant into `directory`, replacing a library only once its build has succeeded."""
+    built = []
+    directory.mkdir(parents=True, exist_ok=True)
+    for variant in selected or variants():
+        with tempfile.TemporaryDirectory(dir=directory) as scratch:
+            partial = Path(scratch) / "kernels.so"
+            for command in build_commands(variant, partial, os.environ.get("CC", "cc")):
+                subprocess.run(command, check=True)
+            partial.chmod(0o755)  # Lambda runs the image as another user
+            os.replace(partial, variant.path(directory))
+        built.append(variant.path(directory))
+    return built
+
+
+if __name__ == "__main__":
+    for path in build(directory=Path(sys.argv[1]) if len(sys.argv) > 1 else SOURCE.parent):
+        print(path)

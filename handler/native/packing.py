@@ -1,0 +1,256 @@
+"""Weights as the native step reads them: packed int8 and int4 Linear layers, folded cross-attention,
+and the block layout constants shared with `srm.h`."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Self
+
+import torch
+from torch import nn
+
+BLOCK_N, BLOCK_N4, BLOCK_K, MAX_ROWS, KEY_TILE, MAX_HEAD_DIM, VALUE_BLOCK = 4, 16, 64, 8, 32, 256, 64
+"""Must match SRM_BLOCK_N, SRM_BLOCK_N4, SRM_BLOCK_K, SRM_MAX_ROWS, SRM_KEY_TILE, SRM_MAX_HEAD_DIM
+and SRM_VALUE_BLOCK in kernels.c."""
+
+
+class _PackedLinear(nn.Module):
+    """What the packed layers share: built from an `nn.Linear`; `forward` is the kernel's
+    arithmetic in torch (inputs quantised per row), used without the library."""
+
+    weight: torch.Tensor  # packed: (out / block_n, in / 64, ...), zero padded
+    bias: torch.Tensor | None
+    streamed: tuple[str, ...] = ("weight",)
+    """The buffers every decode step reads through (see `gather`)."""
+    block_n = BLOCK_N
+    """Output channels a block of the packed weights holds."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.out_features, self.in_features = (int(s) for s in weight.shape)
+
+    @property
+    def padded_shape(self) -> tuple[int, int]:
+        """(out, in) rounded up to the kernel's blocks."""
+        return int(self.weight.shape[0]) * self.block_n, int(self.weight.shape[1]) * BLOCK_K
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> Self:
+        return cls(linear.weight, linear.bias)  # type: ignore[call-arg]
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The (out, in) weights as float32, as the kernel multiplies them."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, row_scale = quantize_rows(x.reshape(-1, self.in_features).float())
+        y = (q.float() * row_scale) @ self.dequantized_weight().T
+        if self.bias is not None:
+            y = y + self.bias[: self.out_features]
+        return y.view(*x.shape[:-1], self.out_features)
+
+
+class Int8Linear(_PackedLinear):
+    """A Linear layer as the native step stores it: int8 weights, one scale per output channel.
+
+    Packed as (out / 4, in / 64, 4, 64) and zero padded, so the kernel streams it in order.
+    """
+
+    scale: torch.Tensor
+    row_sum: torch.Tensor
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__(weight)
+        n, k = _round_up(self.out_features, BLOCK_N), _round_up(self.in_features, BLOCK_K)
+        w = weight.detach().float()
+        scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+        q = torch.zeros((n, k), dtype=torch.int8)
+        q[: self.out_features, : self.in_features] = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+        self.register_buffer(
+            "weight", q.view(n // BLOCK_N, BLOCK_N, k // BLOCK_K, BLOCK_K).transpose(1, 2).contiguous()
+        )
+        self.register_buffer("scale", _padded(scale, n))
+        self.register_buffer("row_sum", q.sum(dim=1, dtype=torch.int32))
+        self.register_buffer("bias", None if bias is None else _padded(bias.detach().float(), n))
+
+    def int8_weight(self) -> torch.Tensor:
+        """The (out, in) int8 weights, unpacked."""
+        n, k = self.padded_shape
+        unpacked = self.weight.transpose(1, 2).reshape(n, k)
+        return unpacked[: self.out_features, : self.in_features]
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return self.int8_weight().float() * self.scale[: self.out_features, None]
+
+
+class Int4Linear(_PackedLinear):
+    """A Linear layer with int4 weights and one bfloat16 scale per 64 inputs of each output channel.
+
+    Half the bytes of `Int8Linear` for the step to stream. Each group's scale is the one, of a few
+    near llama.cpp's Q4_0 choice (largest magnitude at -8), with the least squared error. Stored
+    as weight + 8 and packed as (out / 16, in / 64, 8, 16, 4) bytes: byte (m, j, i) of a block and
+    group holds input 8m + i of the block's channel j in its low nibble and input 8m + 4 + i in
+    its high one, so each 64 bytes unpack to four consecutive inputs of 16 channels, a channel per
+    32-bit lane (see srm_linear in kernels.c). Scales are (out / 16, in / 64, 16).
+    """
+
+    group_scale: torch.Tensor
+    streamed = ("weight", "group_scale")
+    block_n = BLOCK_N4
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__(weight)
+        n, k = _round_up(self.out_features, BLOCK_N4), _round_up(self.in_features, BLOCK_K)
+        groups = torch.zeros((n, k))
+        groups[: self.out_features, : self.in_features] = weight.detach().float()
+        q, scale = _int4_groups(groups.view(n, k // BLOCK_K, BLOCK_K))
+        # (block, channel, group, run m, nibble, input i) -> (block, group, m, nibble, channel, i)
+        nibbles = (q + 8).to(torch.uint8).view(n // BLOCK_N4, BLOCK_N4, k // BLOCK_K, 8, 2, 4).permute(0, 2, 3, 4, 1, 5)
+        self.register_buffer("weight", (nibbles[:, :, :, 0] | (nibbles[:, :, :, 1] << 4)).contiguous())
+        self.register_buffer(
+            "group_scale", scale.view(n // BLOCK_N4, BLOCK_N4, k // BLOCK_K).transpose(1, 2).contiguous()
+        )
+        self.register_buffer("bias", None if bias is None else _padded(bias.detach().float(), n))
+
+    def int4_weight(self) -> torch.Tensor:
+        """The (out, in) weights, unpacked, as int8 in [-8, 7]."""
+        n, k = self.padded_shape
+        low, high = self.weight & 0x0F, self.weight >> 4  # (block, group, m, channel, i)
+        q = torch.stack((low, high), dim=3).to(torch.int8) - 8  # (block, group, m, nibble, channel, i)
+        return q.permute(0, 4, 1, 2, 3, 5).reshape(n, k)[: self.out_features, : self.in_features]
+
+    def group_scales(self) -> torch.Tensor:
+        """(out, in / 64) float32: each group's scale."""
+        n, k = self.padded_shape
+        return self.group_scale.transpose(1, 2).reshape(n, k // BLOCK_K).float()[: self.out_features]
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """Each int4 value times its group's scale."""
+        k = self.padded_shape[1]
+        q = torch.zeros((self.out_features, k))
+        q[:, : self.in_features] = self.int4_weight().float()
+        w = (q.view(self.out_features, k // BLOCK_K, BLOCK_K) * self.group_scales()[..., None]).view(-1, k)
+        return w[:, : self.in_features]
+
+
+INT4_SCALE_FACTORS = torch.linspace(1.0, 0.8, 11)
+"""Scales tried per group, as fractions of Q4_0's: the best cuts the squared error of Gaussian
+weights by ~10% (searching finer or wider gains < 1% more)."""
+
+
+def _int4_groups(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q in [-8, 7] as int8, bf16 scale (..., 1)) for each group along the last dim of `groups`."""
+    q4_0 = groups.gather(-1, groups.abs().argmax(dim=-1, keepdim=True)) / -8.0
+    best: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    for factor in INT4_SCALE_FACTORS:
+        scale = (q4_0 * factor).to(torch.bfloat16)
+        step = scale.float()
+        q = torch.where(step != 0, torch.round(groups / step), 0.0).clamp(-8, 7)
+        error = (q * step - groups).square().sum(dim=-1, keepdim=True)
+        if best is None:
+            best = (q, scale, error)
+        else:
+            better = error < best[2]
+            best = (torch.where(better, q, best[0]), torch.where(better, scale, best[1]), torch.minimum(error, best[2]))
+    assert best is not None
+    return best[0].to(torch.int8), best[1]
+
+
+PackedLinear = Int8Linear | Int4Linear
+"""A Linear layer as the native step reads it."""
+
+
+def gather(linears: Sequence[PackedLinear]) -> None:
+    """Move the buffers the step streams (weights, group scales) into one block of memory per
+    dtype, in `linears`' order: anonymous memory read front to back keeps the prefetchers running
+    across layers (read from a file mapping, the same weights stream ~15% slower). One dtype a
+    block, because `torch.save` refuses views of one storage as different types."""
+    by_dtype: dict[torch.dtype, list[tuple[PackedLinear, str]]] = {}
+    for lin in linears:
+        for name in lin.streamed:
+            by_dtype.setdefault(getattr(lin, name).dtype, []).append((lin, name))
+    for dtype, streamed in by_dtype.items():
+        block = torch.empty(sum(getattr(lin, name).numel() for lin, name in streamed), dtype=dtype)
+        offset = 0
+        for lin, name in streamed:
+            tensor: torch.Tensor = getattr(lin, name)
+            part = block[offset : offset + tensor.numel()].view(tensor.shape)
+            part.copy_(tensor)
+            setattr(lin, name, part)
+            offset += tensor.numel()
+
+
+def step_bytes(
+    linears: Sequence[PackedLinear], layers: int, rows: int, heads: int, head_dim: int, position: int
+) -> int:
+    """Bytes one native step at `position` streams: every packed weight, and each row's KV cache so
+    far (int8 keys and values, with a scale each and a key sum). Norms and activations stay in cache."""
+    per_position = 2 * head_dim + 3 * 4
+    return streamed_bytes(linears) + (position + 1) * layers * rows * heads * per_position
+
+
+def streamed_bytes(linears: Sequence[PackedLinear]) -> int:
+    """Bytes of the buffers every step reads through in `linears` (see `gather`)."""
+    return sum(getattr(lin, name).nbytes for lin in linears for name in lin.streamed)
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 quantisation with one scale per row, as the kernel does: (q, scale (rows, 1))."""
+    top = x.abs().amax(dim=-1, keepdim=True)
+    inv = torch.where(top > 0, 127.0 / top, torch.zeros_like(top))
+    return torch.round(x * inv).to(torch.int8), top / 127.0
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _padded(values: torch.Tensor, size: int) -> torch.Tensor:
+    out = torch.zeros(size, dtype=values.dtype)
+    out[: values.shape[0]] = values
+    return out
+
+
+@dataclass
+class LayerWeights:
+    """One decoder layer's weights for the native step."""
+
+    norms: tuple[nn.LayerNorm, nn.LayerNorm, nn.LayerNorm]  # self-attention, cross-attention, feed-forward
+    qkv: PackedLinear
+    out: PackedLinear
+    cross_q: PackedLinear
+    cross_out: PackedLinear
+    fc1: PackedLinear
+    fc2: PackedLinear
+
+    def linears(self) -> tuple[PackedLinear, ...]:
+        """The layer's products in the order the step reads them (and `srm_layer` lists them)."""
+        return (self.qkv, self.out, self.cross_q, self.cross_out, self.fc1, self.fc2)
+
+
+@dataclass
+class FoldedCrossAttention:
+    """One prompt's cross-attention for one layer with its query and output projections folded
+    into the text's keys and values (see srm_layer in kernels.c): per (head, text position), a
+    key vector and a value vector of the decoder's width."""
+
+    keys: Int8Linear  # (heads * text length, hidden): the scores are one product of the normed row
+    values: torch.Tensor  # (hidden / VALUE_BLOCK, heads * text length, VALUE_BLOCK) int8, zero padded
+    value_scale: torch.Tensor  # (heads * text length)
+
+    @classmethod
+    def fold(
+        cls, keys: torch.Tensor, values: torch.Tensor, query_weight: torch.Tensor, output_weight: torch.Tensor
+    ) -> Self:
+        """From one prompt's keys and values (heads, length, head_dim) and the layer's query and
+        output weights, each (heads, head_dim, hidden): key (h, t) = keys[h, t] @ query_weight[h] /
+        sqrt(head_dim), value (h, t) = values[h, t] @ output_weight[h]."""
+        heads, length, head_dim = (int(size) for size in keys.shape)
+        hidden = int(query_weight.shape[-1])
+        # In the weights' dtype (bfloat16 as served: half the time of float32), summed in float32.
+        folded_keys = torch.bmm(keys.to(query_weight.dtype), query_weight).float() * head_dim**-0.5
+        folded_values = torch.bmm(values.to(output_weight.dtype), output_weight).float().view(heads * length, hidden)
+        quantized, scale = quantize_rows(folded_values)
+        blocks = torch.zeros((heads * length, _round_up(hidden, VALUE_BLOCK)), dtype=torch.int8)
+        blocks[:, :hidden] = quantized
+        values_by_block = blocks.view(heads * length, -1, VALUE_BLOCK).transpose(0, 1).contiguous()
+        return cls(Int8Linear(folded_keys.view(heads * length, hidden), None), values_by_block, scale.view(-1))

@@ -1,0 +1,338 @@
+"""Calling the native decoder step: the loaded library, one generation's caches and scratch, and
+its token-side state. `best()` loads the best build this CPU runs; without one the engine runs
+the same arithmetic in torch (the packed layers' `forward`), only slower."""
+
+import ctypes
+import logging
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from handler.cpu import cpu_flags
+from handler.native.abi import Decoder, Generation, Layer, Linear, Pointer
+from handler.native.build import SOURCE, Variant, variants
+from handler.native.packing import (
+    BLOCK_K,
+    KEY_TILE,
+    MAX_HEAD_DIM,
+    MAX_ROWS,
+    FoldedCrossAttention,
+    Int4Linear,
+    LayerWeights,
+    PackedLinear,
+    quantize_rows,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def _address(tensor: torch.Tensor | None) -> int | None:
+    return None if tensor is None else tensor.data_ptr()
+
+
+def _folded_fields(folded: FoldedCrossAttention | None) -> tuple[Linear, int | None, int | None]:
+    if folded is None:
+        return Linear(), None, None  # n == 0: the step runs the projections
+    return _linear_struct(folded.keys), folded.values.data_ptr(), folded.value_scale.data_ptr()
+
+
+def _linear_struct(lin: PackedLinear) -> Linear:
+    n, k = lin.padded_shape
+    common = {
+        "weight": lin.weight.data_ptr(),
+        "bias": _address(lin.bias),
+        "n": n,
+        "k": k,
+        "in_features": lin.in_features,
+        "out_features": lin.out_features,
+    }
+    if isinstance(lin, Int4Linear):
+        return Linear(**common, group_scale=lin.group_scale.data_ptr(), bits=4)
+    return Linear(**common, scale=lin.scale.data_ptr(), row_sum=lin.row_sum.data_ptr(), bits=8)
+
+
+class NativeKernels:
+    """The loaded library."""
+
+    def __init__(self, library: ctypes.CDLL, variant: Variant) -> None:
+        self.variant = variant
+        self._step = library.srm_decoder_step
+        self._step.restype = None
+        self._step.argtypes = [ctypes.POINTER(Decoder), Pointer, ctypes.c_int64]
+        self._generate = library.srm_generate
+        self._generate.restype = None
+        self._generate.argtypes = [
+            ctypes.POINTER(Decoder),
+            ctypes.POINTER(Generation),
+            Pointer,
+            ctypes.c_int64,
+            ctypes.c_int64,
+        ]
+        self._sample = library.srm_sample
+        self._sample.restype = None
+        self._sample.argtypes = [ctypes.POINTER(Decoder), ctypes.POINTER(Generation), Pointer]
+        self._linear = library.srm_linear_forward
+        self._linear.restype = None
+        self._linear.argtypes = [
+            ctypes.POINTER(Decoder),
+            ctypes.POINTER(Linear),
+            ctypes.c_int64,
+            Pointer,
+            ctypes.c_int64,
+        ]
+
+    def linear(self, lin: PackedLinear, x: torch.Tensor) -> torch.Tensor:
+        """`lin` applied to the rows of `x` (rows, in) by the kernel, MAX_ROWS rows at a time."""
+        n, k = lin.padded_shape
+        q, row_scale = quantize_rows(x.float())
+        out = torch.empty((int(x.shape[0]), n))
+        for start in range(0, int(x.shape[0]), MAX_ROWS):
+            rows = min(MAX_ROWS, int(x.shape[0]) - start)
+            quant = torch.zeros((rows, k), dtype=torch.int8)
+            quant[:, : lin.in_features] = q[start : start + rows]
+            quant_sum = quant.view(rows, k // BLOCK_K, BLOCK_K).sum(dim=-1, dtype=torch.int32)
+            holder = Decoder(
+                rows=rows,
+                threads=torch.get_num_threads(),
+                quant=quant.data_ptr(),
+                row_scale=row_scale[start : start + rows].contiguous().data_ptr(),
+                quant_sum=quant_sum.data_ptr(),
+                in_stride=k,
+            )
+            self._linear(ctypes.byref(holder), ctypes.byref(_linear_struct(lin)), rows, out[start].data_ptr(), n)
+        return out[:, : lin.out_features]
+
+    def generate(self, run: "NativeRun", generation: "NativeGeneration", first: int, last: int) -> None:
+        """Decode steps `first` to `last` - 1 of `generation` on `run`, extending its sequence."""
+        self._generate(ctypes.byref(run.struct), ctypes.byref(generation.struct), run.x.data_ptr(), first, last)
+
+    def sample(
+        self, logits: torch.Tensor, guidance: float | None, temperature: float, top_k: int, uniforms: torch.Tensor
+    ) -> torch.Tensor:
+        """The tokens (prompts, codebooks) `generate` picks from one step's logits (rows, codebooks,
+        vocab), with guidance (None: no unconditional rows) and one uniform per token."""
+        rows, codebooks, vocab = (int(size) for size in logits.shape)
+        prompts = rows // 2 if guidance is not None else rows
+        flat = logits.float().reshape(rows, codebooks * vocab).contiguous()
+        picked = torch.empty((prompts, codebooks), dtype=torch.long)
+        scratch = torch.empty(3 * vocab)
+        holder = Decoder(rows=rows, logits=flat.data_ptr(), head=Linear(n=codebooks * vocab))
+        sampling = Generation(
+            prompts=prompts,
+            codebooks=codebooks,
+            vocab=vocab,
+            guidance=1.0 if guidance is None else guidance,
+            inv_temperature=_inverse_temperature(temperature),
+            top_k=top_k,
+            scratch=scratch.data_ptr(),
+            picked=picked.data_ptr(),
+        )
+        draws = uniforms.float().contiguous()
+        self._sample(ctypes.byref(holder), ctypes.byref(sampling), draws.data_ptr())
+        return picked
+
+    def step(self, run: "NativeRun", x: torch.Tensor, pos: int) -> torch.Tensor:
+        """One decoder step of `run` on embeddings `x` (rows, hidden) -> logits (rows, head outputs)."""
+        run.x.copy_(x)
+        self._step(ctypes.byref(run.struct), run.x.data_ptr(), pos)
+        return run.logits
+
+
+def head_dim_supported(head_dim: int) -> bool:
+    """Whether the native step's cache layout holds attention heads of `head_dim` dimensions."""
+    return head_dim % 4 == 0 and head_dim <= MAX_HEAD_DIM
+
+
+class NativeRun:
+    """Caches, scratch and the C description of one generation's decoder state."""
+
+    def __init__(
+        self,
+        kernels: NativeKernels,
+        layers: Sequence[LayerWeights],
+        final_norm: nn.LayerNorm,
+        head: PackedLinear,
+        *,
+        heads: int,
+        rows: int,
+        cond_rows: int,
+        capacity: int,
+        cross_k: Sequence[torch.Tensor],
+        cross_v: Sequence[torch.Tensor],
+        cross_mask: torch.Tensor | None,
+        folded_cross: Sequence[FoldedCrossAttention] | None = None,
+    ) -> None:
+        """`folded_cross`: per layer, the one prompt's folded cross-attention (`cond_rows` 1), or
+        None to run the projections and attend to `cross_k` / `cross_v`."""
+        if rows > MAX_ROWS:
+            raise ValueError(f"at most {MAX_ROWS} rows per step")
+        if folded_cross is not None and (cond_rows != 1 or len(folded_cross) != len(layers)):
+            raise ValueError("folded cross-attention is for one prompt, one per layer")
+        hidden = int(final_norm.weight.shape[0])
+        head_dim = hidden // heads
+        self.kernels = kernels
+        self.rows = rows
+        linears = [head, *(lin for lw in layers for lin in lw.linears())]
+        in_stride = max(lin.padded_shape[1] for lin in linears)
+        out_stride = max(lin.padded_shape[0] for lin in linears)
+        cross_len = int(cross_k[0].shape[2])
+        # Uninitialised: attention uses only positions already written. Keys are in tiles of
+        # KEY_TILE positions, four dimensions of a key side by side (see tile_dots in kernels.c).
+        tiles = -(-capacity // KEY_TILE)
+        if not head_dim_supported(head_dim):
+            raise ValueError(f"attention heads need a multiple of 4 dimensions, at most {MAX_HEAD_DIM}")
+        shape = (len(layers), rows, heads)
+        self.k_cache = torch.empty((*shape, tiles, head_dim // 4, KEY_TILE, 4), dtype=torch.int8)
+        self.v_cache = torch.empty((*shape, capacity, head_dim), dtype=torch.int8)
+        self.k_scale = torch.empty((*shape, capacity))
+        self.v_scale = torch.empty((*shape, capacity))
+        self.k_sum = torch.empty((*shape, capacity), dtype=torch.int32)
+        self.x = torch.empty((rows, hidden))
+        self.logits = torch.empty((rows, head.padded_shape[0]))
+        normed = torch.empty((rows, in_stride))
+        quant = torch.zeros((rows, in_stride), dtype=torch.int8)
+        row_scale = torch.empty(rows)
+        quant_sum = torch.empty((rows, in_stride // BLOCK_K), dtype=torch.int32)
+        wide = torch.empty((rows, out_stride))
+        attn = torch.zeros((rows, in_stride))
+        scores = torch.empty((rows * heads, max(capacity, cross_len)))
+        mask = None if cross_mask is None else cross_mask.to(torch.uint8).contiguous()
+        keys = [k.contiguous() for k in cross_k]
+        values = [v.contiguous() for v in cross_v]
+        # The C side holds raw pointers: keep every tensor it points to alive as long as the run.
+        scratch = [normed, quant, row_scale, quant_sum, wide, attn, scores]
+        self._keep = [*scratch, mask, keys, values, layers, final_norm, head, folded_cross]
+        self._layers = (Layer * len(layers))(
+            *(
+                Layer(
+                    *(norm_param for norm in lw.norms for norm_param in (norm.weight.data_ptr(), norm.bias.data_ptr())),
+                    *(_linear_struct(lin) for lin in lw.linears()),
+                    self.k_cache[i].data_ptr(),
+                    self.v_cache[i].data_ptr(),
+                    self.k_scale[i].data_ptr(),
+                    self.v_scale[i].data_ptr(),
+                    self.k_sum[i].data_ptr(),
+                    keys[i].data_ptr(),
+                    values[i].data_ptr(),
+                    *_folded_fields(None if folded_cross is None else folded_cross[i]),
+                )
+                for i, lw in enumerate(layers)
+            )
+        )
+        self.struct = Decoder(
+            layers=len(layers),
+            rows=rows,
+            cond_rows=cond_rows,
+            hidden=hidden,
+            heads=heads,
+            head_dim=head_dim,
+            capacity=capacity,
+            cross_len=cross_len,
+            eps=float(final_norm.eps),
+            threads=torch.get_num_threads(),
+            layer=self._layers,
+            final_ln_w=final_norm.weight.data_ptr(),
+            final_ln_b=final_norm.bias.data_ptr(),
+            head=_linear_struct(head),
+            cross_mask=_address(mask),
+            normed=normed.data_ptr(),
+            quant=quant.data_ptr(),
+            row_scale=row_scale.data_ptr(),
+            quant_sum=quant_sum.data_ptr(),
+            wide=wide.data_ptr(),
+            attn=attn.data_ptr(),
+            scores=scores.data_ptr(),
+            logits=self.logits.data_ptr(),
+            in_stride=in_stride,
+            out_stride=out_stride,
+        )
+
+    def step(self, x: torch.Tensor, pos: int) -> torch.Tensor:
+        """One decoder step on embeddings `x` (rows, hidden) -> logits (rows, head outputs), reused next step."""
+        return self.kernels.step(self, x, pos)
+
+
+class NativeGeneration:
+    """The token side of a native generation: tables, sampling settings, delay pattern and the
+    sequence (prompts, codebooks, length) that `NativeKernels.generate` extends in place."""
+
+    def __init__(
+        self,
+        embed: torch.Tensor,
+        positions: torch.Tensor,
+        sequence: torch.Tensor,
+        forced: torch.Tensor,
+        pad_token: int,
+        *,
+        guidance: float,
+        temperature: float,
+        top_k: int,
+        uniforms: torch.Tensor,
+    ) -> None:
+        prompts, codebooks, length = (int(size) for size in sequence.shape)
+        vocab = int(embed.shape[0]) // codebooks - 1
+        if sequence.dtype != torch.long or not sequence.is_contiguous():
+            raise ValueError("the sequence must be a contiguous int64 tensor")
+        if tuple(forced.shape) != (codebooks, length) or tuple(uniforms.shape) != (length - 1, prompts, codebooks):
+            raise ValueError("the delay pattern and the uniforms must cover the whole sequence")
+        if int(positions.shape[0]) < length:
+            raise ValueError(f"position embeddings for {length} positions needed, {positions.shape[0]} given")
+        tensors = {
+            "embed": embed.float().contiguous(),
+            "positions": positions.float().contiguous(),
+            "uniforms": uniforms.float().contiguous(),
+            "forced": forced.to(torch.uint8).contiguous(),
+            "scratch": torch.empty(3 * vocab),
+            "picked": torch.empty((prompts, codebooks), dtype=torch.long),
+        }
+        self.sequence = sequence
+        # The C side holds raw pointers: keep every tensor it points to alive as long as this.
+        self._keep = tensors
+        self.struct = Generation(
+            **{name: tensor.data_ptr() for name, tensor in tensors.items()},
+            prompts=prompts,
+            codebooks=codebooks,
+            vocab=vocab,
+            length=length,
+            guidance=guidance,
+            inv_temperature=_inverse_temperature(temperature),
+            top_k=top_k,
+            pad_token=pad_token,
+            sequence=sequence.data_ptr(),
+        )
+
+
+def _inverse_temperature(temperature: float) -> float:
+    """What the native sampler takes: 0 for greedy decoding (a temperature of 0 or less)."""
+    return 0.0 if temperature <= 0 else 1.0 / temperature
+
+
+def load(variant: Variant, directory: Path = SOURCE.parent) -> NativeKernels | None:
+    """`variant`'s library in `directory`, or None when it has not been built or cannot be loaded."""
+    path = variant.path(directory)
+    if not path.is_file():
+        return None
+    try:
+        # torch is imported first, so the library's OpenMP runtime is torch's own (one thread pool).
+        return NativeKernels(ctypes.CDLL(str(path)), variant)
+    except OSError:
+        logger.warning("native kernels could not be loaded", extra={"library": str(path)}, exc_info=True)
+        return None
+
+
+@cache
+def best() -> NativeKernels | None:
+    """The best library built for this CPU, loaded once per process; None if none is built."""
+    for variant in variants():
+        if runnable(variant) and (kernels := load(variant)) is not None:
+            return kernels
+    logger.warning("native kernels not built (python -m handler.kernels); the int8 decoder runs in torch, slowly")
+    return None
+
+
+def runnable(variant: Variant) -> bool:
+    """Whether this CPU has the instructions `variant` was compiled for."""
+    return variant.cpu_flags <= cpu_flags()

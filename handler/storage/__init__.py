@@ -1,0 +1,1 @@
+from handler.storage.s3 import *  # noqa: F403
