@@ -8,6 +8,7 @@ Prints a table and writes the figures as JSON.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -24,17 +25,18 @@ from typing import Any, get_args
 
 import psutil
 
+from handler.cpu import cpu_flags
 from handler.settings import QUANTIZED, Precision
 
 PROMPT = "A lofi hip hop beat with smooth jazz piano and rain sounds"
-CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "srocks-music"
+CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "srocks-music" / "benchmark"
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def model_dir(smoke: bool, cache_dir: Path) -> Path:
     """The benchmark model, built once and cached outside the repository, baked as the image bakes it."""
     from benchmarks.random_models import build_musicgen_small, build_tiny_model
-    from handler.musicgen.model import artifact_name
+    from handler.musicgen.artifact import artifact_dir_name, is_artifact
     from infra.bake_model import bake
 
     name = "tiny-musicgen-random" if smoke else "musicgen-small-random"
@@ -43,12 +45,17 @@ def model_dir(smoke: bool, cache_dir: Path) -> Path:
     if not any(source.glob("*.safetensors")):
         source.mkdir(parents=True, exist_ok=True)
         (build_tiny_model if smoke else build_musicgen_small)(source)
-    if not all((baked / artifact_name(precision)).is_file() for precision in QUANTIZED):
+    if not all(is_artifact(baked / artifact_dir_name(precision)) for precision in QUANTIZED):
         bake(str(source), baked)
     for stale in (*cache_dir.glob(f"{name}-source-*"), *cache_dir.glob(f"{name}-baked-*"), cache_dir / name):
         if stale.is_dir() and stale not in (source, baked):
             shutil.rmtree(stale)  # ~2-3 GB each
     return baked
+
+
+def source_dir(baked: Path) -> Path:
+    """The plain `save_pretrained` directory the baked benchmark model was made from."""
+    return baked.with_name(baked.name.split("-baked-")[0] + f"-source-{source_version()}")
 
 
 def _digest(*sources: str) -> str:
@@ -78,6 +85,36 @@ def artifact_version() -> str:
         "musicgen/tokenizer",
     )
     return _digest("benchmarks/random_models.py", *(f"handler/{name}.py" for name in shaping), "infra/bake_model.py")
+
+
+NOTABLE_FLAGS = frozenset(
+    {
+        "avx2",
+        "fma",
+        "avx512f",
+        "avx512bw",
+        "avx512_vnni",
+        "avx_vnni",
+        "avx512_bf16",
+        "amx_bf16",
+        "amx_int8",
+        "asimd",
+        "asimddp",
+        "i8mm",
+        "bf16",
+        "sve",
+    }
+)
+"""The instruction sets that decide which kernels and EnCodec dtype this machine gets."""
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else what `platform` knows."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "Model")):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def peak_rss_mb() -> float:
@@ -138,12 +175,12 @@ def measure_baseline(directory: Path, seconds: int) -> dict[str, Any]:
 
 
 def measure_engine(directory: Path, seconds: int, precision: str, long_seconds: int) -> dict[str, Any]:
-    """Our engine as the app runs it: `TransformersMusicGenerator` from `handler.musicgen.generator`."""
-    from handler.musicgen.generator import DECODE_SHARE, GenerationParams, TransformersMusicGenerator
+    """Our engine as the app runs it: `MusicgenGenerator` from `handler.musicgen.generator`."""
+    from handler.musicgen.generator import DECODE_SHARE, GenerationParams, MusicgenGenerator
     from handler.native import runtime
 
     native = runtime.best()
-    generator = TransformersMusicGenerator(str(directory), precision)  # type: ignore[arg-type]
+    generator = MusicgenGenerator(str(directory), precision)  # type: ignore[arg-type]
     generator.load()
     ready = since_process_start()
     params = GenerationParams(PROMPT, seconds, 3.0, 1.0, seed=0)
@@ -185,12 +222,12 @@ def memory_floor(directory: Path, precision: str, steps: int) -> dict[str, Any]:
     cache, averaged over the clip) at the bandwidth a plain streaming read gets, measured now."""
     import torch
 
+    from handler.musicgen.artifact import artifact_dir_name, load_artifact
     from handler.musicgen.generator import on_engine_thread
-    from handler.musicgen.model import artifact_name, load_artifact
-    from handler.musicgen.tokenizer import TOKENIZER_NAME, PromptTokenizer
 
-    engine = load_artifact(Path(directory) / artifact_name(precision))  # type: ignore[arg-type]
-    text_length = int(PromptTokenizer.from_file(Path(directory) / TOKENIZER_NAME)([PROMPT])[0].shape[1])
+    artifact = load_artifact(Path(directory) / artifact_dir_name(precision))  # type: ignore[arg-type]
+    engine = artifact.model
+    text_length = int(artifact.tokenizer([PROMPT])[0].shape[1])
     folded = text_length if engine.folds_cross_attention(1, text_length, steps) else None
     mean_bytes = sum(engine.step_bytes(position, 2, folded) for position in range(steps)) / steps
     values = torch.ones(2**26)  # 256 MB of float32, far beyond the caches
@@ -219,14 +256,16 @@ def measure_quality(directory: Path, seconds: int, precisions: list[str]) -> dic
     import torch
     from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
-    from handler.musicgen.model import FastMusicgen
+    from handler.musicgen.model import MusicgenModel
+    from handler.musicgen.pattern import delay_forced
 
     processor: Any = AutoProcessor.from_pretrained(directory)  # type: ignore[no-untyped-call]
     inputs = processor(text=[PROMPT], padding=True, return_tensors="pt")
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
 
-    def engine(precision: str) -> FastMusicgen:
-        return FastMusicgen(MusicgenForConditionalGeneration.from_pretrained(directory), precision)  # type: ignore[arg-type]
+    def engine(precision: str) -> MusicgenModel:
+        model = MusicgenForConditionalGeneration.from_pretrained(directory)
+        return MusicgenModel.from_transformers(model, precision)  # type: ignore[arg-type]
 
     reference = engine("fp32")
     codes = reference.generate_codes(
@@ -236,7 +275,7 @@ def measure_quality(directory: Path, seconds: int, precisions: list[str]) -> dic
     sequence[:, :, 0] = reference.start_token_id
     for k in range(4):
         sequence[:, k, k + 1 : k + 1 + codes.shape[-1]] = codes[0, :, k]
-    valid = ~reference._delay_forced(sequence.shape[-1])[:, 1:].T
+    valid = ~delay_forced(reference.num_codebooks, sequence.shape[-1])[:, 1:].T
     fp32 = reference.teacher_forced_logits(ids, mask, sequence, guidance_scale=3.0)[:, 0]
     log_p = torch.log_softmax(fp32, -1)
     top_k = min(250, fp32.shape[-1])
@@ -306,6 +345,71 @@ def measure_http(directory: Path, seconds: int, precision: str) -> dict[str, Any
         "warm_rtf": warm / seconds,
         "server_rss_mb": rss,
     }
+
+
+def measure_plain_directory(baked: Path, seconds: int, long_seconds: int, precision: str) -> dict[str, Any]:
+    """`make run`'s server on a plain `save_pretrained` directory: the first start bakes an
+    artifact into an empty cache, a later start loads it. Each start is timed from process start
+    to its first clip served (a 1 s clip: ready to serve), then serves a `long_seconds` clip;
+    peak memory is the server's high-water mark. The same request is also made of the image's
+    baked directory: every start must give the same audio."""
+    with tempfile.TemporaryDirectory() as cache:
+        source = source_dir(baked)
+        first = serve_once(source, precision, Path(cache), long_seconds)
+        later = serve_once(source, precision, Path(cache), long_seconds)
+        image = serve_once(baked, precision, Path(cache) / "unused", 0)
+    return {
+        "first_start": first,
+        "later_start": later,
+        "same_audio_as_image": first.pop("audio") == later.pop("audio") == image.pop("audio"),
+        "origins": [first.pop("origin"), later.pop("origin"), image.pop("origin")],
+    }
+
+
+def serve_once(directory: Path, precision: str, cache: Path, long_seconds: int) -> dict[str, Any]:
+    """One server start: seconds to the first (1 s) clip served, peak memory, and that clip's bytes."""
+    import httpx
+
+    with tempfile.TemporaryDirectory() as storage, FreePort() as port:
+        env = {**os.environ, "MODEL_ID": str(directory), "STORAGE_DIR": storage, "MODEL_PRECISION": precision}
+        env |= {"ARTIFACT_CACHE_DIR": str(cache)}
+        env.pop("S3_BUCKET", None)
+        started = time.perf_counter()
+        server = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "handler.app:app", "--port", str(port), "--log-level", "warning"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=900) as client:
+                wait_until_up(client)
+                first = client.post("/generate/", json={"text": PROMPT, "duration": 1, "seed": 3})
+                ready = time.perf_counter() - started
+                assert first.status_code == 200, first.text
+                audio = client.get(first.json()["file_url"], follow_redirects=True).content
+                ready_peak = high_water_mb(server.pid)
+                origin = client.get("/").json()["served_model"]["origin"]
+                if long_seconds:
+                    long = client.post("/generate/", json={"text": PROMPT, "duration": long_seconds, "seed": 0})
+                    assert long.status_code == 200, long.text
+                peak = high_water_mb(server.pid)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    return {
+        "ready_s": ready,
+        "peak_rss_mb_ready": ready_peak,
+        "peak_rss_mb": peak,
+        "audio": audio.hex(),
+        "origin": origin,
+    }
+
+
+def high_water_mb(pid: int) -> float:
+    """A process's peak resident memory so far (Linux: VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 class FreePort:
@@ -386,6 +490,21 @@ def engine_column(base: dict[str, Any], ours: dict[str, Any], http: dict[str, An
     ]
 
 
+def plain_directory_cells(report: dict[str, Any], precision: str) -> list[str]:
+    """The "from a plain directory" rows of one engine's column: ready (first clip served) and peak memory."""
+    plain = report.get("plain_directory", {}).get(precision)
+    if plain is None:
+        return ["", ""]
+    long_seconds = report["long_seconds"]
+    same = "same audio as the image's artifact" if plain["same_audio_as_image"] else "AUDIO DIFFERS from the image's"
+    first, later = plain["first_start"], plain["later_start"]
+    return [
+        f"ready {first['ready_s']:.1f} s, peak {first['peak_rss_mb_ready']:.0f} MB"
+        f" ({first['peak_rss_mb']:.0f} MB with a {long_seconds} s clip)",
+        f"ready {later['ready_s']:.1f} s, peak {later['peak_rss_mb']:.0f} MB with a {long_seconds} s clip; {same}",
+    ]
+
+
 def table(report: dict[str, Any]) -> str:
     seconds = report["clip_seconds"]
     base = report["baseline"]
@@ -394,13 +513,16 @@ def table(report: dict[str, Any]) -> str:
         "real-time factor", "process start to ready",
         "peak resident memory", "EnCodec decode", f"HTTP POST /generate/ {seconds} s, warm (best of 2)",
         "HTTP first request (loads model)", "speed-up, wall time",
+        "from a plain directory: first start (bakes)", "from a plain directory: later start (cached)",
     ]  # fmt: skip
     baseline = [
         "baseline (generate, fp32)", f"{base['ms_per_step']:.1f}", "", f"{base['wall_s']:.2f} s",
         f"{base['wall_s'] / seconds:.2f}", f"{base['ready_s']:.2f} s", f"{base['peak_rss_mb']:.0f} MB", "", "", "", "",
+        "", "",
     ]  # fmt: skip
     columns = [names, baseline] + [
-        engine_column(base, ours, report["http"][precision], seconds) for precision, ours in report["engines"].items()
+        engine_column(base, ours, report["http"][precision], seconds) + plain_directory_cells(report, precision)
+        for precision, ours in report["engines"].items()
     ]
     rows = list(zip(*columns, strict=True))
     width = [max(len(row[i]) for row in rows) for i in range(len(columns))]
@@ -440,8 +562,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report: dict[str, Any] = {
         "model": "tiny random MusicGen" if args.smoke else "musicgen-small architecture, random weights",
         "clip_seconds": seconds,
+        "long_seconds": long_seconds,
         "machine": {
-            "cpu": platform.processor() or platform.machine(),
+            "cpu": cpu_model(),
+            "cpu_flags": sorted(cpu_flags() & NOTABLE_FLAGS),
             "cpus_usable": len(os.sched_getaffinity(0)),
             "python": platform.python_version(),
         },
@@ -453,6 +577,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "engine", directory=directory, seconds=seconds, precision=precision, long_seconds=long_seconds
         )
         report["http"][precision] = measure_http(directory, seconds, precision)
+    report["plain_directory"] = {
+        precision: measure_plain_directory(directory, seconds, long_seconds, precision)
+        for precision in args.precisions
+        if precision in QUANTIZED
+    }
     compared = [precision for precision in args.precisions if precision != "fp32"]
     if not args.no_quality and compared:
         report["quality"] = run_isolated(

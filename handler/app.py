@@ -11,7 +11,7 @@ from handler.errors import install_error_handlers
 from handler.job_records import JobDispatcher, job_id_from_event
 from handler.jobs import LambdaJobInvoker, LocalJobQueue, run_job
 from handler.logs import configure_logging, log_requests, take_cold_start
-from handler.musicgen.generator import MusicGenerator, TransformersMusicGenerator
+from handler.musicgen.generator import MusicGenerator, MusicgenGenerator
 from handler.routes import router
 from handler.settings import Settings, get_settings
 from handler.storage import LocalStorage, S3Storage, Storage, aws_region, s3_client
@@ -50,7 +50,8 @@ def create_app(
     services = Services(
         settings=settings,
         storage=storage or storage_from_settings(settings),
-        generator=generator or TransformersMusicGenerator(settings.model_id, settings.model_precision),
+        generator=generator
+        or MusicgenGenerator(settings.model_id, settings.model_precision, settings.artifact_cache_dir),
         jobs=jobs or jobs_from_settings(settings),
     )
     if isinstance(services.jobs, LocalJobQueue) and services.jobs.runner is None:

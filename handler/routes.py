@@ -3,6 +3,7 @@
 import logging
 import math
 import secrets
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Annotated
@@ -34,6 +35,7 @@ from handler.schemas import (
     Health,
     JobAccepted,
     JobResponse,
+    ServedModel,
 )
 from handler.storage import LocalFile
 
@@ -79,6 +81,7 @@ def health(services: ServicesDep) -> Health:
         model_id=services.settings.model_id,
         model_loaded=generator.loaded,
         model_error=generator.load_error,
+        served_model=None if generator.artifact is None else ServedModel(**asdict(generator.artifact)),
         storage=services.storage.backend,
     )
 

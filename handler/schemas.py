@@ -81,6 +81,19 @@ class FileInfo(BaseModel):
     size_kb: float
 
 
+class ServedModel(BaseModel):
+    """Which model serves, once loaded: its precision and where it came from."""
+
+    precision: str = Field(description="int8, int4, bf16 or fp32")
+    origin: str = Field(
+        description=(
+            "'beside the model' (an artifact baked with it, as in the image), 'cache' (baked at an"
+            " earlier first start), 'baked' (baked at this start), 'converted' (no artifact: fp32, bf16)"
+        )
+    )
+    artifact: str | None = Field(description="The artifact's directory name, if any")
+
+
 class Health(BaseModel):
     """GET / result."""
 
@@ -91,6 +104,7 @@ class Health(BaseModel):
     model_id: str
     model_loaded: bool
     model_error: str | None
+    served_model: ServedModel | None = None
     storage: str
 
 

@@ -1,5 +1,6 @@
 """Application settings, read from the environment."""
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -11,7 +12,12 @@ Precision = Literal["int8", "int4", "bf16", "fp32"]
 """Weights of the decoder's Linear layers."""
 
 QUANTIZED: frozenset[Precision] = frozenset({"int8", "int4"})
-"""The precisions the native step runs and the image bakes a serving artifact for."""
+"""The precisions the native step runs and serving artifacts are baked for."""
+
+
+def default_cache_dir() -> Path:
+    """Where serving artifacts baked at a first start are kept: the user's cache directory."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "srocks-music"
 
 
 class Settings(BaseSettings):
@@ -28,6 +34,13 @@ class Settings(BaseSettings):
         description=(
             "Weights of the decoder's Linear layers: int8 (fast on any CPU), int4 (faster still, output"
             " further from fp32), bf16 (CPUs with bf16), fp32."
+        ),
+    )
+    artifact_cache_dir: Path = Field(
+        default_factory=default_cache_dir,
+        description=(
+            "Where a model without a baked artifact for its precision gets one at its first start"
+            " (about a quarter of the fp32 weights' size), so later starts load it instead of converting."
         ),
     )
     storage_dir: Path = Field(

@@ -1,11 +1,11 @@
 """Bake the model into the Lambda image: `python bake_model.py SOURCE TARGET`.
 
-Loads SOURCE (a Hugging Face hub id or a directory) exactly as the app does and saves it with
-`save_pretrained` to TARGET, which the image's MODEL_ID names: only safetensors weights, the
-configs and the tokenizer, nothing the app would fetch at run time. Beside them it saves the
-serving artifacts: the engine with its decoder already in int8, and in int4, which the app loads
-instead of converting fp32 weights at every cold start, and the prompt tokenizer as the
-`tokenizers` library runs it.
+Loads SOURCE (a Hugging Face hub id or a directory) and saves it with `save_pretrained` to
+TARGET, which the image's MODEL_ID names: only safetensors weights, the configs and the
+tokenizer, nothing the app would fetch at run time. Beside them it bakes a serving artifact for
+each quantized precision (`handler.musicgen.artifact`: safetensors and JSON, the same format a
+first start bakes into the artifact cache), which the app loads instead of converting the fp32
+weights at every cold start.
 """
 
 import sys
@@ -14,7 +14,7 @@ from typing import Any
 
 
 def bake(source: str, target: Path) -> None:
-    """Save the processor and model of `source` to `target`."""
+    """Save the processor and model of `source` to `target`, and an artifact per quantized precision."""
     from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
     processor: Any = AutoProcessor.from_pretrained(source)  # type: ignore[no-untyped-call]
@@ -23,19 +23,18 @@ def bake(source: str, target: Path) -> None:
     processor.save_pretrained(target)
     model.save_pretrained(target)
     del model
-
-    from handler.musicgen.model import FastMusicgen, artifact_name, save_artifact
-    from handler.musicgen.tokenizer import TOKENIZER_NAME, PromptTokenizer
-    from handler.settings import QUANTIZED
-
-    PromptTokenizer.from_processor(processor).save(target / TOKENIZER_NAME)
-    for precision in sorted(QUANTIZED):
-        # FastMusicgen consumes the model it converts: each artifact starts from the saved weights.
-        fresh: Any = MusicgenForConditionalGeneration.from_pretrained(target)
-        save_artifact(FastMusicgen(fresh, precision), target / artifact_name(precision))
     # save_pretrained writes the weights owner-only; Lambda runs the image as another user.
     for path in target.iterdir():
         path.chmod(0o644)
+
+    from handler.musicgen.artifact import artifact_dir_name, save_artifact
+    from handler.musicgen.loaders import convert, resolve_source
+    from handler.settings import QUANTIZED
+
+    saved = resolve_source(str(target))
+    for precision in sorted(QUANTIZED):
+        converted, tokenizer = convert(saved, precision)
+        save_artifact(converted, tokenizer, target / artifact_dir_name(precision), {"model_id": source})
 
 
 def main(argv: list[str]) -> int:

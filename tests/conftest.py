@@ -21,13 +21,23 @@ from moto.server import ThreadedMotoServer
 from benchmarks.random_models import build_tiny_model
 from handler.app import create_app
 from handler.jobs import LocalJobQueue
-from handler.musicgen.generator import MusicGenerator, TransformersMusicGenerator
+from handler.musicgen.generator import MusicGenerator, MusicgenGenerator
 from handler.settings import Settings, get_settings
 from handler.storage import LocalStorage, S3Storage, Storage, s3_client
 from tests.support.infra_files import ROOT, dockerfile_stages, function_environment, load_template, parameter_defaults
 from tests.support.runtime_api import RuntimeApiStub
 
 S3_REGION = "eu-west-1"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def user_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The user's cache directory (where artifacts baked at a first start go), moved to a
+    temporary one for the whole run, subprocesses included."""
+    directory = tmp_path_factory.mktemp("user-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(directory))
+        yield directory
 
 
 @pytest.fixture(scope="session")
@@ -37,9 +47,9 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def generator(tiny_model_dir: Path) -> TransformersMusicGenerator:
+def generator(tiny_model_dir: Path) -> MusicgenGenerator:
     """The real engine, loading the tiny model through MODEL_ID's path."""
-    return TransformersMusicGenerator(str(tiny_model_dir))
+    return MusicgenGenerator(str(tiny_model_dir))
 
 
 @pytest.fixture(scope="session")
@@ -120,16 +130,14 @@ def serve(
 
 
 @pytest.fixture
-def client(settings: Settings, storage: Storage, generator: TransformersMusicGenerator) -> Iterator[TestClient]:
+def client(settings: Settings, storage: Storage, generator: MusicgenGenerator) -> Iterator[TestClient]:
     """The app over the tiny model, once with local storage and once with S3."""
     with serve(settings, storage, generator) as test_client:
         yield test_client
 
 
 @pytest.fixture
-def local_client(
-    settings: Settings, local_storage: LocalStorage, generator: TransformersMusicGenerator
-) -> Iterator[TestClient]:
+def local_client(settings: Settings, local_storage: LocalStorage, generator: MusicgenGenerator) -> Iterator[TestClient]:
     with serve(settings, local_storage, generator) as test_client:
         yield test_client
 

@@ -34,9 +34,17 @@ def test_smoke_benchmark_measures_baseline_engine_http_and_quality(
         assert all(0 <= overlap <= 1 for overlap in quality["top250_overlap_per_codebook"])
         assert quality["audio_snr_db"] > 30
         assert quality["encodec_dtype"] in {"bfloat16", "float32"}
+        plain = report["plain_directory"][precision]
+        assert plain["origins"] == ["baked", "cache", "beside the model"]
+        assert plain["same_audio_as_image"]
+        for start in (plain["first_start"], plain["later_start"]):
+            assert start["ready_s"] > 0
+            assert start["peak_rss_mb"] >= start["peak_rss_mb_ready"] > 0
+    assert report["machine"]["cpu"]
     printed = capsys.readouterr().out
     assert "ms per decode step" in printed
     assert "real-time factor" in printed
     assert "memory-bound floor" in printed
     assert "ours (int4" in printed
     assert "int4 vs fp32 next-token KL" in printed
+    assert "from a plain directory: first start (bakes)" in printed

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from handler.job_records import EXPIRED_ERROR, JOB_EVENT_KEY, JobStatus, JobStore, job_event, job_id_from_event
 from handler.jobs import LocalJobQueue
-from handler.musicgen.generator import GenerationParams, TransformersMusicGenerator
+from handler.musicgen.generator import GenerationParams, MusicgenGenerator
 from handler.routes import prefers_async
 from handler.settings import Settings
 from handler.storage import LocalStorage, Storage
@@ -66,7 +66,7 @@ def test_job_events_are_told_from_http_events() -> None:
 
 
 def test_async_job_runs_locally_to_success_with_rising_progress(
-    settings: Settings, generator: TransformersMusicGenerator, tmp_path: Any
+    settings: Settings, generator: MusicgenGenerator, tmp_path: Any
 ) -> None:
     storage = RecordingStorage(tmp_path / "generated")
     with serve(settings, storage, generator) as client:
@@ -106,7 +106,7 @@ def test_async_job_runs_locally_to_success_with_rising_progress(
 
 
 def test_running_job_reports_running_with_retry_after(
-    settings: Settings, local_storage: LocalStorage, generator: TransformersMusicGenerator
+    settings: Settings, local_storage: LocalStorage, generator: MusicgenGenerator
 ) -> None:
     gated = GatedGenerator(generator)
     with serve(settings, local_storage, gated) as client:
@@ -122,7 +122,7 @@ def test_running_job_reports_running_with_retry_after(
 
 
 def test_failed_job_has_a_clear_error_and_no_file(
-    settings: Settings, storage: Storage, generator: TransformersMusicGenerator
+    settings: Settings, storage: Storage, generator: MusicgenGenerator
 ) -> None:
     with serve(settings, storage, FailingGenerator(generator)) as client:
         body = client.post("/generate/", json={"text": "drums", "duration": 1}, headers=ASYNC).json()
@@ -160,7 +160,7 @@ def test_job_past_its_deadline_reads_as_failed(client: TestClient, storage: Stor
 
 
 def test_a_second_delivery_of_a_running_job_does_not_run_it_again(
-    settings: Settings, local_storage: LocalStorage, generator: TransformersMusicGenerator
+    settings: Settings, local_storage: LocalStorage, generator: MusicgenGenerator
 ) -> None:
     from handler.app import create_app
     from handler.jobs import run_job
@@ -303,7 +303,7 @@ def test_function_url_requests_run_synchronously_whatever_the_length(lambda_hand
 
 
 def test_job_that_cannot_be_dispatched_is_503_and_recorded_failed(
-    settings: Settings, local_storage: LocalStorage, generator: TransformersMusicGenerator
+    settings: Settings, local_storage: LocalStorage, generator: MusicgenGenerator
 ) -> None:
     import boto3
 

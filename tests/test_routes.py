@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from handler.app import create_app
 from handler.filenames import is_valid_filename
-from handler.musicgen.generator import TransformersMusicGenerator
+from handler.musicgen.generator import MusicgenGenerator
 from handler.schemas import MAX_PROMPT_CHARS
 from handler.settings import Settings
 from handler.storage import LocalStorage, Storage
@@ -218,7 +218,7 @@ def test_unknown_file_is_404(client: TestClient) -> None:
     ],
 )
 def test_odd_file_names_are_rejected_before_storage(
-    settings: Settings, generator: TransformersMusicGenerator, tmp_path: Path, path: str
+    settings: Settings, generator: MusicgenGenerator, tmp_path: Path, path: str
 ) -> None:
     touched: list[str] = []
 
@@ -255,7 +255,7 @@ def test_openapi_and_docs_are_served(client: TestClient) -> None:
 
 
 def test_health_and_listing_answer_while_a_generation_runs(
-    settings: Settings, local_storage: LocalStorage, generator: TransformersMusicGenerator
+    settings: Settings, local_storage: LocalStorage, generator: MusicgenGenerator
 ) -> None:
     gated = GatedGenerator(generator)
     with serve(settings, local_storage, gated) as client:
@@ -273,7 +273,7 @@ def test_health_and_listing_answer_while_a_generation_runs(
 def test_model_that_cannot_load_is_503_and_health_says_why(
     settings: Settings, local_storage: LocalStorage, tmp_path: Path
 ) -> None:
-    broken = TransformersMusicGenerator(str(tmp_path / "no-such-model"))
+    broken = MusicgenGenerator(str(tmp_path / "no-such-model"))
     with serve(settings, local_storage, broken) as client:
         response = generate(client)
         assert response.status_code == 503
@@ -286,7 +286,7 @@ def test_model_that_cannot_load_is_503_and_health_says_why(
 
 
 def test_generation_failure_is_500_without_internals_and_stores_nothing(
-    settings: Settings, storage: Storage, generator: TransformersMusicGenerator
+    settings: Settings, storage: Storage, generator: MusicgenGenerator
 ) -> None:
     with serve(settings, storage, FailingGenerator(generator), raise_server_exceptions=False) as client:
         response = generate(client)
@@ -296,7 +296,7 @@ def test_generation_failure_is_500_without_internals_and_stores_nothing(
 
 
 def test_storage_failure_is_503_and_lists_nothing(
-    settings: Settings, generator: TransformersMusicGenerator, tmp_path: Path
+    settings: Settings, generator: MusicgenGenerator, tmp_path: Path
 ) -> None:
     blocked = tmp_path / "not-a-directory"
     blocked.write_text("a file where the storage directory should be")
@@ -307,7 +307,7 @@ def test_storage_failure_is_503_and_lists_nothing(
 
 
 def test_unexpected_error_is_a_clean_500_that_is_logged_and_tagged(
-    settings: Settings, generator: TransformersMusicGenerator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    settings: Settings, generator: MusicgenGenerator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     class BrokenStorage(LocalStorage):
         def list_files(self) -> Any:

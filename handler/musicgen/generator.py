@@ -13,8 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from handler.cpu import cpu_has_bf16
-from handler.musicgen.tokenizer import TOKENIZER_NAME, PromptTokenizer
-from handler.settings import QUANTIZED, Precision
+from handler.settings import Precision, default_cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +82,11 @@ class MusicGenerator(Protocol):
     @property
     def load_error(self) -> str | None: ...
 
+    @property
+    def artifact(self) -> "ArtifactInfo | None":
+        """Which model serves, once loaded."""
+        ...
+
     def load(self) -> None: ...
 
     def generate(
@@ -115,9 +119,20 @@ class SpeedMeter:
 
 
 @dataclass(frozen=True)
+class ArtifactInfo:
+    """Which model serves: its precision, where it came from and its artifact's name (see
+    `handler.musicgen.loaders`)."""
+
+    precision: Precision
+    origin: str
+    artifact: str | None
+
+
+@dataclass(frozen=True)
 class _LoadedModel:
-    decoder: Any
-    tokenizer: PromptTokenizer
+    model: Any
+    tokenizer: Any
+    info: ArtifactInfo
     sample_rate: int
     frame_rate: int
     num_codebooks: int
@@ -127,21 +142,21 @@ class _LoadedModel:
         return decode_steps(duration, self.frame_rate, self.num_codebooks)
 
 
-class TransformersMusicGenerator:
-    """MusicGen loaded lazily with transformers from `model_id` (hub id or directory).
-
-    Decoding runs in FastMusicgen's lean loop over the model's own modules, with the decoder's
-    Linear layers in `precision`.
-    """
+class MusicgenGenerator:
+    """MusicGen from `model_id` (hub id or directory), loaded on first use with its decoder's
+    Linear layers in `precision`: from a baked artifact where there is one, else converted from
+    the checkpoint and, for the quantized precisions, baked into `cache_dir` for later starts."""
 
     def __init__(
         self,
         model_id: str,
         precision: Precision = "int8",
+        cache_dir: Path | None = None,
         default_sample_rate: int = 32000,
         speed: SpeedMeter | None = None,
     ) -> None:
         self.model_id = model_id
+        self.cache_dir = cache_dir or default_cache_dir()
         self.precision = effective_precision(precision)
         self._default_sample_rate = default_sample_rate
         self.speed = speed or SpeedMeter(DEFAULT_STEP_SECONDS, DEFAULT_LOAD_SECONDS)
@@ -160,6 +175,10 @@ class TransformersMusicGenerator:
     def load_error(self) -> str | None:
         return self._load_error
 
+    @property
+    def artifact(self) -> "ArtifactInfo | None":
+        return self._loaded.info if self._loaded else None
+
     def load(self) -> None:
         """Load the model once; later calls return at once. Raises ModelUnavailableError."""
         if self._loaded is None:
@@ -170,7 +189,7 @@ class TransformersMusicGenerator:
             return self._loaded
         started = time.perf_counter()
         try:
-            self._loaded = _load(self.model_id, self.precision)
+            self._loaded = _load(self.model_id, self.precision, self.cache_dir)
             self._load_error = None
             self.speed.record_load(time.perf_counter() - started)
             return self._loaded
@@ -198,30 +217,19 @@ class TransformersMusicGenerator:
         return self.speed.estimate(decode_steps(duration, frame_rate, codebooks), loaded is not None)
 
 
-def _load(model_id: str, precision: Precision) -> _LoadedModel:
-    from handler.musicgen.model import artifact_name, load_artifact
+def _load(model_id: str, precision: Precision, cache_dir: Path) -> _LoadedModel:
+    from handler.musicgen.loaders import load_model
 
-    artifact, tokenizer_file = Path(model_id) / artifact_name(precision), Path(model_id) / TOKENIZER_NAME
-    if precision in QUANTIZED and artifact.is_file() and tokenizer_file.is_file():
-        # Baked at build time: quantized weights as saved, no fp32 decoder read or converted.
-        decoder = load_artifact(artifact)
-        tokenizer = PromptTokenizer.from_file(tokenizer_file)
-    else:
-        from transformers import AutoProcessor, MusicgenForConditionalGeneration
-
-        from handler.musicgen.model import FastMusicgen
-
-        processor: Any = AutoProcessor.from_pretrained(model_id)  # type: ignore[no-untyped-call]
-        tokenizer = PromptTokenizer.from_processor(processor)
-        decoder = FastMusicgen(MusicgenForConditionalGeneration.from_pretrained(model_id), precision)
-        decoder.prepare_to_serve()
+    loaded = load_model(model_id, precision, cache_dir)
+    model = loaded.model
     return _LoadedModel(
-        decoder=decoder,
-        tokenizer=tokenizer,
-        sample_rate=decoder.sampling_rate,
-        frame_rate=decoder.frame_rate,
-        num_codebooks=decoder.num_codebooks,
-        top_k=int(decoder.top_k or DEFAULT_TOP_K),
+        model=model,
+        tokenizer=loaded.tokenizer,
+        info=ArtifactInfo(loaded.precision, loaded.origin, loaded.artifact),
+        sample_rate=model.sampling_rate,
+        frame_rate=model.frame_rate,
+        num_codebooks=model.num_codebooks,
+        top_k=int(model.top_k or DEFAULT_TOP_K),
     )
 
 
@@ -240,7 +248,7 @@ def _generate(
         # The last few percent are EnCodec decoding.
         on_progress(DECODE_SHARE * done / total)
 
-    codes = loaded.decoder.generate_codes(
+    codes = loaded.model.generate_codes(
         input_ids,
         attention_mask,
         steps=loaded.steps(params.duration),
@@ -250,7 +258,7 @@ def _generate(
         seed=params.seed,
         on_step=report_step if on_progress else None,
     )
-    samples = loaded.decoder.decode_audio(codes)[0, 0].float().numpy()
+    samples = loaded.model.decode_audio(codes)[0, 0].float().numpy()
     expected = params.duration * loaded.sample_rate
     if samples.shape[0] < expected:
         raise GenerationFailedError(f"model produced {samples.shape[0]} samples, expected {expected}")

@@ -1,6 +1,6 @@
 """Lean CPU decode loop for MusicGen (musicgen-small and same-structure models).
 
-``FastMusicgen`` takes a ``MusicgenForConditionalGeneration`` and runs its own autoregressive loop
+``MusicgenModel`` takes a ``MusicgenForConditionalGeneration`` and runs its own autoregressive loop
 over the model's modules instead of ``model.generate``:
 
 * the text encoder runs once; the cross-attention K/V of every decoder layer are computed once;
@@ -30,10 +30,9 @@ same model object (its decoder layers are consumed to avoid holding two copies o
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -42,9 +41,12 @@ from torch import nn
 from handler.allocator import keep_freed_memory
 from handler.cpu import cpu_has_bf16, cpu_quota_threads
 from handler.musicgen.audio_decoder import EncodecAudioDecoder
-from handler.musicgen.text_encoder import T5TextEncoder, shared_linear
+from handler.musicgen.config import ModelConfig
+from handler.musicgen.decoder_layer import DecoderLayer, convert_linears, fuse_linears
+from handler.musicgen.pattern import codes_from_sequence, delay_forced
+from handler.musicgen.text_encoder import T5TextEncoder
 from handler.native import packing, runtime
-from handler.native.packing import FoldedCrossAttention, Int4Linear, Int8Linear, LayerWeights
+from handler.native.packing import FoldedCrossAttention, Int4Linear, Int8Linear
 from handler.native.runtime import NativeGeneration, NativeRun
 from handler.settings import QUANTIZED, Precision
 
@@ -55,51 +57,6 @@ DECODE_CHUNK_FRAMES = 100
 DECODE_CONTEXT_FRAMES = 8
 """Frames of context on each side of a chunk: more than the upsampler's receptive field (about
 4 frames for the 32 kHz EnCodec), so chunked audio equals whole-clip audio up to float rounding."""
-
-
-def _fuse_linears(linears: list[nn.Linear]) -> nn.Linear:
-    """Concatenate Linear layers sharing an input along the output dim (frees nothing itself)."""
-    w = torch.cat([lin.weight.detach() for lin in linears], dim=0)
-    has_bias = all(lin.bias is not None for lin in linears)
-    fused = nn.Linear(w.shape[1], w.shape[0], bias=has_bias, device="meta")
-    fused.weight = nn.Parameter(w, requires_grad=False)
-    if has_bias:
-        b = torch.cat([lin.bias.detach() for lin in linears if lin.bias is not None], dim=0)
-        fused.bias = nn.Parameter(b, requires_grad=False)
-    return fused
-
-
-class _Layer(nn.Module):
-    """Weights of one decoder layer, rearranged for decoding."""
-
-    def __init__(self, layer: Any) -> None:
-        super().__init__()
-        sa, ca = layer.self_attn, layer.encoder_attn
-        self.ln1: nn.Module = layer.self_attn_layer_norm
-        # Linear now, Int8Linear after int8 conversion
-        self.qkv: nn.Module = _fuse_linears([sa.q_proj, sa.k_proj, sa.v_proj])
-        self.o: nn.Module = shared_linear(sa.out_proj)
-        self.ln2: nn.Module = layer.encoder_attn_layer_norm
-        self.xq: nn.Module = shared_linear(ca.q_proj)
-        self.xkv: nn.Module = _fuse_linears([ca.k_proj, ca.v_proj])
-        self.xo: nn.Module = shared_linear(ca.out_proj)
-        self.ln3: nn.Module = layer.final_layer_norm
-        self.fc1: nn.Module = shared_linear(layer.fc1)
-        self.fc2: nn.Module = shared_linear(layer.fc2)
-        # torch's own GELU where it is one: the engine then holds no transformers objects.
-        gelu = type(layer.activation_fn).__name__ == "GELUActivation"
-        self.act: nn.Module = nn.GELU() if gelu else layer.activation_fn
-
-    def native_weights(self) -> LayerWeights:
-        return LayerWeights(
-            norms=(self.ln1, self.ln2, self.ln3),  # type: ignore[arg-type]
-            qkv=self.qkv,  # type: ignore[arg-type]
-            out=self.o,  # type: ignore[arg-type]
-            cross_q=self.xq,  # type: ignore[arg-type]
-            cross_out=self.xo,  # type: ignore[arg-type]
-            fc1=self.fc1,  # type: ignore[arg-type]
-            fc2=self.fc2,  # type: ignore[arg-type]
-        )
 
 
 @dataclass
@@ -148,92 +105,166 @@ StepCallback = Callable[[int, int], None] | None
 """Called with (steps done, steps in all) as decoding goes."""
 
 
-class FastMusicgen:
-    """Fast CPU decoding engine over a ``MusicgenForConditionalGeneration`` (see module docs)."""
+Materialize = Callable[[str], None]
+"""Called with the dotted name of a part of a transformers model (e.g. ``"text_encoder"``) before
+that part is converted: loads its weights into it when the model was built without them."""
 
-    def __init__(self, model: Any, precision: Precision = "int8", native: bool = True) -> None:
-        """Convert `model`, a transformers ``MusicgenForConditionalGeneration`` (consumed)."""
-        if precision not in get_args(Precision):
-            raise ValueError(f"unknown precision {precision!r}")
-        torch.set_num_threads(cpu_quota_threads())
-        model.eval()
-        self.precision: Precision = precision
-        dcfg: Any = model.config.decoder
-        acfg: Any = model.config.audio_encoder
-        if int(dcfg.audio_channels) != 1:
-            raise NotImplementedError("only mono MusicGen checkpoints are supported")
-        self.num_codebooks = int(dcfg.num_codebooks)
-        self.vocab_size = int(dcfg.vocab_size)
-        self.hidden = int(dcfg.hidden_size)
-        self.num_heads = int(dcfg.num_attention_heads)
-        self.head_dim = self.hidden // self.num_heads
-        self.max_positions = int(dcfg.max_position_embeddings)
-        gen_cfg: Any = model.generation_config
-        pad = gen_cfg.pad_token_id if gen_cfg.pad_token_id is not None else dcfg.pad_token_id
-        start = gen_cfg.decoder_start_token_id
-        self.pad_token_id = int(pad)
-        self.start_token_id = int(start if start is not None else pad)
-        self.top_k: int | None = gen_cfg.top_k
-        self.sampling_rate = int(acfg.sampling_rate)
-        self.frame_rate = int(acfg.frame_rate)
-        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+
+def _all_in_place(part: str) -> None:
+    """For a model whose weights are all loaded already."""
+
+
+class MusicgenModel:
+    """The whole model as served: text encoder, decoder and EnCodec's decoder, and the decode
+    loop over them (see the module docs)."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        *,
+        embed: torch.Tensor,
+        positions: torch.Tensor,
+        layers: Sequence[DecoderLayer],
+        final_norm: nn.Module,
+        lm_head: nn.Module,
+        text_encoder: T5TextEncoder,
+        text_projection: nn.Module | None,
+        audio_decoder: EncodecAudioDecoder,
+        native: bool = True,
+    ) -> None:
+        """Assemble converted parts: `embed` (codebooks * (vocab + 1), hidden), one table per
+        codebook; `positions` (max positions, hidden); `layers` with Linear layers already in
+        `config.precision`; `text_projection` maps the text encoder's width to the decoder's."""
+        self.config = config
+        self.precision: Precision = config.precision
+        self.num_codebooks = config.num_codebooks
+        self.vocab_size = config.vocab_size
+        self.hidden = config.hidden_size
+        self.num_heads = config.num_heads
+        self.head_dim = config.head_dim
+        self.max_positions = config.max_positions
+        self.pad_token_id = config.pad_token_id
+        self.start_token_id = config.start_token_id
+        self.top_k = config.top_k
+        self.sampling_rate = config.sampling_rate
+        self.frame_rate = config.frame_rate
+        self.dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
         # The kernel implements exactly this layer: int8 or int4 weights, pre-norm, GELU (erf).
         self.native = (
             native
-            and precision in QUANTIZED
-            and dcfg.activation_function == "gelu"
+            and config.precision in QUANTIZED
+            and config.activation == "gelu"
             and runtime.head_dim_supported(self.head_dim)
         )
-
-        dec: Any = model.decoder.model.decoder
-        with torch.no_grad():
-            emb = torch.cat([e.weight.detach() for e in dec.embed_tokens], dim=0)
-            self.embed = emb.to(self.dtype)  # (K * (V+1), D)
-            self.embed_offsets = (torch.arange(self.num_codebooks, dtype=torch.long) * (self.vocab_size + 1)).view(
-                1, -1
-            )
-            self.positions = dec.embed_positions.weights.detach().to(self.dtype)
-            self.final_ln: nn.Module = dec.layer_norm
-            layers: list[_Layer] = []
-            # convert layer by layer and drop the originals so peak memory stays ~1 copy
-            for i in range(len(dec.layers)):
-                fl = _Layer(dec.layers[i])
-                dec.layers[i] = nn.Identity()  # release original modules (weights now in fl)
-                self._convert(fl)
-                layers.append(fl)
-            self.layers = nn.ModuleList(layers)
-            self._layers: list[_Layer] = layers
-            heads: Any = model.decoder.lm_heads
-            self.lm_head: nn.Module = _fuse_linears(list(heads))
-            model.decoder.lm_heads = nn.ModuleList()
-            holder = nn.ModuleDict({"h": self.lm_head})
-            # The heads make the logits themselves: int8 even in int4 (2% of the step's weights).
-            self._convert(holder, heads=True)
-            self.lm_head = holder["h"]
-            self.final_ln.to(self.dtype)
-            self.text_encoder = T5TextEncoder.from_transformers(model.text_encoder)
-            projects = model.text_encoder.config.hidden_size != self.hidden
-            self.enc_to_dec_proj: nn.Module | None = (
-                model.enc_to_dec_proj if projects and dcfg.cross_attention_hidden_size is None else None
-            )
-            self.audio_decoder = EncodecAudioDecoder.from_transformers(model.audio_encoder)
-            if precision in QUANTIZED:
-                # Runs once per request, so speed hardly matters; a quarter of the memory does.
-                _quantize_int8(self.text_encoder)
-                self.gather_step_weights()
+        self.embed = embed
+        self.embed_offsets = (torch.arange(self.num_codebooks, dtype=torch.long) * (self.vocab_size + 1)).view(1, -1)
+        self.positions = positions
+        self._layers: list[DecoderLayer] = list(layers)
+        self.layers = nn.ModuleList(self._layers)
+        self.final_ln = final_norm
+        self.lm_head = lm_head
+        self.text_encoder = text_encoder
+        self.enc_to_dec_proj = text_projection
+        self.audio_decoder = audio_decoder
         self._cross_projections: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
+    @classmethod
+    def from_transformers(
+        cls,
+        model: Any,
+        precision: Precision = "int8",
+        native: bool = True,
+        materialize: Materialize = _all_in_place,
+    ) -> MusicgenModel:
+        """Convert `model`, a transformers ``MusicgenForConditionalGeneration``, consuming it: each
+        part's original weights are released once converted, so memory holds about one copy.
+        `materialize` loads each part's weights just before it is converted (see `Materialize`)."""
+        config = ModelConfig.from_transformers(model.config, model.generation_config, precision)
+        torch.set_num_threads(cpu_quota_threads())
+        model.eval()
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        decoder: Any = model.decoder.model.decoder
+        with torch.no_grad():
+            materialize("decoder.model.decoder.embed_tokens")
+            embed = torch.cat([e.weight.detach() for e in decoder.embed_tokens], dim=0).to(dtype)
+            decoder.embed_tokens = nn.ModuleList()
+            materialize("decoder.model.decoder.embed_positions")
+            positions = decoder.embed_positions.weights.detach().to(dtype)
+            materialize("decoder.model.decoder.layer_norm")
+            final_norm: nn.Module = decoder.layer_norm.to(dtype)
+            layers = []
+            for i in range(len(decoder.layers)):
+                materialize(f"decoder.model.decoder.layers.{i}")
+                layer = DecoderLayer.from_transformers(decoder.layers[i])
+                decoder.layers[i] = nn.Identity()  # the originals go: their weights now live in `layer`
+                convert_linears(layer, precision)
+                layers.append(layer)
+            materialize("decoder.lm_heads")
+            heads = nn.ModuleDict({"lm_head": fuse_linears(list(model.decoder.lm_heads))})
+            model.decoder.lm_heads = nn.ModuleList()
+            convert_linears(heads, precision, heads=True)
+            materialize("text_encoder")
+            text_encoder = T5TextEncoder.from_transformers(model.text_encoder)
+            text_width = int(model.text_encoder.config.hidden_size)
+            model.text_encoder = nn.Identity()
+            if precision in QUANTIZED:
+                # Runs once per request, so speed hardly matters; a quarter of the memory does.
+                _quantize_int8(text_encoder)
+            projection: nn.Module | None = None
+            if text_width != config.hidden_size and model.config.decoder.cross_attention_hidden_size is None:
+                materialize("enc_to_dec_proj")
+                projection = model.enc_to_dec_proj
+            materialize("audio_encoder.quantizer")
+            materialize("audio_encoder.decoder")
+            audio_decoder = EncodecAudioDecoder.from_transformers(model.audio_encoder)
+            model.audio_encoder = nn.Identity()
+        return cls(
+            config,
+            embed=embed,
+            positions=positions,
+            layers=layers,
+            final_norm=final_norm,
+            lm_head=heads["lm_head"],
+            text_encoder=text_encoder,
+            text_projection=projection,
+            audio_decoder=audio_decoder,
+            native=native,
+        )
+
     def prepare_to_serve(self) -> None:
-        """Fit the engine to the CPU it serves on: its threads, and EnCodec in bfloat16 where the
-        CPU has bf16 dot products (not for fp32, which stays exact). Also keeps freed memory
-        in the process for EnCodec's next layers (``handler.allocator``)."""
+        """Fit the engine to the CPU it serves on: its threads, the step's weights gathered in read
+        order, and EnCodec in bfloat16 where the CPU has bf16 dot products (not for fp32, which
+        stays exact). Also keeps freed memory in the process for EnCodec's next layers
+        (``handler.allocator``). Not undone: a model prepared to serve is never saved."""
         torch.set_num_threads(cpu_quota_threads())
         keep_freed_memory()
+        if self.precision in QUANTIZED:
+            self.gather_step_weights()
         if self.precision != "fp32":
             self.audio_decoder.prepare_to_serve(torch.bfloat16 if cpu_has_bf16() else torch.float32)
         if self.native:
             # Unpacked once (bf16, ~100 MB for musicgen-small): a request folds them into its text.
             self._cross_projections = [(q.bfloat16(), o.bfloat16()) for q, o in self._unpacked_cross_projections()]
+
+    def parts(self) -> dict[str, nn.Module | None]:
+        """The model's modules by name (what an artifact describes)."""
+        return {
+            "layers": self.layers,
+            "final_norm": self.final_ln,
+            "lm_head": self.lm_head,
+            "text_encoder": self.text_encoder,
+            "text_projection": self.enc_to_dec_proj,
+            "audio_decoder": self.audio_decoder,
+        }
+
+    def tensors(self) -> Iterator[torch.Tensor]:
+        """Every tensor the model holds as a parameter, buffer or table."""
+        yield self.embed
+        yield self.positions
+        for part in self.parts().values():
+            if part is not None:
+                yield from part.parameters()
+                yield from part.buffers()
 
     def gather_step_weights(self) -> None:
         """Move what every decode step streams into one block of anonymous memory, in read order."""
@@ -291,15 +322,6 @@ class FastMusicgen:
         linears = [lin for layer in self._layers for lin in layer.native_weights().linears()]
         return [lin for lin in (*linears, self.lm_head) if isinstance(lin, Int8Linear | Int4Linear)]
 
-    def _convert(self, module: nn.Module, heads: bool = False) -> None:
-        if self.precision in QUANTIZED:
-            packed = Int4Linear if self.precision == "int4" and not heads else Int8Linear
-            for name, child in list(module.named_children()):
-                if isinstance(child, nn.Linear):
-                    setattr(module, name, packed.from_linear(child))
-        elif self.precision == "bf16":
-            module.to(torch.bfloat16)
-
     # ------------------------------------------------------------------ encoder side
     def _encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hs = self.text_encoder(input_ids, attention_mask)
@@ -327,14 +349,6 @@ class FastMusicgen:
         return _CrossKV(ks, vs, mask)
 
     # ------------------------------------------------------------------ decoding
-    def _delay_forced(self, total_len: int) -> torch.Tensor:
-        """(K, L) bool: positions the delay pattern forces to the pad token (mono layout)."""
-        k = self.num_codebooks
-        ones = torch.ones((k, total_len), dtype=torch.bool)
-        if total_len < 2 * k - 1:  # transformers returns the ids unchanged in this case
-            return torch.zeros((k, total_len), dtype=torch.bool)
-        return torch.triu(ones, diagonal=total_len - k + 1) | torch.tril(ones)
-
     def _new_state(self, hs: torch.Tensor, attention_mask: torch.Tensor, rows: int, total_len: int) -> _State:
         cross = self._cross_kv(hs, attention_mask)
         cond_rows = int(hs.shape[0])
@@ -471,7 +485,7 @@ class FastMusicgen:
 
         hs, am = self._encode_text(input_ids, attention_mask)
         state = self._new_state(hs, am, rows, total_len)
-        forced = self._delay_forced(total_len)
+        forced = delay_forced(kcb, total_len)
         seq = torch.full((bsz, kcb, total_len), self.pad_token_id, dtype=torch.long)
         seq[:, :, 0] = self.start_token_id
         top_k = min(int(top_k), self.vocab_size) if top_k > 0 else self.vocab_size
@@ -480,9 +494,7 @@ class FastMusicgen:
             self._decode_natively(state.native, seq, forced, sampling, on_step)
         else:
             self._decode_in_torch(state, seq, forced, sampling, on_step)
-        n_frames = total_len - kcb
-        codes = torch.stack([seq[:, k, k + 1 : k + 1 + n_frames] for k in range(kcb)], dim=1)
-        return codes.unsqueeze(0)
+        return codes_from_sequence(seq)
 
     def _decode_natively(
         self, run: NativeRun, seq: torch.Tensor, forced: torch.Tensor, sampling: _Sampling, on_step: StepCallback
@@ -555,24 +567,3 @@ class FastMusicgen:
             piece = decoder.upsample(hidden[..., lo:hi])
             pieces.append(piece[..., (start - lo) * hop : (end - lo) * hop])
         return torch.cat(pieces, dim=-1)
-
-
-def artifact_name(precision: Precision) -> str:
-    """The serving artifact beside a saved model: the whole engine, its decoder already in `precision`."""
-    return f"fast-musicgen-{precision}.pt"
-
-
-def save_artifact(engine: FastMusicgen, path: Path) -> None:
-    """Save a converted engine, so serving loads quantized weights instead of converting fp32 ones."""
-    if engine.audio_decoder.prepared_to_serve:
-        # An artifact is baked on one machine and served on others: EnCodec is fitted to the CPU there.
-        raise ValueError("an engine prepared to serve (EnCodec no longer in float32) cannot be saved")
-    torch.save(engine, path)
-
-
-def load_artifact(path: Path) -> FastMusicgen:
-    """Load an engine saved by `save_artifact`. Only for artifacts this project baked: it unpickles."""
-    engine: FastMusicgen = torch.load(path, weights_only=False, mmap=True)
-    engine.gather_step_weights()
-    engine.prepare_to_serve()
-    return engine

@@ -9,7 +9,7 @@ import pytest
 from handler.musicgen.generator import (
     GenerationParams,
     ModelUnavailableError,
-    TransformersMusicGenerator,
+    MusicgenGenerator,
     decode_steps,
     on_engine_thread,
 )
@@ -33,19 +33,19 @@ def test_decode_steps_include_the_codebook_delay() -> None:
     assert decode_steps(30, 50, 4) == 1503
 
 
-def test_output_is_exactly_the_requested_length(generator: TransformersMusicGenerator) -> None:
+def test_output_is_exactly_the_requested_length(generator: MusicgenGenerator) -> None:
     audio = generator.generate(params(duration=2))
     assert audio.dtype == np.float32
     assert audio.shape == (2 * generator.sample_rate,)
 
 
-def test_same_seed_same_audio_other_seed_other_audio(generator: TransformersMusicGenerator) -> None:
+def test_same_seed_same_audio_other_seed_other_audio(generator: MusicgenGenerator) -> None:
     first = generator.generate(params(seed=11))
     assert np.array_equal(first, generator.generate(params(seed=11)))
     assert not np.array_equal(first, generator.generate(params(seed=12)))
 
 
-def test_progress_rises_monotonically_to_one(generator: TransformersMusicGenerator) -> None:
+def test_progress_rises_monotonically_to_one(generator: MusicgenGenerator) -> None:
     seen: list[float] = []
     generator.generate(params(), on_progress=seen.append)
     assert seen == sorted(seen)
@@ -55,7 +55,7 @@ def test_progress_rises_monotonically_to_one(generator: TransformersMusicGenerat
 
 
 def test_loads_once_and_concurrent_loads_share_the_model(tiny_model_dir: object) -> None:
-    engine = TransformersMusicGenerator(str(tiny_model_dir))
+    engine = MusicgenGenerator(str(tiny_model_dir))
     assert not engine.loaded
     threads = [threading.Thread(target=engine.load) for _ in range(4)]
     for thread in threads:
@@ -68,7 +68,7 @@ def test_loads_once_and_concurrent_loads_share_the_model(tiny_model_dir: object)
 
 
 def test_missing_model_raises_a_clean_error(tmp_path: object) -> None:
-    engine = TransformersMusicGenerator(f"{tmp_path}/absent")
+    engine = MusicgenGenerator(f"{tmp_path}/absent")
     with pytest.raises(ModelUnavailableError, match="could not be loaded"):
         engine.load()
     assert engine.load_error is not None
@@ -76,7 +76,7 @@ def test_missing_model_raises_a_clean_error(tmp_path: object) -> None:
 
 
 def test_generations_asked_from_any_thread_run_on_the_one_engine_thread(
-    generator: TransformersMusicGenerator,
+    generator: MusicgenGenerator,
 ) -> None:
     ran_on: list[int] = []
 

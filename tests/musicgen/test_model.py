@@ -8,7 +8,8 @@ import torch
 from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
 from handler.cpu import cpu_has_bf16
-from handler.musicgen.model import FastMusicgen, save_artifact
+from handler.musicgen.model import MusicgenModel
+from handler.musicgen.pattern import delay_forced
 from handler.native import packing, runtime
 from handler.native.packing import Int4Linear, Int8Linear
 
@@ -29,7 +30,7 @@ def test_fp32_greedy_audio_equals_transformers_generate(
     inputs = processor(text=prompts, padding=True, return_tensors="pt")
     with torch.inference_mode():
         expected = model.generate(**inputs, do_sample=False, guidance_scale=guidance, max_new_tokens=64)
-    fast = FastMusicgen(load(tiny_model_dir)[0], precision="fp32")
+    fast = MusicgenModel.from_transformers(load(tiny_model_dir)[0], precision="fp32")
     codes = fast.generate_codes(
         inputs["input_ids"],
         inputs["attention_mask"],
@@ -46,7 +47,7 @@ def test_fp32_greedy_audio_equals_transformers_generate(
 def test_sampling_is_seeded(tiny_model_dir: Path, precision: Any) -> None:
     model, processor = load(tiny_model_dir)
     inputs = processor(text=PROMPTS[:1], return_tensors="pt")
-    fast = FastMusicgen(model, precision=precision)
+    fast = MusicgenModel.from_transformers(model, precision=precision)
     options: dict[str, Any] = {"steps": 40, "guidance_scale": 3.0, "temperature": 1.0, "top_k": 250}
     first = fast.generate_codes(inputs["input_ids"], inputs["attention_mask"], seed=7, **options)
     again = fast.generate_codes(inputs["input_ids"], inputs["attention_mask"], seed=7, **options)
@@ -57,14 +58,14 @@ def test_sampling_is_seeded(tiny_model_dir: Path, precision: Any) -> None:
 
 
 def test_int8_stores_every_decoder_linear_as_int8(tiny_model_dir: Path) -> None:
-    fast = FastMusicgen(load(tiny_model_dir)[0], precision="int8")
+    fast = MusicgenModel.from_transformers(load(tiny_model_dir)[0], precision="int8")
     modules = [*fast.layers.modules(), fast.lm_head]
     assert [m for m in modules if isinstance(m, torch.nn.Linear)] == []
     assert len([m for m in modules if isinstance(m, Int8Linear)]) == 2 * 7 + 1  # qkv, o, xq, xkv, xo, fc1, fc2; heads
 
 
 def test_int4_stores_the_decoder_layers_in_int4_and_the_heads_in_int8(tiny_model_dir: Path) -> None:
-    fast = FastMusicgen(load(tiny_model_dir)[0], precision="int4")
+    fast = MusicgenModel.from_transformers(load(tiny_model_dir)[0], precision="int4")
     layers = list(fast.layers.modules())
     assert [m for m in (*layers, fast.lm_head) if isinstance(m, torch.nn.Linear)] == []
     assert len([m for m in layers if isinstance(m, Int4Linear)]) == 2 * 7
@@ -79,7 +80,7 @@ def teacher_forced(model_dir: Path, prompts: list[str], guidance: float, **engin
     vocab = model.config.decoder.vocab_size
     seq = torch.randint(0, vocab, (len(prompts), 4, 48), generator=generator)
     seq[:, :, 0] = vocab  # the start token
-    fast = FastMusicgen(model, **engine)
+    fast = MusicgenModel.from_transformers(model, **engine)
     return fast.teacher_forced_logits(inputs["input_ids"], inputs["attention_mask"], seq, guidance_scale=guidance)
 
 
@@ -111,7 +112,7 @@ def test_int4_runs_its_own_weights(tiny_model_dir: Path) -> None:
 def test_engine_without_native_kernels_still_generates(tiny_model_dir: Path) -> None:
     model, processor = load(tiny_model_dir)
     inputs = processor(text=PROMPTS[:1], return_tensors="pt")
-    fast = FastMusicgen(model, precision="int8", native=False)
+    fast = MusicgenModel.from_transformers(model, precision="int8", native=False)
     codes = fast.generate_codes(
         inputs["input_ids"], inputs["attention_mask"], steps=20, guidance_scale=3.0, temperature=1.0, top_k=50, seed=1
     )
@@ -126,7 +127,7 @@ def test_chunked_encodec_decoding_equals_whole_clip_decoding(tiny_model_dir: Pat
     )
     with torch.inference_mode():
         whole = model.audio_encoder.decode(codes, audio_scales=[None]).audio_values
-    chunked = FastMusicgen(model, precision="int8").decode_audio(codes)
+    chunked = MusicgenModel.from_transformers(model, precision="int8").decode_audio(codes)
     assert chunked.shape == whole.shape == (1, 1, frames * 640)
     torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-5 * float(whole.abs().max()))
 
@@ -134,25 +135,17 @@ def test_chunked_encodec_decoding_equals_whole_clip_decoding(tiny_model_dir: Pat
 @pytest.mark.parametrize("precision", ["int8", "int4", "fp32"])
 def test_serving_decodes_encodec_in_bf16_only_where_the_cpu_has_bf16(tiny_model_dir: Path, precision: Any) -> None:
     model, _ = load(tiny_model_dir)
-    engine = FastMusicgen(model, precision=precision)
+    engine = MusicgenModel.from_transformers(model, precision=precision)
     assert engine.audio_decoder.compute_dtype == torch.float32
     engine.prepare_to_serve()
     bf16 = precision != "fp32" and cpu_has_bf16()
     assert engine.audio_decoder.compute_dtype == (torch.bfloat16 if bf16 else torch.float32)
 
 
-def test_an_engine_decoding_in_bf16_is_never_saved(tiny_model_dir: Path, tmp_path: Path) -> None:
-    model, _ = load(tiny_model_dir)
-    engine = FastMusicgen(model, precision="int8")
-    engine.audio_decoder.prepare_to_serve(torch.bfloat16)
-    with pytest.raises(ValueError, match="float32"):
-        save_artifact(engine, tmp_path / "artifact.pt")
-    assert not (tmp_path / "artifact.pt").exists()
-
-
 def test_step_bytes_count_the_streamed_weights_and_the_cache_written_so_far(tiny_model_dir: Path) -> None:
     model, processor = load(tiny_model_dir)
-    engine = FastMusicgen(model, precision="int4")
+    engine = MusicgenModel.from_transformers(model, precision="int4")
+    engine.prepare_to_serve()
     inputs = processor(text=PROMPTS[:1], return_tensors="pt")
     hidden, mask = engine._encode_text(inputs["input_ids"], inputs["attention_mask"])
     capacity = 2 * packing.KEY_TILE
@@ -176,7 +169,7 @@ def test_the_native_loop_picks_each_greedy_token_as_the_argmax_of_its_step(
     tiny_model_dir: Path, guidance: float, prompts: list[str], precision: Any
 ) -> None:
     model, processor = load(tiny_model_dir)
-    engine = FastMusicgen(model, precision=precision)
+    engine = MusicgenModel.from_transformers(model, precision=precision)
     inputs = processor(text=prompts, padding=True, return_tensors="pt")
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
     codes = engine.generate_codes(ids, mask, steps=40, guidance_scale=guidance, temperature=0.0, top_k=250, seed=0)
@@ -187,7 +180,7 @@ def test_the_native_loop_picks_each_greedy_token_as_the_argmax_of_its_step(
         sequence[:, k, k + 1 : k + 1 + frames] = codes[0, :, k]
     # The torch loop's steps (each a native step) along the sequence the native loop made.
     logits = engine.teacher_forced_logits(ids, mask, sequence, guidance_scale=guidance)
-    free = ~engine._delay_forced(sequence.shape[-1])[:, 1:]
+    free = ~delay_forced(engine.num_codebooks, sequence.shape[-1])[:, 1:]
     picked = sequence[:, :, 1:]
     argmax = logits.argmax(-1).permute(1, 2, 0)
     assert torch.equal(picked[:, free], argmax[:, free])
@@ -196,7 +189,7 @@ def test_the_native_loop_picks_each_greedy_token_as_the_argmax_of_its_step(
 @pytest.mark.parametrize("precision", ["int8", "int4"])
 def test_one_short_prompt_folds_its_cross_attention_into_the_text(tiny_model_dir: Path, precision: str) -> None:
     model, processor = load(tiny_model_dir)
-    fast = FastMusicgen(model, precision=precision)  # type: ignore[arg-type]
+    fast = MusicgenModel.from_transformers(model, precision=precision)  # type: ignore[arg-type]
     short, long = (processor(text=[prompt], return_tensors="pt") for prompt in (PROMPTS[1], PROMPTS[0]))
     text_length = int(short["input_ids"].shape[1])
     assert fast.folds_cross_attention(1, text_length, steps=47)

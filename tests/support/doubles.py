@@ -3,7 +3,7 @@
 import threading
 from typing import Any
 
-from handler.musicgen.generator import GenerationParams, MusicGenerator, ProgressCallback
+from handler.musicgen.generator import ArtifactInfo, GenerationParams, MusicGenerator, ProgressCallback
 
 
 class GatedGenerator:
@@ -25,6 +25,10 @@ class GatedGenerator:
     @property
     def load_error(self) -> str | None:
         return self.inner.load_error
+
+    @property
+    def artifact(self) -> ArtifactInfo | None:
+        return self.inner.artifact
 
     def load(self) -> None:
         self.inner.load()
