@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from handler.allocator import return_freed_memory
 from handler.musicgen.artifact import (
     FORMAT_VERSION,
     ArtifactError,
@@ -69,6 +70,7 @@ class LoadedModel:
 
 def load_model(model_id: str, precision: Precision, cache_dir: Path) -> LoadedModel:
     """The model `model_id` in `precision`, prepared to serve (see the module docs)."""
+    return_freed_memory()
     beside = Path(model_id) / artifact_dir_name(precision)
     if precision in QUANTIZED and is_artifact(beside):
         return _serve(beside, "beside the model")

@@ -16,7 +16,7 @@ over the model's modules instead of ``model.generate``:
 * precision ``"int8"`` (default) stores the decoder's Linear layers as int8 with per-output-channel
   scales and runs each step in the native kernel of ``handler.native`` (one call for all layers,
   int8 KV cache; the same products in torch, with a float cache, where the library is not built);
-  the text encoder's Linear layers get torch's dynamic int8 quantization. ``"int4"`` is the same
+  the text encoder's Linear layers are int8 too, through the same kernel's product. ``"int4"`` is the same
   with the decoder layers' weights in int4, one scale per 64 inputs (the codebook heads stay
   int8): half the bytes each step streams, further from fp32. ``"bf16"`` casts the decoder to
   bfloat16, ``"fp32"`` keeps it exact (greedy codes match ``model.generate`` bit for bit);
@@ -43,6 +43,7 @@ from handler.cpu import cpu_has_bf16, cpu_quota_threads
 from handler.musicgen.audio_decoder import EncodecAudioDecoder
 from handler.musicgen.config import ModelConfig
 from handler.musicgen.decoder_layer import DecoderLayer, convert_linears, fuse_linears
+from handler.musicgen.kernel_linear import quantize_linears
 from handler.musicgen.pattern import codes_from_sequence, delay_forced
 from handler.musicgen.text_encoder import T5TextEncoder
 from handler.native import packing, runtime
@@ -75,15 +76,6 @@ class _State:
     rows: int
     cond_rows: int
     native: NativeRun | None  # the native step's own caches and scratch; None runs the torch step
-
-
-def _quantize_int8(module: nn.Module) -> nn.Module:
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-    quantized: nn.Module = quantize_dynamic(  # type: ignore[no-untyped-call]
-        module, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True
-    )
-    return quantized
 
 
 @dataclass(frozen=True)
@@ -208,8 +200,9 @@ class MusicgenModel:
             text_width = int(model.text_encoder.config.hidden_size)
             model.text_encoder = nn.Identity()
             if precision in QUANTIZED:
-                # Runs once per request, so speed hardly matters; a quarter of the memory does.
-                _quantize_int8(text_encoder)
+                # A quarter of the memory; int8 products through the kernel also need no packing at
+                # load (torch's dynamic int8 Linear repacked its weights at every start: ~1 s).
+                quantize_linears(text_encoder)
             projection: nn.Module | None = None
             if text_width != config.hidden_size and model.config.decoder.cross_attention_hidden_size is None:
                 materialize("enc_to_dec_proj")

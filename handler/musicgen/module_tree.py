@@ -10,7 +10,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.ao.nn.quantized import dynamic as quantized_dynamic
 
 from handler.musicgen.audio_decoder import (
     EncodecAudioDecoder,
@@ -20,6 +19,7 @@ from handler.musicgen.audio_decoder import (
     TrimmedConvTranspose1d,
 )
 from handler.musicgen.decoder_layer import DecoderLayer
+from handler.musicgen.kernel_linear import KernelLinear
 from handler.musicgen.text_encoder import Block, FeedForward, NewGELU, RMSNorm, SelfAttention, T5TextEncoder
 from handler.native.packing import Int4Linear, Int8Linear
 
@@ -110,22 +110,17 @@ _OUR_CLASSES: dict[str, type[nn.Module]] = {
         NewGELU,
         Int8Linear,
         Int4Linear,
+        KernelLinear,
         DecoderLayer,
     )
 }
 """This project's modules: rebuilt from their plain attributes, children and tensors."""
-
-DYNAMIC_INT8_LINEAR = "DynamicInt8Linear"
-"""torch's dynamically quantized int8 Linear (the text encoder's): its weights are packed for fbgemm,
-so they are stored as int8 values with per-channel scales and zero points and packed again at load."""
 
 
 def describe(module: nn.Module, prefix: str, tensors: Tensors) -> Description:
     """The description of `module`; its tensors are added to `tensors` under names starting with `prefix`."""
     type_name = _type_name(module)
     description: Description = {"type": type_name}
-    if type_name == DYNAMIC_INT8_LINEAR:
-        return _describe_dynamic_linear(module, prefix, tensors, description)
     if type_name in _TORCH_CLASSES:
         description["arguments"] = _TORCH_CLASSES[type_name][1](module)
         description["tensors"] = _describe_tensors(module.state_dict(keep_vars=True), prefix, tensors)
@@ -156,8 +151,6 @@ def rebuild(description: Mapping[str, Any], tensors: Mapping[str, torch.Tensor])
 def _rebuild(description: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> nn.Module:
     if not isinstance(description, Mapping) or not isinstance(type_name := description.get("type"), str):
         raise ModuleTreeError("a module description must be an object with a type")
-    if type_name == DYNAMIC_INT8_LINEAR:
-        return _rebuild_dynamic_linear(description, tensors)
     module: nn.Module
     if type_name in _TORCH_CLASSES:
         cls = _TORCH_CLASSES[type_name][0]
@@ -189,8 +182,6 @@ def _rebuild(description: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
 
 def _type_name(module: nn.Module) -> str:
     cls = type(module)
-    if cls is quantized_dynamic.Linear:
-        return DYNAMIC_INT8_LINEAR
     name = cls.__name__
     known = {**{n: c for n, (c, _) in _TORCH_CLASSES.items()}, **_CONTAINERS, **_OUR_CLASSES}
     if known.get(name) is not cls:
@@ -222,36 +213,6 @@ def _take_tensors(description: Mapping[str, Any], tensors: Mapping[str, torch.Te
         else:
             state[name] = tensors[key]
     return state
-
-
-def _describe_dynamic_linear(module: Any, prefix: str, tensors: Tensors, description: Description) -> Description:
-    weight = module.weight()
-    if weight.qscheme() != torch.per_channel_affine or weight.q_per_channel_axis() != 0:
-        raise ModuleTreeError("only per-output-channel int8 weights are stored")
-    bias = module.bias()
-    description["arguments"] = {"in_features": module.in_features, "out_features": module.out_features}
-    parts = {
-        "weight": weight.int_repr(),
-        "weight_scale": weight.q_per_channel_scales(),
-        "weight_zero_point": weight.q_per_channel_zero_points(),
-        "bias": bias,
-    }
-    description["tensors"] = _describe_tensors(parts, prefix, tensors)
-    return description
-
-
-def _rebuild_dynamic_linear(description: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> nn.Module:
-    arguments = dict(description.get("arguments", {}))
-    state = _take_tensors(description, tensors)
-    module: Any = quantized_dynamic.Linear(  # type: ignore[no-untyped-call]
-        int(arguments["in_features"]), int(arguments["out_features"]), bias_=state["bias"] is not None
-    )
-    weight = torch._make_per_channel_quantized_tensor(
-        state["weight"], state["weight_scale"], state["weight_zero_point"], 0
-    )
-    module.set_weight_bias(weight, state["bias"])
-    rebuilt: nn.Module = module
-    return rebuilt
 
 
 _DTYPES = {str(dtype).removeprefix("torch."): dtype for dtype in (torch.float32, torch.bfloat16, torch.float16)}
