@@ -1,31 +1,29 @@
-"""Lean CPU decode loop for MusicGen (musicgen-small and same-structure models).
+"""MusicGen as served: the parts rebuilt from tensors and config, and our own decode loop over them.
 
-``MusicgenModel`` takes a ``MusicgenForConditionalGeneration`` and runs its own autoregressive loop
-over the model's modules instead of ``model.generate``:
+``MusicgenModel`` holds the text encoder, the decoder (``DecoderLayer``s, the embedding tables, the
+fused codebook heads) and EnCodec's decoder as plain torch modules, and runs the autoregressive loop
+itself instead of ``model.generate``. It is built either from an artifact (``handler.musicgen.artifact``)
+or, once, from a transformers ``MusicgenForConditionalGeneration`` (``from_transformers``, which the
+loaders and the bake use; transformers is imported only there):
 
-* the text encoder runs once; the cross-attention K/V of every decoder layer are computed once;
-* the self-attention KV cache is a preallocated static tensor for the whole clip;
-* q/k/v projections are fused into one Linear, the cross-attention k/v into one Linear and the
-  four codebook heads into one Linear (fewer, larger GEMMs and fewer Python calls);
-* classifier-free guidance runs as one batch (cond rows, then uncond rows), exactly as
-  transformers does it: the unconditional rows see a zeroed encoder hidden state with an all-zero
-  attention mask, so their cross-attention output is exactly zero;
-* the codebook delay pattern is the one of ``MusicgenForCausalLM.build_delay_pattern_mask``;
-* sampling is CFG -> temperature -> top-k -> softmax -> multinomial with a ``torch.Generator``
-  seeded from an integer (same seed => identical codes); ``temperature == 0`` is greedy argmax;
-* precision ``"int8"`` (default) stores the decoder's Linear layers as int8 with per-output-channel
-  scales and runs each step in the native kernel of ``handler.native`` (one call for all layers,
-  int8 KV cache; the same products in torch, with a float cache, where the library is not built);
-  the text encoder's Linear layers are int8 too, through the same kernel's product. ``"int4"`` is the same
-  with the decoder layers' weights in int4, one scale per 64 inputs (the codebook heads stay
-  int8): half the bytes each step streams, further from fp32. ``"bf16"`` casts the decoder to
-  bfloat16, ``"fp32"`` keeps it exact (greedy codes match ``model.generate`` bit for bit);
-* the text encoder (``handler.musicgen.text_encoder``) and EnCodec's decoder (``handler.musicgen.audio_decoder``) are
-  rebuilt from plain torch modules with the same arithmetic, so an engine holds no transformers
-  objects and a saved one loads without importing transformers (seconds of every cold start).
-
-The decoder is converted in place: after construction ``model.generate`` no longer works on the
-same model object (its decoder layers are consumed to avoid holding two copies of the weights).
+* the text encoder runs once a request, and every layer's cross-attention keys and values with it;
+  with one prompt and the native kernel they are folded into the text (``FoldedCrossAttention``)
+  when that saves more bytes over the clip than it costs;
+* the self-attention KV cache is preallocated for the whole clip;
+* classifier-free guidance runs as one batch (cond rows, then uncond rows), as transformers does:
+  the unconditional rows' cross-attention output is exactly zero, so it is skipped;
+* the codebook delay pattern is ``handler.musicgen.pattern``'s (transformers'
+  ``build_delay_pattern_mask``);
+* sampling is CFG -> temperature -> top-k -> softmax -> draw from a ``torch.Generator`` seeded with
+  an integer (same seed => same codes; the native loop draws its uniforms once a request);
+  ``temperature == 0`` is greedy argmax;
+* ``"int8"`` (default) and ``"int4"`` decoders run each step in ``handler.native``'s kernel (ten steps
+  a call, sampling included); where no library is built the same products run in torch.
+  ``"bf16"`` casts the decoder to bfloat16, ``"fp32"`` keeps it exact (greedy codes match
+  ``model.generate`` bit for bit);
+* the text encoder (``handler.musicgen.text_encoder``, int8 through ``KernelLinear`` when the decoder
+  is quantized) and EnCodec's decoder (``handler.musicgen.audio_decoder``, chunked) reproduce
+  transformers' arithmetic without its objects.
 """
 
 from __future__ import annotations
