@@ -77,14 +77,8 @@ def source_version() -> str:
 
 def artifact_version() -> str:
     """Changes whenever the code or libraries that shape the serving artifact do: a stale bake is never reused."""
-    shaping = (
-        "musicgen/model",
-        "native/packing",
-        "musicgen/text_encoder",
-        "musicgen/audio_decoder",
-        "musicgen/tokenizer",
-    )
-    return _digest("benchmarks/random_models.py", *(f"handler/{name}.py" for name in shaping), "infra/bake_model.py")
+    shaping = sorted(str(path.relative_to(ROOT)) for path in (ROOT / "handler" / "musicgen").glob("*.py"))
+    return _digest("benchmarks/random_models.py", *shaping, "handler/native/packing.py", "infra/bake_model.py")
 
 
 NOTABLE_FLAGS = frozenset(
