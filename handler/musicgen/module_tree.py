@@ -153,9 +153,7 @@ def _rebuild(description: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
         raise ModuleTreeError("a module description must be an object with a type")
     module: nn.Module
     if type_name in _TORCH_CLASSES:
-        cls = _TORCH_CLASSES[type_name][0]
-        with torch.device("meta"):
-            module = cls(**dict(description.get("arguments", {})))
+        module = _construct_on_meta(_TORCH_CLASSES[type_name][0], dict(description.get("arguments", {})))
         state = _take_tensors(description, tensors)
         module.load_state_dict(state, strict=True, assign=True)
         module.requires_grad_(False)
@@ -178,6 +176,16 @@ def _rebuild(description: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
     for name, child in dict(description.get("children", {})).items():
         module.add_module(name, None if child is None else _rebuild(child, tensors))
     return module
+
+
+def _construct_on_meta(cls: type[nn.Module], arguments: dict[str, Any]) -> nn.Module:
+    with torch.device("meta"):
+        if cls is nn.Embedding:
+            # Given a weight, Embedding skips its random initialisation, which on meta tensors goes
+            # through torch's reference ops and imports torch._dynamo: ~2 s of every start.
+            shape = (arguments["num_embeddings"], arguments["embedding_dim"])
+            return nn.Embedding(**arguments, _weight=torch.empty(shape))
+        return cls(**arguments)
 
 
 def _type_name(module: nn.Module) -> str:

@@ -2,6 +2,8 @@
 
 import json
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,8 @@ from handler.musicgen.generator import ModelUnavailableError, MusicgenGenerator
 from handler.musicgen.tokenizer import TOKENIZER_NAME
 from handler.settings import QUANTIZED, Precision
 from tests.support.models import code_running_pickle, converted, prompt_tokenizer, sampled_codes
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module", params=sorted(QUANTIZED))
@@ -150,3 +154,18 @@ def test_an_old_pickled_artifact_beside_a_model_is_never_loaded(tmp_path: Path) 
     with pytest.raises(ModelUnavailableError):
         generator.load()
     assert not marker.exists()
+
+
+def test_loading_an_artifact_imports_neither_transformers_nor_torch_compiler(saved: Path) -> None:
+    # Either import costs seconds of every cold start (torch._dynamo came with random initialisation
+    # of meta-device embeddings).
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from handler.musicgen.artifact import load_artifact\n"
+        f"load_artifact(Path({str(saved)!r})).model.prepare_to_serve()\n"
+        "print(sorted(name for name in ('transformers', 'torch._dynamo') if name in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "[]"
