@@ -1,0 +1,126 @@
+"""The interface every storage backend implements, the types it speaks in, and the file cap."""
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from handler.filenames import job_id_for
+
+JOBS_FOLDER = "jobs"
+"""Job records live in this folder of the storage, beside the generated files."""
+
+
+class StorageError(RuntimeError):
+    """The storage backend failed; nothing half-written is left listed."""
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A generated file as listed."""
+
+    filename: str
+    size_bytes: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    """A download served from the local filesystem."""
+
+    path: Path
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A download served by redirecting to a presigned URL."""
+
+    url: str
+
+
+Download = LocalFile | RemoteFile
+
+
+class Storage(Protocol):
+    """The small interface every backend implements."""
+
+    @property
+    def backend(self) -> str:
+        """The backend's name, as GET / reports it."""
+        ...
+
+    def save(self, filename: str, data: bytes, metadata: Mapping[str, Any]) -> None:
+        """Store a file and its JSON sidecar; on failure neither is listed."""
+        ...
+
+    def list_files(self) -> list[StoredFile]:
+        """Every generated file, newest first."""
+        ...
+
+    def download(self, filename: str) -> Download | None:
+        """Where a client downloads `filename` from, or None if there is no such file."""
+        ...
+
+    def delete(self, filenames: Sequence[str]) -> None:
+        """Delete files and their sidecars."""
+        ...
+
+    def put_job(self, job_id: str, record: Mapping[str, Any]) -> None:
+        """Write a job record, replacing any before it."""
+        ...
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        """A job record, or None if there is none."""
+        ...
+
+    def list_jobs(self) -> list[str]:
+        """The ids of every job record."""
+        ...
+
+    def delete_jobs(self, job_ids: Sequence[str]) -> None:
+        """Delete job records."""
+        ...
+
+
+def metadata_name(filename: str) -> str:
+    """The sidecar that keeps a file's prompt and parameters."""
+    return filename.removesuffix(".wav") + ".json"
+
+
+def job_record_name(job_id: str) -> str:
+    """Where a job's record lives, relative to the storage's root."""
+    return f"{JOBS_FOLDER}/{job_id}.json"
+
+
+def encode_json(record: Mapping[str, Any]) -> bytes:
+    """A sidecar or job record as stored: UTF-8 JSON, non-ASCII text kept readable."""
+    return json.dumps(record, ensure_ascii=False).encode()
+
+
+def newest_first(files: list[StoredFile]) -> list[StoredFile]:
+    """Files ordered newest first; generated names sort in creation order."""
+    return sorted(files, key=lambda f: f.filename, reverse=True)
+
+
+def prune(storage: Storage, keep: int, protect: str | None = None) -> list[str]:
+    """Delete all but the newest `keep` files, and of job records, each in one batch.
+
+    Returns the file names deleted. `protect` (the file just saved) is never among them, even
+    when its name, given when its request arrived, sorts older than files saved before it.
+    Job records go with their files; job ids sort in creation order like file names.
+    """
+    files = [f.filename for f in newest_first(storage.list_files())]
+    if protect in files:
+        files.remove(protect)
+        files.insert(0, protect)
+    excess = files[keep:]
+    if excess:
+        storage.delete(excess)
+    pruned_jobs = {job_id_for(name) for name in excess}
+    job_ids = sorted(storage.list_jobs(), reverse=True)
+    old_jobs = [job_id for index, job_id in enumerate(job_ids) if index >= keep or job_id in pruned_jobs]
+    if old_jobs:
+        storage.delete_jobs(old_jobs)
+    return excess

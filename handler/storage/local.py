@@ -1,0 +1,121 @@
+"""The local-directory backend: files and job records under one directory."""
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from handler.filenames import created_at, is_valid_filename, is_valid_job_id
+from handler.storage.base import (
+    JOBS_FOLDER,
+    Download,
+    LocalFile,
+    StorageError,
+    StoredFile,
+    encode_json,
+    job_record_name,
+    metadata_name,
+    newest_first,
+)
+
+
+class LocalStorage:
+    """Files in a local directory; each write is atomic (temporary file, then rename)."""
+
+    backend = "local"
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def save(self, filename: str, data: bytes, metadata: Mapping[str, Any]) -> None:
+        """Write the sidecar, then the file, each atomically; on failure remove the sidecar."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._write_atomic(self.directory / metadata_name(filename), encode_json(metadata))
+            self._write_atomic(self.directory / filename, data)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                self._remove(metadata_name(filename))
+            raise StorageError("could not write to local storage") from exc
+
+    def list_files(self) -> list[StoredFile]:
+        """Every generated file in the directory, newest first."""
+        if not self.directory.is_dir():
+            return []
+        try:
+            files = [
+                StoredFile(entry.name, entry.stat().st_size, created_at(entry.name))
+                for entry in os.scandir(self.directory)
+                if is_valid_filename(entry.name) and entry.is_file()
+            ]
+        except OSError as exc:
+            raise StorageError("could not list local storage") from exc
+        return newest_first(files)
+
+    def download(self, filename: str) -> Download | None:
+        """The file's path, served as it is."""
+        path = self.directory / filename
+        return LocalFile(path) if path.is_file() else None
+
+    def delete(self, filenames: Sequence[str]) -> None:
+        """Delete files and their sidecars; missing ones are skipped."""
+        try:
+            for filename in filenames:
+                self._remove(filename)
+                self._remove(metadata_name(filename))
+        except OSError as exc:
+            raise StorageError("could not delete from local storage") from exc
+
+    def put_job(self, job_id: str, record: Mapping[str, Any]) -> None:
+        """Write a job record atomically."""
+        try:
+            (self.directory / JOBS_FOLDER).mkdir(parents=True, exist_ok=True)
+            self._write_atomic(self.directory / job_record_name(job_id), encode_json(record))
+        except OSError as exc:
+            raise StorageError("could not write a job record") from exc
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        """A job record, or None if there is none."""
+        try:
+            record: dict[str, Any] = json.loads((self.directory / job_record_name(job_id)).read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise StorageError("could not read a job record") from exc
+        return record
+
+    def list_jobs(self) -> list[str]:
+        """The ids of every job record."""
+        folder = self.directory / JOBS_FOLDER
+        if not folder.is_dir():
+            return []
+        try:
+            return [path.stem for path in folder.glob("*.json") if is_valid_job_id(path.stem)]
+        except OSError as exc:
+            raise StorageError("could not list job records") from exc
+
+    def delete_jobs(self, job_ids: Sequence[str]) -> None:
+        """Delete job records; missing ones are skipped."""
+        try:
+            for job_id in job_ids:
+                self._remove(job_record_name(job_id))
+        except OSError as exc:
+            raise StorageError("could not delete job records") from exc
+
+    def _write_atomic(self, path: Path, data: bytes) -> None:
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(temp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+
+    def _remove(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.directory / name).unlink()

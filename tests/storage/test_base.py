@@ -1,0 +1,79 @@
+"""What every storage backend does alike: each test here runs once per backend."""
+
+from datetime import timedelta
+from typing import Any
+
+import httpx
+from fastapi.testclient import TestClient
+
+from handler.filenames import new_filename
+from handler.storage import LocalFile, RemoteFile, Storage, prune
+from tests.support.storage import START, fill
+
+
+def test_saved_file_is_listed_and_downloadable(storage: Storage) -> None:
+    [name] = fill(storage, 1)
+    [listed] = storage.list_files()
+    assert listed.filename == name
+    assert listed.size_bytes == len(b"RIFF" + name.encode())
+    assert listed.created_at == START
+    target = storage.download(name)
+    if isinstance(target, LocalFile):
+        assert target.path.read_bytes() == b"RIFF" + name.encode()
+    else:
+        assert isinstance(target, RemoteFile)
+        assert httpx.get(target.url).content == b"RIFF" + name.encode()
+
+
+def test_missing_file_downloads_as_none(storage: Storage) -> None:
+    assert storage.download(new_filename(START)) is None
+
+
+def test_listing_is_newest_first_even_within_one_second(storage: Storage) -> None:
+    names = [new_filename(START + timedelta(milliseconds=i)) for i in (0, 1, 2, 400, 999)]
+    for name in reversed(names):
+        storage.save(name, b"x", {})
+    assert [f.filename for f in storage.list_files()] == names[::-1]
+
+
+def test_prune_deletes_the_oldest_in_one_batch(storage: Storage) -> None:
+    names = fill(storage, 5)
+    assert prune(storage, keep=3) == names[:2][::-1]
+    assert [f.filename for f in storage.list_files()] == names[2:][::-1]
+    assert prune(storage, keep=3) == []
+
+
+def test_prune_never_deletes_the_file_just_saved(storage: Storage) -> None:
+    older_name_saved_last, *others = fill(storage, 3)
+    assert prune(storage, keep=2, protect=older_name_saved_last) == [others[0]]
+    assert {f.filename for f in storage.list_files()} == {older_name_saved_last, others[1]}
+
+
+def test_prune_drops_the_job_records_of_the_files_it_deletes(storage: Storage) -> None:
+    names = fill(storage, 3)
+    for name in names:
+        storage.put_job(name.removesuffix(".wav"), {"job_id": name})
+    prune(storage, keep=2)
+    assert sorted(storage.list_jobs()) == [name.removesuffix(".wav") for name in names[1:]]
+
+
+def test_job_records_round_trip_and_are_pruned_with_the_files(storage: Storage) -> None:
+    job_ids = [new_filename(START + timedelta(minutes=i)).removesuffix(".wav") for i in range(4)]
+    for job_id in job_ids:
+        storage.put_job(job_id, {"job_id": job_id, "text": "雨"})
+    assert storage.get_job(job_ids[0]) == {"job_id": job_ids[0], "text": "雨"}
+    assert storage.get_job("gen_20990101_000000_00000000") is None
+    prune(storage, keep=2)
+    assert sorted(storage.list_jobs()) == job_ids[2:]
+    assert storage.list_files() == []
+
+
+def test_cap_keeps_the_newest_100_after_two_more_generations(client: TestClient, storage: Storage) -> None:
+    older = fill(storage, 100)
+    created: list[Any] = [client.post("/generate/", json={"text": "rain", "duration": 1}).json() for _ in range(2)]
+    new = [body["file_url"].removeprefix("/files/") for body in created]
+    remaining = [f.filename for f in storage.list_files()]
+    assert len(remaining) == 100
+    assert set(older[:2]).isdisjoint(remaining)
+    assert remaining == new[::-1] + older[2:][::-1]
+    assert storage.download(older[0]) is None

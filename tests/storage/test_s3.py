@@ -1,0 +1,64 @@
+"""The S3 backend, against moto's S3 server."""
+
+from collections.abc import Callable
+from urllib.parse import parse_qs, urlparse
+
+import boto3
+import httpx
+import pytest
+
+from handler.filenames import new_filename
+from handler.storage import RemoteFile, S3Storage, StorageError, s3_client
+from tests.support.storage import START, fill
+
+
+def test_s3_download_matches_the_exact_key_only(s3_storage: S3Storage, s3_bucket: str) -> None:
+    name = new_filename(START)
+    boto3.client("s3").put_object(Bucket=s3_bucket, Key=f"generated/{name}.partial", Body=b"x")
+    assert s3_storage.download(name) is None
+    s3_storage.save(name, b"RIFF", {})
+    assert isinstance(s3_storage.download(name), RemoteFile)
+
+
+def test_s3_delete_removes_the_sidecar_too(s3_storage: S3Storage, s3_objects: Callable[[], list[str]]) -> None:
+    [name] = fill(s3_storage, 1)
+    assert len(s3_objects()) == 2
+    s3_storage.delete([name])
+    assert s3_objects() == []
+
+
+def test_s3_presigned_url_is_regional_attachment_and_short_lived(s3_storage: S3Storage) -> None:
+    [name] = fill(s3_storage, 1)
+    target = s3_storage.download(name)
+    assert isinstance(target, RemoteFile)
+    query = parse_qs(urlparse(target.url).query)
+    assert query["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"]
+    assert "/eu-west-1/s3/aws4_request" in query["X-Amz-Credential"][0]
+    assert query["X-Amz-Expires"] == ["300"]
+    assert query["response-content-type"] == ["audio/wav"]
+    assert query["response-content-disposition"] == [f'attachment; filename="{name}"']
+    response = httpx.get(target.url)
+    assert response.status_code == 200
+    assert response.headers["content-disposition"] == f'attachment; filename="{name}"'
+
+
+def test_s3_outside_us_east_1_without_endpoint_override_uses_the_regional_host(
+    aws_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
+    monkeypatch.setenv("AWS_REGION", "ap-southeast-2")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    url = urlparse(s3_client().generate_presigned_url("get_object", Params={"Bucket": "my-bucket", "Key": "k"}))
+    assert url.hostname == "my-bucket.s3.ap-southeast-2.amazonaws.com"
+    assert "ap-southeast-2" in parse_qs(url.query)["X-Amz-Credential"][0]
+
+
+def test_unreachable_s3_raises_storage_error(aws_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")
+    storage = S3Storage(s3_client(), "bucket")
+    with pytest.raises(StorageError):
+        storage.list_files()
+    with pytest.raises(StorageError):
+        storage.save(new_filename(START), b"x", {})
+    with pytest.raises(StorageError):
+        storage.download(new_filename(START))
