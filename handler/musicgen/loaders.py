@@ -39,7 +39,8 @@ logger = logging.getLogger(__name__)
 
 Origin = Literal["beside the model", "cache", "baked", "converted"]
 """Where the served model came from: the image's artifact; the cache; a bake at this start
-(written to the cache); converted at this start without an artifact (fp32, bf16)."""
+(written to the cache); converted at this start and kept nowhere (fp32, bf16, or a cache that
+can't be written)."""
 
 CONTENT_HASH_LIMIT = 1 << 20
 """Files up to this size count in a directory's identity by content; larger ones (the weights)
@@ -98,6 +99,8 @@ def load_model(model_id: str, precision: Precision, cache_dir: Path) -> LoadedMo
             )
         except OSError:
             logger.warning("artifact cache not writable; serving without caching", extra={"cache": str(cache_dir)})
+            model.prepare_to_serve()
+            return LoadedModel(model, tokenizer, precision, "converted", None)
     model.prepare_to_serve()
     return LoadedModel(model, tokenizer, precision, "baked", entry.name)
 

@@ -96,7 +96,7 @@ def test_without_a_writable_cache_the_bake_is_served_and_not_kept(model_copy: Pa
     blocked = tmp_path / "file-not-dir"
     blocked.write_text("")
     loaded = load_model(str(model_copy), "int8", blocked / "cache")
-    assert loaded.origin == "baked"
+    assert (loaded.origin, loaded.artifact) == ("converted", None)
     assert blocked.is_file()
 
 
