@@ -114,6 +114,7 @@ def test_image_copies_only_what_it_runs() -> None:
     copies = [arguments for keyword, arguments in FINAL_STAGE.instructions if keyword == "COPY"]
     sources = {arguments.split()[-2] for arguments in copies if not arguments.startswith("--from")}
     assert sources == {"handler/"}
+    assert "handler/ ${LAMBDA_TASK_ROOT}/handler/" in copies  # where the CMD's module is imported from
     ignored = DOCKERIGNORE.read_text().splitlines()
     assert ignored[ignored.index("*") + 1 :][:3] == ["!requirements.txt", "!handler/", "!infra/bake_model.py"]
 
