@@ -1,12 +1,13 @@
 """Job records: what an asynchronous generation is, kept in the storage backend."""
 
+from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
-from pydantic import BaseModel
+from pydantic import BaseModel, model_validator
 
-from handler.musicgen.generator import GenerationParams
+from handler.generation import GenerationParams
 from handler.storage import Storage
 
 EXPIRED_ERROR = "The job's worker did not finish before its deadline"
@@ -27,6 +28,10 @@ class JobStatus(StrEnum):
 FINAL_STATES = {JobStatus.SUCCEEDED, JobStatus.FAILED}
 
 
+_FLAT_NAMES = {"prompt": "text"}
+"""GenerationParams fields that records with flat parameters stored under another name."""
+
+
 class JobRecord(BaseModel):
     """One job as stored; its id is also the name of the file it makes, without `.wav`."""
 
@@ -38,19 +43,25 @@ class JobRecord(BaseModel):
     updated_at: datetime
     deadline: datetime
     error: str | None = None
-    text: str
-    duration: int
-    guidance_scale: float
-    temperature: float
-    seed: int
+    params: GenerationParams
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nest_flat_params(cls, data: Any) -> Any:
+        """Reads records stored before `params` was one field: its fields at the top, the prompt as `text`."""
+        if isinstance(data, dict) and "params" not in data:
+            data = dict(data)
+            data["params"] = {
+                field.name: data.pop(_FLAT_NAMES.get(field.name, field.name))
+                for field in fields(GenerationParams)
+                if _FLAT_NAMES.get(field.name, field.name) in data
+            }
+        return data
 
     @property
     def final(self) -> bool:
+        """Whether the job has ended, one way or the other."""
         return self.status in FINAL_STATES
-
-    @property
-    def params(self) -> GenerationParams:
-        return GenerationParams(self.text, self.duration, self.guidance_scale, self.temperature, self.seed)
 
     def eta_at(self, now: datetime) -> float | None:
         """The remaining time estimated at the last update, less the time since."""
@@ -83,11 +94,7 @@ class JobStore:
             created_at=now,
             updated_at=now,
             deadline=now + timedelta(seconds=queue_timeout_s),
-            text=params.prompt,
-            duration=params.duration,
-            guidance_scale=params.guidance_scale,
-            temperature=params.temperature,
-            seed=params.seed,
+            params=params,
         )
         self.save(record)
         return record

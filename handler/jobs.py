@@ -13,9 +13,9 @@ from typing import Any
 
 from handler.dependencies import Services
 from handler.filenames import filename_for
+from handler.generation import GenerationParams
 from handler.job_records import JobRecord, JobStatus, JobStore, job_event
 from handler.music_files import MusicFileError, make_music_file
-from handler.musicgen.generator import GenerationParams
 from handler.storage import StorageError
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def run_job(services: Services, job_id: str, time_budget_s: float | None = None)
     record = store.get(job_id)
     if record is None or record.status is not JobStatus.QUEUED:
         return record
-    estimate = services.generator.estimate_seconds(record.duration)
+    estimate = services.generator.estimate_seconds(record.params.duration)
     budget = time_budget_s if time_budget_s is not None else max(120.0, 3 * estimate)
     now = datetime.now(UTC)
     record = record.model_copy(

@@ -1,11 +1,13 @@
 """Making one music file: generate, encode, store, keep the newest. Shared by requests and jobs."""
 
 import logging
+from dataclasses import asdict
 from datetime import datetime
 
 from handler.audio import encode_wav
 from handler.dependencies import Services
-from handler.musicgen.generator import GenerationFailedError, GenerationParams, ModelUnavailableError, ProgressCallback
+from handler.generation import GenerationParams
+from handler.musicgen.generator import GenerationFailedError, ModelUnavailableError, ProgressCallback
 from handler.storage import StorageError, prune
 
 logger = logging.getLogger(__name__)
@@ -44,11 +46,7 @@ def make_music_file(
         logger.exception("generation failed")
         raise MusicFileError(500, "Music generation failed") from exc
     metadata = {
-        "prompt": params.prompt,
-        "duration": params.duration,
-        "guidance_scale": params.guidance_scale,
-        "temperature": params.temperature,
-        "seed": params.seed,
+        **asdict(params),
         "model_id": services.settings.model_id,
         "sample_rate": generator.sample_rate,
         "created_at": requested_at.isoformat(),

@@ -2,7 +2,6 @@
 
 import logging
 import math
-import secrets
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
@@ -22,12 +21,11 @@ from handler.filenames import (
     job_id_for,
     new_filename,
 )
+from handler.generation import GenerationParams
 from handler.job_records import JobStatus, JobStore
 from handler.jobs import JobDispatchError, submit_job
 from handler.music_files import MusicFileError, make_music_file
-from handler.musicgen.generator import GenerationParams
 from handler.schemas import (
-    MAX_SEED,
     ErrorResponse,
     FileInfo,
     GenerateRequest,
@@ -36,6 +34,7 @@ from handler.schemas import (
     JobAccepted,
     JobResponse,
     ServedModel,
+    request_fields,
 )
 from handler.storage import LocalFile
 
@@ -104,13 +103,7 @@ async def generate(
     With `Prefer: respond-async`, or when a request through API Gateway could not finish
     within its 30 s limit, the answer is `202 Accepted` with the job to poll.
     """
-    params = GenerationParams(
-        prompt=body.text,
-        duration=body.duration,
-        guidance_scale=body.guidance_scale,
-        temperature=body.temperature,
-        seed=body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1),
-    )
+    params = body.to_params()
     now = datetime.now(UTC)
     filename = new_filename(now)
     wants_async = prefers_async(prefer)
@@ -189,7 +182,8 @@ def get_job(job_id: str, services: ServicesDep, response: Response) -> JobRespon
     if not record.final:
         response.headers["Retry-After"] = str(retry_after(eta))
     return JobResponse(
-        **record.model_dump(exclude={"status", "eta_seconds", "deadline"}),
+        **record.model_dump(exclude={"status", "eta_seconds", "deadline", "params"}),
+        **request_fields(record.params),
         status=record.status.value,
         eta_seconds=eta,
         status_url=job_url(record.job_id),

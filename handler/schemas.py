@@ -1,12 +1,14 @@
 """Request and response bodies of the HTTP API."""
 
+from dataclasses import asdict
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from handler.generation import MAX_SEED, GenerationParams, random_seed
+
 MAX_PROMPT_CHARS = 500
-MAX_SEED = 2**32 - 1
 
 Prompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_PROMPT_CHARS)]
 
@@ -29,6 +31,23 @@ class GenerateRequest(BaseModel):
     seed: int | None = Field(
         default=None, ge=0, le=MAX_SEED, strict=True, description="Same seed and request give the same audio."
     )
+
+    def to_params(self) -> GenerationParams:
+        """The generation this body asks for; a random seed when it names none."""
+        return GenerationParams(
+            prompt=self.text,
+            duration=self.duration,
+            guidance_scale=self.guidance_scale,
+            temperature=self.temperature,
+            seed=self.seed if self.seed is not None else random_seed(),
+        )
+
+
+def request_fields(params: GenerationParams) -> dict[str, Any]:
+    """`params` under the request body's names (the prompt as `text`), as a job's status repeats them."""
+    fields = asdict(params)
+    fields["text"] = fields.pop("prompt")
+    return fields
 
 
 class GenerateResponse(BaseModel):

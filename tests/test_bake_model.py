@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from handler.generation import GenerationParams
 from handler.musicgen.artifact import artifact_dir_name, is_artifact
-from handler.musicgen.generator import GenerationParams, ModelUnavailableError, MusicgenGenerator
+from handler.musicgen.generator import ModelUnavailableError, MusicgenGenerator
 from handler.settings import QUANTIZED, Precision
 from infra.bake_model import bake, main
 
@@ -63,7 +64,8 @@ def test_serving_the_baked_model_never_imports_transformers(tiny_model_dir: Path
     script = (
         "import sys\n"
         "from handler.app import app\n"
-        "from handler.musicgen.generator import GenerationParams, MusicgenGenerator\n"
+        "from handler.generation import GenerationParams\n"
+        "from handler.musicgen.generator import MusicgenGenerator\n"
         f"generator = MusicgenGenerator({str(target)!r})\n"
         "audio = generator.generate(GenerationParams('rain', 1, 3.0, 1.0, seed=3))\n"
         "assert audio.shape == (32000,), audio.shape\n"

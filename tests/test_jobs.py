@@ -11,9 +11,18 @@ import pytest
 from botocore.stub import ANY, Stubber
 from fastapi.testclient import TestClient
 
-from handler.job_records import EXPIRED_ERROR, JOB_EVENT_KEY, JobStatus, JobStore, job_event, job_id_from_event
+from handler.generation import GenerationParams
+from handler.job_records import (
+    EXPIRED_ERROR,
+    JOB_EVENT_KEY,
+    JobRecord,
+    JobStatus,
+    JobStore,
+    job_event,
+    job_id_from_event,
+)
 from handler.jobs import LocalJobQueue
-from handler.musicgen.generator import GenerationParams, MusicgenGenerator
+from handler.musicgen.generator import MusicgenGenerator
 from handler.routes import prefers_async
 from handler.settings import Settings
 from handler.storage import LocalStorage, Storage
@@ -157,6 +166,54 @@ def test_job_past_its_deadline_reads_as_failed(client: TestClient, storage: Stor
     assert "retry-after" not in client.get("/jobs/gen_20250528_134211_a1b2c3d4").headers
     # Derived on read, never written: the worker owns the record.
     assert storage.get_job("gen_20250528_134211_a1b2c3d4")["status"] == "running"  # type: ignore[index]
+
+
+OLD_RECORD = {
+    "job_id": "gen_20250528_134211_a1b2c3d4",
+    "status": "succeeded",
+    "progress": 1.0,
+    "eta_seconds": 0.0,
+    "created_at": "2025-05-28T13:42:11.250000Z",
+    "updated_at": "2025-05-28T13:42:20.250000Z",
+    "deadline": "2025-05-28T13:43:20.250000Z",
+    "error": None,
+    "text": "雨 on a tin roof",
+    "duration": 2,
+    "guidance_scale": 3.0,
+    "temperature": 0.9,
+    "seed": 4242,
+}
+"""A record as stored before the parameters were one field (written by that code, copied verbatim)."""
+
+
+def test_a_record_stored_with_flat_parameters_still_loads_and_is_served(client: TestClient, storage: Storage) -> None:
+    record = JobRecord.model_validate(OLD_RECORD)
+    assert record.params == GenerationParams("雨 on a tin roof", 2, 3.0, 0.9, 4242)
+    assert record.status is JobStatus.SUCCEEDED
+    assert record.created_at == datetime(2025, 5, 28, 13, 42, 11, 250000, tzinfo=UTC)
+
+    storage.put_job(OLD_RECORD["job_id"], OLD_RECORD)  # type: ignore[arg-type]
+    job = client.get("/jobs/gen_20250528_134211_a1b2c3d4").json()
+    assert job["status"] == "succeeded"
+    assert (job["text"], job["duration"], job["guidance_scale"], job["temperature"], job["seed"]) == (
+        "雨 on a tin roof",
+        2,
+        3.0,
+        0.9,
+        4242,
+    )
+
+
+def test_a_record_keeps_its_parameters_as_one_field(local_storage: LocalStorage) -> None:
+    params = GenerationParams("rain", 3, 2.5, 0.7, 11)
+    JobStore(local_storage).create("gen_20250528_134211_a1b2c3d4", params, datetime.now(UTC), 60, 5)
+    stored = local_storage.get_job("gen_20250528_134211_a1b2c3d4")
+    assert stored is not None
+    assert stored["params"] == {"prompt": "rain", "duration": 3, "guidance_scale": 2.5, "temperature": 0.7, "seed": 11}
+    assert "text" not in stored
+    loaded = JobStore(local_storage).get("gen_20250528_134211_a1b2c3d4")
+    assert loaded is not None
+    assert loaded.params == params
 
 
 def test_a_second_delivery_of_a_running_job_does_not_run_it_again(

@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from handler.cpu import cpu_has_bf16
+from handler.generation import GenerationParams as GenerationParams  # re-exported: callers take it with the engine
 from handler.settings import Precision, default_cache_dir
 
 logger = logging.getLogger(__name__)
@@ -49,17 +50,6 @@ def on_engine_thread(work: Callable[[], _Result]) -> _Result:
     if threading.get_ident() in _engine_thread_ids:
         return work()
     return _engine_thread.submit(work).result()
-
-
-@dataclass(frozen=True)
-class GenerationParams:
-    """What one generation is asked to make."""
-
-    prompt: str
-    duration: int
-    guidance_scale: float
-    temperature: float
-    seed: int
 
 
 class ModelUnavailableError(RuntimeError):

@@ -3,7 +3,8 @@
 import threading
 from typing import Any
 
-from handler.musicgen.generator import ArtifactInfo, GenerationParams, MusicGenerator, ProgressCallback
+from handler.generation import GenerationParams
+from handler.musicgen.generator import ArtifactInfo, MusicGenerator, ProgressCallback
 
 
 class GatedGenerator:
