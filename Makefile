@@ -25,9 +25,15 @@ setup: $(VENV)/.runtime kernels
 
 setup-dev: $(VENV)/.dev kernels
 
-# The native decoder step (handler/kernels.c), one library per instruction set; needs a C compiler.
-kernels: | $(VENV)/.runtime
+# The native decoder step (handler/native: kernels.c with srm.h and dots_*.h), one library per
+# instruction set; needs a C compiler. Which libraries depends on the machine, so a stamp stands
+# for them: rebuilt only when a source changes (delete the stamp to force a build).
+KERNEL_SOURCES := handler/native/kernels.c $(wildcard handler/native/*.h) handler/native/build.py
+kernels: handler/native/.built
+
+handler/native/.built: $(KERNEL_SOURCES) | $(VENV)/.runtime
 	$(BIN)/python -m handler.native.build
+	touch $@
 
 run: setup
 	$(BIN)/uvicorn handler.app:app --host $(HOST) --port $(PORT)

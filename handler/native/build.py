@@ -1,5 +1,5 @@
-"""Building the native library (`kernels.c`): one build per instruction set, compiled ahead of time
-(`python -m handler.native.build`, run by `make` and the image build)."""
+"""Building the native library (`kernels.c` with `srm.h` and its `dots_*.h`): one build per instruction
+set, compiled ahead of time (`python -m handler.native.build`, run by `make` and the image build)."""
 
 import os
 import platform
@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("kernels.c")
+"""The one translation unit: it includes srm.h and the build's dots_*.h, found beside it."""
 
 
 @dataclass(frozen=True)
@@ -22,28 +23,37 @@ class Variant:
     name: str
     flags: tuple[str, ...]
     cpu_flags: frozenset[str]
+    dots: str = "plain"
+    """The dot kernels (dots_<dots>.h) `flags` select; the library reports them (see abi.check)."""
 
     def path(self, directory: Path = SOURCE.parent) -> Path:
         return directory / f"libsrm_kernels_{self.name}.so"
 
 
-GENERIC = Variant("generic", (), frozenset())
-"""Plain C for any CPU the compiler targets by default (its scalar path on x86)."""
+PLAIN = Variant("plain", (), frozenset())
+"""The plain-C reference (dots_plain.h) for any CPU the compiler targets by default: every machine
+builds it, the fallback where no tuned build runs and what the tests check the others against."""
 
 # Best first. The targets are portable baselines, not the build machine's own CPU: the image is
 # built on one machine and runs on Lambda's (x86-64-v3 is AVX2 + FMA, on every Lambda x86 CPU).
-_VARIANTS = {
+_TUNED = {
     "x86_64": (
-        Variant("avx512vnni", ("-march=x86-64-v4", "-mavx512vnni"), frozenset({"avx512bw", "avx512_vnni"})),
-        Variant("avx2", ("-march=x86-64-v3",), frozenset({"avx2", "fma"})),
+        Variant(
+            "avx512vnni",
+            ("-march=x86-64-v4", "-mavx512vnni"),
+            frozenset({"avx512bw", "avx512_vnni"}),
+            "avx512vnni",
+        ),
+        Variant("avx2", ("-march=x86-64-v3",), frozenset({"avx2", "fma"}), "avx2"),
     ),
+    # Plain C too, vectorised by the compiler for ARMv8's NEON.
     "aarch64": (Variant("armv8", ("-march=armv8-a",), frozenset()),),
 }
 
 
 def variants(machine: str | None = None) -> tuple[Variant, ...]:
-    """The builds made for `machine` (default: this one), best first."""
-    return _VARIANTS.get(machine or platform.machine(), (GENERIC,))
+    """The builds made for `machine` (default: this one), best first; the plain-C reference last."""
+    return (*_TUNED.get(machine or platform.machine(), ()), PLAIN)
 
 
 def openmp_runtime() -> Path | None:

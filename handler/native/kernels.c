@@ -1,4 +1,4 @@
-/* One MusicGen decoder step on the CPU, all layers in one call (see handler/kernels.py).
+/* One MusicGen decoder step on the CPU, all layers in one call (see handler/native/runtime.py).
  *
  * Why native code: with one token per step, torch spends as long dispatching ~20 small operators
  * per layer (and waking its threads for each) as it spends reading the weights, and its attention
@@ -14,107 +14,27 @@
  * the query is quantised to int8 for its integer dots with the keys. Everything else (softmax
  * weights, layer norms, GELU, residuals) is float32.
  *
- * The matrix products use AVX512-VNNI or AVX2 when the build targets them, plain C otherwise.
+ * Layout: the structs and block constants are in srm.h. The dot kernels (dot_block, dot_block4,
+ * dot_block_excess, tile_dots and SRM_QUERY_SHIFT) come from one file per instruction set, chosen
+ * below by the build's target: AVX512-VNNI, AVX2, or the plain-C reference. They are included
+ * here, one translation unit per build, so they inline into the loops that call them.
  */
 #include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
 
+#include "srm.h"
+
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-#include <immintrin.h>
-#define SRM_VNNI 1
+#include "dots_avx512vnni.h"
 #elif defined(__AVX2__)
-#include <immintrin.h>
-#define SRM_AVX2 1
+#include "dots_avx2.h"
+#else
+#include "dots_plain.h"
 #endif
 
-#define SRM_BLOCK_K 64 /* 8-bit weights: (n / 4, k / 64, 4, 64) int8 */
-#define SRM_BLOCK_N 4
-#define SRM_BLOCK_N4 16 /* 4-bit weights: blocks of 16 output channels, one per 32-bit lane */
-#define SRM_MAX_ROWS 8
-#define SRM_KEY_TILE 32 /* key cache: (capacity / 32, head_dim / 4, 32, 4) per (row, head) */
-#define SRM_MAX_HEAD_DIM 256
-#define SRM_VALUE_BLOCK 64 /* folded cross-attention values: (hidden / 64, vectors, 64) */
-
-typedef struct {
-    /* 8 bits: (n / 4, k / 64, 4, 64) int8. 4 bits: (n / 16, k / 64, 8, 16, 4) bytes, weight + 8 in
-     * each nibble: in block b, group g, byte (m, j, i) holds input 64 g + 8 m + i of channel
-     * 16 b + j in its low nibble and input 64 g + 8 m + 4 + i in its high one, so the low (high)
-     * nibbles of 64 bytes are four consecutive inputs of each of the 16 channels, one channel a
-     * 32-bit lane. Zero padded to n and k. */
-    const int8_t *weight;
-    const float *scale;     /* 8 bits: (n) per output channel */
-    const int32_t *row_sum; /* 8 bits: (n) sum of each output channel's weights */
-    const uint16_t *group_scale; /* 4 bits: (n / 16, k / 64, 16) bfloat16, one per 64 inputs of a channel */
-    const float *bias;      /* (n) or NULL */
-    int64_t n, k;           /* padded sizes: n % 4 == 0 (n % 16 == 0 for 4 bits), k % 64 == 0 */
-    int64_t in_features;    /* k before padding */
-    int64_t out_features;   /* n before padding: outputs past it are not written */
-    int64_t bits;           /* 8 or 4 */
-} srm_linear;
-
-typedef struct {
-    const float *ln1_weight, *ln1_bias, *ln2_weight, *ln2_bias, *ln3_weight, *ln3_bias;
-    srm_linear qkv, out, cross_q, cross_out, fc1, fc2;
-    int8_t *k_cache;                 /* (rows, heads, capacity / 32, head_dim / 4, 32, 4), see attend */
-    int8_t *v_cache;                 /* (rows, heads, capacity, head_dim) */
-    float *k_scale, *v_scale;        /* (rows, heads, capacity): one scale per cached key and value */
-    int32_t *k_sum;                  /* (rows, heads, capacity): sum of each cached key's int8 values */
-    const float *cross_k, *cross_v;  /* (cond_rows, heads, cross_len, head_dim) float32 */
-    /* One prompt's cross-attention with its projections folded in (used when cross_keys.n > 0):
-     * vector (h, t) of cross_keys is key t of head h times the head's query weights / sqrt(head_dim),
-     * so one product gives every score; value (h, t) is the head's value t times its output weights. */
-    srm_linear cross_keys;           /* (heads * cross_len, hidden) 8 bits */
-    const int8_t *cross_values;      /* (hidden / 64, heads * cross_len, 64), zero padded: one scale per vector */
-    const float *cross_value_scale;  /* (heads * cross_len) */
-} srm_layer;
-
-typedef struct {
-    int64_t layers, rows, cond_rows, hidden, heads, head_dim, capacity, cross_len;
-    float eps;
-    int32_t threads;
-    const srm_layer *layer;
-    const float *final_ln_weight, *final_ln_bias;
-    srm_linear head;
-    const uint8_t *cross_mask; /* (cond_rows, cross_len), 1 = attend; NULL = attend to all */
-    /* scratch */
-    float *normed;   /* (rows, in_stride) */
-    int8_t *quant;   /* (rows, in_stride) */
-    float *row_scale; /* (rows) */
-    int32_t *quant_sum; /* (rows, in_stride / 64): the sum of each group of 64 quantised inputs */
-    float *wide;     /* (rows, out_stride) */
-    float *attn;     /* (rows, in_stride) */
-    float *scores;   /* (rows * heads, max(capacity, cross_len)) */
-    float *logits;   /* (rows, head.n) */
-    int64_t in_stride, out_stride;
-} srm_decoder;
-
-/* What srm_generate needs beyond the decoder: the token tables, the sampling settings and the
- * delay pattern, and the token sequence it extends. */
-typedef struct {
-    const float *embed;      /* (codebooks * (vocab + 1), hidden): one table per codebook, pad token last */
-    const float *positions;  /* (>= length, hidden) position embeddings */
-    int64_t prompts, codebooks, vocab, length;
-    float guidance;          /* used when the decoder has twice as many rows as prompts */
-    float inv_temperature;   /* 0: greedy */
-    int64_t top_k;           /* <= 0 or >= vocab: all tokens */
-    const float *uniforms;   /* (length - 1, prompts, codebooks) in [0, 1): one draw per token */
-    const uint8_t *forced;   /* (codebooks, length): 1 where the delay pattern puts the pad token */
-    int64_t pad_token;
-    int64_t *sequence;       /* (prompts, codebooks, length): column 0 holds the start tokens */
-    float *scratch;          /* 3 * vocab */
-    int64_t *picked;         /* (prompts, codebooks) */
-} srm_generation;
-
 /* ---------------------------------------------------------------- scalar helpers */
-
-static inline float bf16_to_float(uint16_t h) {
-    uint32_t bits = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
 
 /* exp(x) to ~2 ulp, in a form compilers vectorise (libm's expf is a scalar call). */
 static inline float fast_exp(float x) {
@@ -206,163 +126,7 @@ static void quantize_rows(const srm_decoder *m, const float *src, int64_t k) {
     for (int64_t r = 0; r < m->rows; r++) quantize_input(m, src + r * m->in_stride, k, r);
 }
 
-/* ---------------------------------------------------------------- int8 matrix product */
-
-/* acc[i][r] = sum_k weight[block row i, k] * quant[r, k] for one block of 4 output channels. */
-static inline __attribute__((always_inline)) void dot_block(const int8_t *w, const int8_t *quant, int64_t stride, int64_t rows, int64_t k,
-                             int32_t acc[SRM_BLOCK_N][SRM_MAX_ROWS]) {
-#if defined(SRM_VNNI)
-    /* vpdpbusd multiplies unsigned by signed bytes: the input is shifted by +128 (xor of the sign
-     * bit) and 128 * row_sum is taken off afterwards. */
-    __m512i sum[SRM_BLOCK_N][SRM_MAX_ROWS];
-    const __m512i flip = _mm512_set1_epi8((char)0x80);
-    for (int i = 0; i < SRM_BLOCK_N; i++)
-        for (int64_t r = 0; r < rows; r++) sum[i][r] = _mm512_setzero_si512();
-    for (int64_t kb = 0; kb < k; kb += SRM_BLOCK_K) {
-        const __m512i w0 = _mm512_loadu_si512(w + kb * SRM_BLOCK_N);
-        const __m512i w1 = _mm512_loadu_si512(w + kb * SRM_BLOCK_N + 64);
-        const __m512i w2 = _mm512_loadu_si512(w + kb * SRM_BLOCK_N + 128);
-        const __m512i w3 = _mm512_loadu_si512(w + kb * SRM_BLOCK_N + 192);
-        for (int64_t r = 0; r < rows; r++) {
-            const __m512i x = _mm512_xor_si512(_mm512_loadu_si512(quant + r * stride + kb), flip);
-            sum[0][r] = _mm512_dpbusd_epi32(sum[0][r], x, w0);
-            sum[1][r] = _mm512_dpbusd_epi32(sum[1][r], x, w1);
-            sum[2][r] = _mm512_dpbusd_epi32(sum[2][r], x, w2);
-            sum[3][r] = _mm512_dpbusd_epi32(sum[3][r], x, w3);
-        }
-    }
-    for (int i = 0; i < SRM_BLOCK_N; i++)
-        for (int64_t r = 0; r < rows; r++) acc[i][r] = _mm512_reduce_add_epi32(sum[i][r]);
-#elif defined(SRM_AVX2)
-    /* vpmaddubsw multiplies unsigned by signed bytes with int16 saturation: |w| times x with w's
-     * sign keeps every pair sum within int16 (weights and inputs are in [-127, 127]). */
-    __m256i sum[SRM_BLOCK_N][SRM_MAX_ROWS];
-    const __m256i ones = _mm256_set1_epi16(1);
-    for (int i = 0; i < SRM_BLOCK_N; i++)
-        for (int64_t r = 0; r < rows; r++) sum[i][r] = _mm256_setzero_si256();
-    for (int64_t kb = 0; kb < k; kb += SRM_BLOCK_K) {
-        for (int half = 0; half < 2; half++) {
-            for (int i = 0; i < SRM_BLOCK_N; i++) {
-                const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + kb * SRM_BLOCK_N + i * 64 + half * 32));
-                const __m256i w_abs = _mm256_sign_epi8(wv, wv);
-                for (int64_t r = 0; r < rows; r++) {
-                    const __m256i x = _mm256_loadu_si256((const __m256i *)(quant + r * stride + kb + half * 32));
-                    const __m256i pairs = _mm256_maddubs_epi16(w_abs, _mm256_sign_epi8(x, wv));
-                    sum[i][r] = _mm256_add_epi32(sum[i][r], _mm256_madd_epi16(pairs, ones));
-                }
-            }
-        }
-    }
-    for (int i = 0; i < SRM_BLOCK_N; i++)
-        for (int64_t r = 0; r < rows; r++) {
-            const __m128i s = _mm_add_epi32(_mm256_castsi256_si128(sum[i][r]), _mm256_extracti128_si256(sum[i][r], 1));
-            const __m128i s2 = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
-            acc[i][r] = _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32(s2, 0xB1)));
-        }
-#else
-    for (int i = 0; i < SRM_BLOCK_N; i++)
-        for (int64_t r = 0; r < rows; r++) acc[i][r] = 0;
-    for (int64_t kb = 0; kb < k; kb += SRM_BLOCK_K)
-        for (int i = 0; i < SRM_BLOCK_N; i++) {
-            const int8_t *wi = w + kb * SRM_BLOCK_N + i * 64;
-            for (int64_t r = 0; r < rows; r++) {
-                const int8_t *x = quant + r * stride + kb;
-                int32_t s = 0;
-                for (int j = 0; j < 64; j++) s += (int32_t)wi[j] * (int32_t)x[j];
-                acc[i][r] += s;
-            }
-        }
-#endif
-}
-
-/* out[r][j] = sum over groups g of scale[j, g] * (weight[j, g] . quant[r, g]) for one block of 16
- * output channels of 4-bit weights (see srm_linear), j a vector lane. The weights are multiplied
- * as stored (weight + 8, unsigned), and 8 * the group's input sum is taken off. */
-static inline __attribute__((always_inline)) void dot_block4(const uint8_t *w, const uint16_t *group_scale, const int8_t *quant,
-                              const int32_t *quant_sum, int64_t stride, int64_t sum_stride, int64_t rows, int64_t k,
-                              float out[SRM_MAX_ROWS][SRM_BLOCK_N4]) {
-    const int64_t groups = k / SRM_BLOCK_K;
-#if defined(SRM_VNNI)
-    __m512 sum[SRM_MAX_ROWS];
-    const __m512i low = _mm512_set1_epi8(0x0F);
-    for (int64_t r = 0; r < rows; r++) sum[r] = _mm512_setzero_ps();
-    for (int64_t g = 0; g < groups; g++) {
-        const uint8_t *wg = w + g * SRM_BLOCK_K * SRM_BLOCK_N4 / 2;
-        __m512i wv[16];
-        for (int c = 0; c < 8; c++) {
-            const __m512i packed = _mm512_loadu_si512(wg + c * 64);
-            wv[2 * c] = _mm512_and_si512(packed, low);
-            wv[2 * c + 1] = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low);
-        }
-        const __m256i scale_bits = _mm256_loadu_si256((const __m256i *)(group_scale + g * SRM_BLOCK_N4));
-        const __m512 scale = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(scale_bits), 16));
-        for (int64_t r = 0; r < rows; r++) {
-            const int32_t *x = (const int32_t *)(quant + r * stride + g * SRM_BLOCK_K);
-            /* four accumulators: one chain of 16 dependent vpdpbusd would wait on its latency */
-            __m512i a0 = _mm512_set1_epi32(-8 * quant_sum[r * sum_stride + g]), a1 = _mm512_setzero_si512();
-            __m512i a2 = _mm512_setzero_si512(), a3 = _mm512_setzero_si512();
-            for (int c = 0; c < 16; c += 4) {
-                a0 = _mm512_dpbusd_epi32(a0, wv[c], _mm512_set1_epi32(x[c]));
-                a1 = _mm512_dpbusd_epi32(a1, wv[c + 1], _mm512_set1_epi32(x[c + 1]));
-                a2 = _mm512_dpbusd_epi32(a2, wv[c + 2], _mm512_set1_epi32(x[c + 2]));
-                a3 = _mm512_dpbusd_epi32(a3, wv[c + 3], _mm512_set1_epi32(x[c + 3]));
-            }
-            const __m512i dot = _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3));
-            sum[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, sum[r]);
-        }
-    }
-    for (int64_t r = 0; r < rows; r++) _mm512_storeu_ps(out[r], sum[r]);
-#elif defined(SRM_AVX2)
-    /* Eight channels a register: half h of each 64-byte run. vpmaddubsw's int16 pair sums of
-     * weights <= 15 and inputs within +-127 stay below 2^15 when eight of them are added. */
-    const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
-    for (int half = 0; half < 2; half++) {
-        __m256 sum[SRM_MAX_ROWS];
-        for (int64_t r = 0; r < rows; r++) sum[r] = _mm256_setzero_ps();
-        for (int64_t g = 0; g < groups; g++) {
-            const uint8_t *wg = w + g * SRM_BLOCK_K * SRM_BLOCK_N4 / 2 + half * 32;
-            __m256i pairs[SRM_MAX_ROWS][2];
-            for (int64_t r = 0; r < rows; r++) pairs[r][0] = pairs[r][1] = _mm256_setzero_si256();
-            for (int c = 0; c < 8; c++) {
-                const __m256i packed = _mm256_loadu_si256((const __m256i *)(wg + c * 64));
-                const __m256i lo = _mm256_and_si256(packed, low);
-                const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low);
-                for (int64_t r = 0; r < rows; r++) {
-                    const int32_t *x = (const int32_t *)(quant + r * stride + g * SRM_BLOCK_K);
-                    pairs[r][c / 4] = _mm256_add_epi16(pairs[r][c / 4], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(x[2 * c])));
-                    pairs[r][c / 4] = _mm256_add_epi16(pairs[r][c / 4], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(x[2 * c + 1])));
-                }
-            }
-            const __m128i scale_bits = _mm_loadu_si128((const __m128i *)(group_scale + g * SRM_BLOCK_N4 + half * 8));
-            const __m256 scale = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(scale_bits), 16));
-            for (int64_t r = 0; r < rows; r++) {
-                __m256i dot = _mm256_add_epi32(_mm256_madd_epi16(pairs[r][0], ones), _mm256_madd_epi16(pairs[r][1], ones));
-                dot = _mm256_sub_epi32(dot, _mm256_set1_epi32(8 * quant_sum[r * sum_stride + g]));
-                sum[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, sum[r]);
-            }
-        }
-        for (int64_t r = 0; r < rows; r++) _mm256_storeu_ps(out[r] + half * 8, sum[r]);
-    }
-#else
-    for (int64_t r = 0; r < rows; r++)
-        for (int j = 0; j < SRM_BLOCK_N4; j++) out[r][j] = 0.0f;
-    for (int64_t g = 0; g < groups; g++) {
-        const uint8_t *wg = w + g * SRM_BLOCK_K * SRM_BLOCK_N4 / 2;
-        for (int64_t r = 0; r < rows; r++) {
-            const int8_t *x = quant + r * stride + g * SRM_BLOCK_K;
-            for (int j = 0; j < SRM_BLOCK_N4; j++) {
-                int32_t dot = -8 * quant_sum[r * sum_stride + g];
-                for (int c = 0; c < 8; c++)
-                    for (int i = 0; i < 4; i++) {
-                        const int32_t packed = wg[(c * SRM_BLOCK_N4 + j) * 4 + i];
-                        dot += (packed & 0x0F) * x[8 * c + i] + (packed >> 4) * x[8 * c + 4 + i];
-                    }
-                out[r][j] += bf16_to_float(group_scale[g * SRM_BLOCK_N4 + j]) * (float)dot;
-            }
-        }
-    }
-#endif
-}
+/* ---------------------------------------------------------------- matrix products */
 
 /* out[r, n] = row_scale[r] * (quant[r] . weight[n] rescaled) + bias[n]  (+ out[r, n] if accumulate).
  * Output channels are split between the threads; the loop's end is a barrier. */
@@ -401,11 +165,7 @@ static void linear(const srm_decoder *m, const srm_linear *lin, int64_t rows, fl
         else
             dot_block(lin->weight + nb * lin->k, m->quant, m->in_stride, rows, lin->k, acc);
         for (int i = 0; i < SRM_BLOCK_N && nb + i < lin->out_features; i++) {
-#if defined(SRM_VNNI)
-            const int32_t shift = 128 * lin->row_sum[nb + i];
-#else
-            const int32_t shift = 0;
-#endif
+            const int32_t shift = dot_block_excess(lin, nb + i);
             const int64_t n = nb + i;
             const float bias = lin->bias ? lin->bias[n] : 0.0f;
             for (int64_t r = 0; r < rows; r++) {
@@ -419,7 +179,7 @@ static void linear(const srm_decoder *m, const srm_linear *lin, int64_t rows, fl
 
 /* ---------------------------------------------------------------- attention */
 
-/* Softmax-weighted sum for one query: scores[0:len] in, out[0:head_dim] = sum_t p_t * value_t. */
+/* scores[0:len] replaced by their softmax: exp(score - max) / sum of them, in place. */
 static inline void softmax_in_place(float *scores, int64_t len) {
     float top = -FLT_MAX;
     for (int64_t t = 0; t < len; t++) top = scores[t] > top ? scores[t] : top;
@@ -432,39 +192,6 @@ static inline void softmax_in_place(float *scores, int64_t len) {
     const float inv = 1.0f / total;
 #pragma omp simd
     for (int64_t t = 0; t < len; t++) scores[t] *= inv;
-}
-
-#if defined(SRM_VNNI)
-#define SRM_QUERY_SHIFT 128 /* vpdpbusd takes the query unsigned: shifted by +128, see tile_dots */
-#else
-#define SRM_QUERY_SHIFT 0
-#endif
-
-/* dots[j] = query . key j for the SRM_KEY_TILE keys of one tile, laid out (head_dim / 4, 32, 4):
- * four dimensions of a key are adjacent, so one vpdpbusd lane takes one key's four products.
- * The VNNI build returns the dot of the shifted query (+128 * the key's sum). */
-static inline __attribute__((always_inline)) void tile_dots(const int8_t *restrict query, const int8_t *restrict tile,
-                                                              int64_t hd, int32_t dots[SRM_KEY_TILE]) {
-#if defined(SRM_VNNI)
-    if (hd % 16 == 0) {
-        __m512i low = _mm512_setzero_si512(), high = _mm512_setzero_si512();
-        for (int64_t g = 0; g < hd / 4; g++) {
-            int32_t four;
-            memcpy(&four, query + 4 * g, sizeof four);
-            const __m512i q = _mm512_set1_epi32(four ^ (int32_t)0x80808080);
-            low = _mm512_dpbusd_epi32(low, q, _mm512_loadu_si512(tile + g * SRM_KEY_TILE * 4));
-            high = _mm512_dpbusd_epi32(high, q, _mm512_loadu_si512(tile + g * SRM_KEY_TILE * 4 + 64));
-        }
-        _mm512_storeu_si512(dots, low);
-        _mm512_storeu_si512(dots + 16, high);
-        return;
-    }
-#endif
-    for (int j = 0; j < SRM_KEY_TILE; j++) dots[j] = 0;
-    for (int64_t g = 0; g < hd / 4; g++)
-        for (int j = 0; j < SRM_KEY_TILE; j++)
-            for (int e = 0; e < 4; e++)
-                dots[j] += ((int32_t)query[4 * g + e] + SRM_QUERY_SHIFT) * (int32_t)tile[(g * SRM_KEY_TILE + j) * 4 + e];
 }
 
 /* Attention of one query over `len` cached positions. The scores are integer dots of the query,
@@ -647,8 +374,8 @@ void srm_decoder_step(const srm_decoder *m, float *x, int64_t pos) {
     }
 }
 
-/* Exposed for tests: one Linear over `rows` input rows already in m->quant, m->row_scale and
- * m->quant_sum. */
+/* One Linear over `rows` input rows already in m->quant, m->row_scale and m->quant_sum: what
+ * Python's KernelLinear runs (the text encoder's products), and what the tests compare. */
 void srm_linear_forward(const srm_decoder *m, const srm_linear *lin, int64_t rows, float *out, int64_t out_stride) {
 #pragma omp parallel num_threads(m->threads)
     linear(m, lin, rows, out, out_stride, 0);
@@ -756,5 +483,69 @@ void srm_generate(const srm_decoder *m, const srm_generation *g, float *x, int64
     }
 }
 
-/* Exposed for tests: one step's sampling from the logits already in m->logits. */
+/* The sampler's test entry (tests/support/native_sampling.py): one step's sampling from the logits
+ * already in m->logits. Production samples inside srm_generate. */
 void srm_sample(const srm_decoder *m, const srm_generation *g, const float *uniforms) { sample_step(m, g, uniforms); }
+
+/* ---------------------------------------------------------------- ABI */
+
+/* Every struct's size and every field's offset and size, and the constants Python packs by: what
+ * handler/native/abi.py checks its ctypes mirrors and packing constants against at load, so a
+ * struct edited on one side only is refused instead of read at the wrong offsets. */
+#define SRM_STRUCT(type) {#type, 0, (int64_t)sizeof(type)}
+#define SRM_FIELD(type, field) {#type "." #field, (int64_t)offsetof(type, field), (int64_t)sizeof(((type *)0)->field)}
+#define SRM_CONSTANT(name) {#name, name}
+
+static const srm_abi_field abi_fields[] = {
+    SRM_STRUCT(srm_linear),
+    SRM_FIELD(srm_linear, weight), SRM_FIELD(srm_linear, scale), SRM_FIELD(srm_linear, row_sum),
+    SRM_FIELD(srm_linear, group_scale), SRM_FIELD(srm_linear, bias), SRM_FIELD(srm_linear, n),
+    SRM_FIELD(srm_linear, k), SRM_FIELD(srm_linear, in_features), SRM_FIELD(srm_linear, out_features),
+    SRM_FIELD(srm_linear, bits),
+
+    SRM_STRUCT(srm_layer),
+    SRM_FIELD(srm_layer, ln1_weight), SRM_FIELD(srm_layer, ln1_bias), SRM_FIELD(srm_layer, ln2_weight),
+    SRM_FIELD(srm_layer, ln2_bias), SRM_FIELD(srm_layer, ln3_weight), SRM_FIELD(srm_layer, ln3_bias),
+    SRM_FIELD(srm_layer, qkv), SRM_FIELD(srm_layer, out), SRM_FIELD(srm_layer, cross_q),
+    SRM_FIELD(srm_layer, cross_out), SRM_FIELD(srm_layer, fc1), SRM_FIELD(srm_layer, fc2),
+    SRM_FIELD(srm_layer, k_cache), SRM_FIELD(srm_layer, v_cache), SRM_FIELD(srm_layer, k_scale),
+    SRM_FIELD(srm_layer, v_scale), SRM_FIELD(srm_layer, k_sum), SRM_FIELD(srm_layer, cross_k),
+    SRM_FIELD(srm_layer, cross_v), SRM_FIELD(srm_layer, cross_keys), SRM_FIELD(srm_layer, cross_values),
+    SRM_FIELD(srm_layer, cross_value_scale),
+
+    SRM_STRUCT(srm_decoder),
+    SRM_FIELD(srm_decoder, layers), SRM_FIELD(srm_decoder, rows), SRM_FIELD(srm_decoder, cond_rows),
+    SRM_FIELD(srm_decoder, hidden), SRM_FIELD(srm_decoder, heads), SRM_FIELD(srm_decoder, head_dim),
+    SRM_FIELD(srm_decoder, capacity), SRM_FIELD(srm_decoder, cross_len), SRM_FIELD(srm_decoder, eps),
+    SRM_FIELD(srm_decoder, threads), SRM_FIELD(srm_decoder, layer), SRM_FIELD(srm_decoder, final_ln_weight),
+    SRM_FIELD(srm_decoder, final_ln_bias), SRM_FIELD(srm_decoder, head), SRM_FIELD(srm_decoder, cross_mask),
+    SRM_FIELD(srm_decoder, normed), SRM_FIELD(srm_decoder, quant), SRM_FIELD(srm_decoder, row_scale),
+    SRM_FIELD(srm_decoder, quant_sum), SRM_FIELD(srm_decoder, wide), SRM_FIELD(srm_decoder, attn),
+    SRM_FIELD(srm_decoder, scores), SRM_FIELD(srm_decoder, logits), SRM_FIELD(srm_decoder, in_stride),
+    SRM_FIELD(srm_decoder, out_stride),
+
+    SRM_STRUCT(srm_generation),
+    SRM_FIELD(srm_generation, embed), SRM_FIELD(srm_generation, positions), SRM_FIELD(srm_generation, prompts),
+    SRM_FIELD(srm_generation, codebooks), SRM_FIELD(srm_generation, vocab), SRM_FIELD(srm_generation, length),
+    SRM_FIELD(srm_generation, guidance), SRM_FIELD(srm_generation, inv_temperature),
+    SRM_FIELD(srm_generation, top_k), SRM_FIELD(srm_generation, uniforms), SRM_FIELD(srm_generation, forced),
+    SRM_FIELD(srm_generation, pad_token), SRM_FIELD(srm_generation, sequence), SRM_FIELD(srm_generation, scratch),
+    SRM_FIELD(srm_generation, picked),
+};
+
+static const srm_abi_constant abi_constants[] = {
+    SRM_CONSTANT(SRM_BLOCK_K),      SRM_CONSTANT(SRM_BLOCK_N),      SRM_CONSTANT(SRM_BLOCK_N4),
+    SRM_CONSTANT(SRM_MAX_ROWS),     SRM_CONSTANT(SRM_KEY_TILE),     SRM_CONSTANT(SRM_MAX_HEAD_DIM),
+    SRM_CONSTANT(SRM_VALUE_BLOCK),  SRM_CONSTANT(SRM_QUERY_SHIFT),
+};
+
+static const srm_abi_info abi_info = {
+    SRM_ABI_VERSION,
+    SRM_DOTS,
+    sizeof abi_fields / sizeof abi_fields[0],
+    abi_fields,
+    sizeof abi_constants / sizeof abi_constants[0],
+    abi_constants,
+};
+
+const srm_abi_info *srm_abi(void) { return &abi_info; }

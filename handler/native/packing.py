@@ -9,8 +9,18 @@ import torch
 from torch import nn
 
 BLOCK_N, BLOCK_N4, BLOCK_K, MAX_ROWS, KEY_TILE, MAX_HEAD_DIM, VALUE_BLOCK = 4, 16, 64, 8, 32, 256, 64
-"""Must match SRM_BLOCK_N, SRM_BLOCK_N4, SRM_BLOCK_K, SRM_MAX_ROWS, SRM_KEY_TILE, SRM_MAX_HEAD_DIM
-and SRM_VALUE_BLOCK in kernels.c."""
+
+C_CONSTANTS = {
+    "SRM_BLOCK_N": BLOCK_N,
+    "SRM_BLOCK_N4": BLOCK_N4,
+    "SRM_BLOCK_K": BLOCK_K,
+    "SRM_MAX_ROWS": MAX_ROWS,
+    "SRM_KEY_TILE": KEY_TILE,
+    "SRM_MAX_HEAD_DIM": MAX_HEAD_DIM,
+    "SRM_VALUE_BLOCK": VALUE_BLOCK,
+}
+"""The constants above by their names in srm.h: a library compiled with other values is refused at
+load (see `abi.check`)."""
 
 
 class _PackedLinear(nn.Module):
@@ -90,7 +100,7 @@ class Int4Linear(_PackedLinear):
     as weight + 8 and packed as (out / 16, in / 64, 8, 16, 4) bytes: byte (m, j, i) of a block and
     group holds input 8m + i of the block's channel j in its low nibble and input 8m + 4 + i in
     its high one, so each 64 bytes unpack to four consecutive inputs of 16 channels, a channel per
-    32-bit lane (see srm_linear in kernels.c). Scales are (out / 16, in / 64, 16).
+    32-bit lane (see srm_linear in srm.h). Scales are (out / 16, in / 64, 16).
     """
 
     group_scale: torch.Tensor
@@ -230,7 +240,7 @@ class LayerWeights:
 @dataclass
 class FoldedCrossAttention:
     """One prompt's cross-attention for one layer with its query and output projections folded
-    into the text's keys and values (see srm_layer in kernels.c): per (head, text position), a
+    into the text's keys and values (see srm_layer in srm.h): per (head, text position), a
     key vector and a value vector of the decoder's width."""
 
     keys: Int8Linear  # (heads * text length, hidden): the scores are one product of the normed row

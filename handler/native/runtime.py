@@ -12,10 +12,12 @@ import torch
 from torch import nn
 
 from handler.cpu import cpu_flags
+from handler.native import abi
 from handler.native.abi import Decoder, Generation, Layer, Linear, Pointer
 from handler.native.build import SOURCE, Variant, variants
 from handler.native.packing import (
     BLOCK_K,
+    C_CONSTANTS,
     KEY_TILE,
     MAX_HEAD_DIM,
     MAX_ROWS,
@@ -58,6 +60,7 @@ class NativeKernels:
     """The loaded library."""
 
     def __init__(self, library: ctypes.CDLL, variant: Variant) -> None:
+        self.library = library  # for its other exported functions, e.g. the sampler's test entry
         self.variant = variant
         self._step = library.srm_decoder_step
         self._step.restype = None
@@ -71,9 +74,6 @@ class NativeKernels:
             ctypes.c_int64,
             ctypes.c_int64,
         ]
-        self._sample = library.srm_sample
-        self._sample.restype = None
-        self._sample.argtypes = [ctypes.POINTER(Decoder), ctypes.POINTER(Generation), Pointer]
         self._linear = library.srm_linear_forward
         self._linear.restype = None
         self._linear.argtypes = [
@@ -108,31 +108,6 @@ class NativeKernels:
     def generate(self, run: "NativeRun", generation: "NativeGeneration", first: int, last: int) -> None:
         """Decode steps `first` to `last` - 1 of `generation` on `run`, extending its sequence."""
         self._generate(ctypes.byref(run.struct), ctypes.byref(generation.struct), run.x.data_ptr(), first, last)
-
-    def sample(
-        self, logits: torch.Tensor, guidance: float | None, temperature: float, top_k: int, uniforms: torch.Tensor
-    ) -> torch.Tensor:
-        """The tokens (prompts, codebooks) `generate` picks from one step's logits (rows, codebooks,
-        vocab), with guidance (None: no unconditional rows) and one uniform per token."""
-        rows, codebooks, vocab = (int(size) for size in logits.shape)
-        prompts = rows // 2 if guidance is not None else rows
-        flat = logits.float().reshape(rows, codebooks * vocab).contiguous()
-        picked = torch.empty((prompts, codebooks), dtype=torch.long)
-        scratch = torch.empty(3 * vocab)
-        holder = Decoder(rows=rows, logits=flat.data_ptr(), head=Linear(n=codebooks * vocab))
-        sampling = Generation(
-            prompts=prompts,
-            codebooks=codebooks,
-            vocab=vocab,
-            guidance=1.0 if guidance is None else guidance,
-            inv_temperature=_inverse_temperature(temperature),
-            top_k=top_k,
-            scratch=scratch.data_ptr(),
-            picked=picked.data_ptr(),
-        )
-        draws = uniforms.float().contiguous()
-        self._sample(ctypes.byref(holder), ctypes.byref(sampling), draws.data_ptr())
-        return picked
 
     def step(self, run: "NativeRun", x: torch.Tensor, pos: int) -> torch.Tensor:
         """One decoder step of `run` on embeddings `x` (rows, hidden) -> logits (rows, head outputs)."""
@@ -180,7 +155,7 @@ class NativeRun:
         out_stride = max(lin.padded_shape[0] for lin in linears)
         cross_len = int(cross_k[0].shape[2])
         # Uninitialised: attention uses only positions already written. Keys are in tiles of
-        # KEY_TILE positions, four dimensions of a key side by side (see tile_dots in kernels.c).
+        # KEY_TILE positions, four dimensions of a key side by side (see srm_layer.k_cache in srm.h).
         tiles = -(-capacity // KEY_TILE)
         if not head_dim_supported(head_dim):
             raise ValueError(f"attention heads need a multiple of 4 dimensions, at most {MAX_HEAD_DIM}")
@@ -234,8 +209,8 @@ class NativeRun:
             eps=float(final_norm.eps),
             threads=torch.get_num_threads(),
             layer=self._layers,
-            final_ln_w=final_norm.weight.data_ptr(),
-            final_ln_b=final_norm.bias.data_ptr(),
+            final_ln_weight=final_norm.weight.data_ptr(),
+            final_ln_bias=final_norm.bias.data_ptr(),
             head=_linear_struct(head),
             cross_mask=_address(mask),
             normed=normed.data_ptr(),
@@ -298,38 +273,46 @@ class NativeGeneration:
             vocab=vocab,
             length=length,
             guidance=guidance,
-            inv_temperature=_inverse_temperature(temperature),
+            inv_temperature=inverse_temperature(temperature),
             top_k=top_k,
             pad_token=pad_token,
             sequence=sequence.data_ptr(),
         )
 
 
-def _inverse_temperature(temperature: float) -> float:
+def inverse_temperature(temperature: float) -> float:
     """What the native sampler takes: 0 for greedy decoding (a temperature of 0 or less)."""
     return 0.0 if temperature <= 0 else 1.0 / temperature
 
 
 def load(variant: Variant, directory: Path = SOURCE.parent) -> NativeKernels | None:
-    """`variant`'s library in `directory`, or None when it has not been built or cannot be loaded."""
+    """`variant`'s library in `directory`, or None when it has not been built or cannot be loaded.
+
+    Raises `abi.AbiMismatchError` when the library's structs or constants are not the Python side's:
+    calling it would read and write memory at the wrong offsets."""
     path = variant.path(directory)
     if not path.is_file():
         return None
     try:
         # torch is imported first, so the library's OpenMP runtime is torch's own (one thread pool).
-        return NativeKernels(ctypes.CDLL(str(path)), variant)
+        library = ctypes.CDLL(str(path))
     except OSError:
         logger.warning("native kernels could not be loaded", extra={"library": str(path)}, exc_info=True)
         return None
+    abi.check(abi.read(library, str(path)), C_CONSTANTS, dots=variant.dots)
+    return NativeKernels(library, variant)
 
 
 @cache
-def best() -> NativeKernels | None:
-    """The best library built for this CPU, loaded once per process; None if none is built."""
+def best(directory: Path = SOURCE.parent) -> NativeKernels | None:
+    """The best library built for this CPU, loaded once per process; None if none is built.
+
+    A mismatched library raises `abi.AbiMismatchError` rather than giving way to the next build: it
+    means stale builds or a struct edited on one side, which every build of the same sources shares."""
     for variant in variants():
-        if runnable(variant) and (kernels := load(variant)) is not None:
+        if runnable(variant) and (kernels := load(variant, directory)) is not None:
             return kernels
-    logger.warning("native kernels not built (python -m handler.kernels); the int8 decoder runs in torch, slowly")
+    logger.warning("native kernels not built (make kernels); the int8 decoder runs in torch, slowly")
     return None
 
 

@@ -1,0 +1,96 @@
+/* The AVX2 dot kernels (x86-64-v3): 256-bit integer products with vpmaddubsw. */
+#ifndef SRM_DOTS_AVX2_H
+#define SRM_DOTS_AVX2_H
+
+#include <immintrin.h>
+
+#define SRM_DOTS "avx2"
+#define SRM_QUERY_SHIFT 0 /* the query's dots with the keys are plain C's, exact: nothing to take off */
+
+#include "dots_plain.h"
+
+/* acc[i][r] = sum_k weight[block row i, k] * quant[r, k] for one block of 4 output channels. */
+static inline __attribute__((always_inline)) void dot_block(const int8_t *w, const int8_t *quant, int64_t stride, int64_t rows, int64_t k,
+                                                            int32_t acc[SRM_BLOCK_N][SRM_MAX_ROWS]) {
+    /* vpmaddubsw multiplies unsigned by signed bytes with int16 saturation: |w| times x with w's
+     * sign keeps every pair sum within int16 (weights and inputs are in [-127, 127]). */
+    __m256i sum[SRM_BLOCK_N][SRM_MAX_ROWS];
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int i = 0; i < SRM_BLOCK_N; i++)
+        for (int64_t r = 0; r < rows; r++) sum[i][r] = _mm256_setzero_si256();
+    for (int64_t kb = 0; kb < k; kb += SRM_BLOCK_K) {
+        for (int half = 0; half < 2; half++) {
+            for (int i = 0; i < SRM_BLOCK_N; i++) {
+                const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + kb * SRM_BLOCK_N + i * 64 + half * 32));
+                const __m256i w_abs = _mm256_sign_epi8(wv, wv);
+                for (int64_t r = 0; r < rows; r++) {
+                    const __m256i x = _mm256_loadu_si256((const __m256i *)(quant + r * stride + kb + half * 32));
+                    const __m256i pairs = _mm256_maddubs_epi16(w_abs, _mm256_sign_epi8(x, wv));
+                    sum[i][r] = _mm256_add_epi32(sum[i][r], _mm256_madd_epi16(pairs, ones));
+                }
+            }
+        }
+    }
+    for (int i = 0; i < SRM_BLOCK_N; i++)
+        for (int64_t r = 0; r < rows; r++) {
+            const __m128i s = _mm_add_epi32(_mm256_castsi256_si128(sum[i][r]), _mm256_extracti128_si256(sum[i][r], 1));
+            const __m128i s2 = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+            acc[i][r] = _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32(s2, 0xB1)));
+        }
+}
+
+/* What dot_block's sum for output channel n holds beyond the dot: nothing here. */
+static inline __attribute__((always_inline)) int32_t dot_block_excess(const srm_linear *lin, int64_t n) {
+    (void)lin;
+    (void)n;
+    return 0;
+}
+
+/* out[r][j] = sum over groups g of scale[j, g] * (weight[j, g] . quant[r, g]) for one block of 16
+ * output channels of 4-bit weights (see srm_linear), j a vector lane. The weights are multiplied
+ * as stored (weight + 8, unsigned), and 8 * the group's input sum is taken off. */
+static inline __attribute__((always_inline)) void dot_block4(const uint8_t *w, const uint16_t *group_scale, const int8_t *quant,
+                                                             const int32_t *quant_sum, int64_t stride, int64_t sum_stride, int64_t rows, int64_t k,
+                                                             float out[SRM_MAX_ROWS][SRM_BLOCK_N4]) {
+    const int64_t groups = k / SRM_BLOCK_K;
+    /* Eight channels a register: half h of each 64-byte run. vpmaddubsw's int16 pair sums of
+     * weights <= 15 and inputs within +-127 stay below 2^15 when eight of them are added. */
+    const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    for (int half = 0; half < 2; half++) {
+        __m256 sum[SRM_MAX_ROWS];
+        for (int64_t r = 0; r < rows; r++) sum[r] = _mm256_setzero_ps();
+        for (int64_t g = 0; g < groups; g++) {
+            const uint8_t *wg = w + g * SRM_BLOCK_K * SRM_BLOCK_N4 / 2 + half * 32;
+            __m256i pairs[SRM_MAX_ROWS][2];
+            for (int64_t r = 0; r < rows; r++) pairs[r][0] = pairs[r][1] = _mm256_setzero_si256();
+            for (int c = 0; c < 8; c++) {
+                const __m256i packed = _mm256_loadu_si256((const __m256i *)(wg + c * 64));
+                const __m256i lo = _mm256_and_si256(packed, low);
+                const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low);
+                for (int64_t r = 0; r < rows; r++) {
+                    const int32_t *x = (const int32_t *)(quant + r * stride + g * SRM_BLOCK_K);
+                    pairs[r][c / 4] = _mm256_add_epi16(pairs[r][c / 4], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(x[2 * c])));
+                    pairs[r][c / 4] = _mm256_add_epi16(pairs[r][c / 4], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(x[2 * c + 1])));
+                }
+            }
+            const __m128i scale_bits = _mm_loadu_si128((const __m128i *)(group_scale + g * SRM_BLOCK_N4 + half * 8));
+            const __m256 scale = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(scale_bits), 16));
+            for (int64_t r = 0; r < rows; r++) {
+                __m256i dot = _mm256_add_epi32(_mm256_madd_epi16(pairs[r][0], ones), _mm256_madd_epi16(pairs[r][1], ones));
+                dot = _mm256_sub_epi32(dot, _mm256_set1_epi32(8 * quant_sum[r * sum_stride + g]));
+                sum[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, sum[r]);
+            }
+        }
+        for (int64_t r = 0; r < rows; r++) _mm256_storeu_ps(out[r] + half * 8, sum[r]);
+    }
+}
+
+/* dots[j] = query . key j for the SRM_KEY_TILE keys of one tile, laid out (head_dim / 4, 32, 4):
+ * four dimensions of a key are adjacent, so one vpdpbusd lane takes one key's four products.
+ * Plain C in this build: there is no AVX2 version. */
+static inline __attribute__((always_inline)) void tile_dots(const int8_t *restrict query, const int8_t *restrict tile,
+                                                            int64_t hd, int32_t dots[SRM_KEY_TILE]) {
+    plain_tile_dots(query, tile, hd, SRM_QUERY_SHIFT, dots);
+}
+
+#endif

@@ -1,0 +1,127 @@
+/* The native decoder step's shared layouts: block constants, the structs Python fills (mirrored
+ * field by field in handler/native/abi.py, checked at load through srm_abi), and the exported
+ * functions. The kernels themselves are in kernels.c and the dots_*.h files it includes. */
+#ifndef SRM_H
+#define SRM_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Bumped when srm_abi_info changes shape: Python reads it before anything else. */
+#define SRM_ABI_VERSION 1
+
+/* Block layouts; handler/native/packing.py packs the weights in them (C_CONSTANTS there). */
+#define SRM_BLOCK_K 64 /* 8-bit weights: (n / 4, k / 64, 4, 64) int8 */
+#define SRM_BLOCK_N 4
+#define SRM_BLOCK_N4 16 /* 4-bit weights: blocks of 16 output channels, one per 32-bit lane */
+#define SRM_MAX_ROWS 8
+#define SRM_KEY_TILE 32 /* key cache: (capacity / 32, head_dim / 4, 32, 4) per (row, head) */
+#define SRM_MAX_HEAD_DIM 256
+#define SRM_VALUE_BLOCK 64 /* folded cross-attention values: (hidden / 64, vectors, 64) */
+
+typedef struct {
+    /* 8 bits: (n / 4, k / 64, 4, 64) int8. 4 bits: (n / 16, k / 64, 8, 16, 4) bytes, weight + 8 in
+     * each nibble: in block b, group g, byte (m, j, i) holds input 64 g + 8 m + i of channel
+     * 16 b + j in its low nibble and input 64 g + 8 m + 4 + i in its high one, so the low (high)
+     * nibbles of 64 bytes are four consecutive inputs of each of the 16 channels, one channel a
+     * 32-bit lane. Zero padded to n and k. */
+    const int8_t *weight;
+    const float *scale;     /* 8 bits: (n) per output channel */
+    const int32_t *row_sum; /* 8 bits: (n) sum of each output channel's weights */
+    const uint16_t *group_scale; /* 4 bits: (n / 16, k / 64, 16) bfloat16, one per 64 inputs of a channel */
+    const float *bias;      /* (n) or NULL */
+    int64_t n, k;           /* padded sizes: n % 4 == 0 (n % 16 == 0 for 4 bits), k % 64 == 0 */
+    int64_t in_features;    /* k before padding */
+    int64_t out_features;   /* n before padding: outputs past it are not written */
+    int64_t bits;           /* 8 or 4 */
+} srm_linear;
+
+typedef struct {
+    const float *ln1_weight, *ln1_bias, *ln2_weight, *ln2_bias, *ln3_weight, *ln3_bias;
+    srm_linear qkv, out, cross_q, cross_out, fc1, fc2;
+    int8_t *k_cache;                 /* (rows, heads, capacity / 32, head_dim / 4, 32, 4), see attend */
+    int8_t *v_cache;                 /* (rows, heads, capacity, head_dim) */
+    float *k_scale, *v_scale;        /* (rows, heads, capacity): one scale per cached key and value */
+    int32_t *k_sum;                  /* (rows, heads, capacity): sum of each cached key's int8 values */
+    const float *cross_k, *cross_v;  /* (cond_rows, heads, cross_len, head_dim) float32 */
+    /* One prompt's cross-attention with its projections folded in (used when cross_keys.n > 0):
+     * vector (h, t) of cross_keys is key t of head h times the head's query weights / sqrt(head_dim),
+     * so one product gives every score; value (h, t) is the head's value t times its output weights. */
+    srm_linear cross_keys;           /* (heads * cross_len, hidden) 8 bits */
+    const int8_t *cross_values;      /* (hidden / 64, heads * cross_len, 64), zero padded: one scale per vector */
+    const float *cross_value_scale;  /* (heads * cross_len) */
+} srm_layer;
+
+typedef struct {
+    int64_t layers, rows, cond_rows, hidden, heads, head_dim, capacity, cross_len;
+    float eps;
+    int32_t threads;
+    const srm_layer *layer;
+    const float *final_ln_weight, *final_ln_bias;
+    srm_linear head;
+    const uint8_t *cross_mask; /* (cond_rows, cross_len), 1 = attend; NULL = attend to all */
+    /* scratch */
+    float *normed;   /* (rows, in_stride) */
+    int8_t *quant;   /* (rows, in_stride) */
+    float *row_scale; /* (rows) */
+    int32_t *quant_sum; /* (rows, in_stride / 64): the sum of each group of 64 quantised inputs */
+    float *wide;     /* (rows, out_stride) */
+    float *attn;     /* (rows, in_stride) */
+    float *scores;   /* (rows * heads, max(capacity, cross_len)) */
+    float *logits;   /* (rows, head.n) */
+    int64_t in_stride, out_stride;
+} srm_decoder;
+
+/* What srm_generate needs beyond the decoder: the token tables, the sampling settings and the
+ * delay pattern, and the token sequence it extends. */
+typedef struct {
+    const float *embed;      /* (codebooks * (vocab + 1), hidden): one table per codebook, pad token last */
+    const float *positions;  /* (>= length, hidden) position embeddings */
+    int64_t prompts, codebooks, vocab, length;
+    float guidance;          /* used when the decoder has twice as many rows as prompts */
+    float inv_temperature;   /* 0: greedy */
+    int64_t top_k;           /* <= 0 or >= vocab: all tokens */
+    const float *uniforms;   /* (length - 1, prompts, codebooks) in [0, 1): one draw per token */
+    const uint8_t *forced;   /* (codebooks, length): 1 where the delay pattern puts the pad token */
+    int64_t pad_token;
+    int64_t *sequence;       /* (prompts, codebooks, length): column 0 holds the start tokens */
+    float *scratch;          /* 3 * vocab */
+    int64_t *picked;         /* (prompts, codebooks) */
+} srm_generation;
+
+/* What the library was compiled with, for the load-time check against the Python mirrors. */
+typedef struct {
+    const char *name; /* "srm_linear" (offset 0, size: the struct's) or "srm_linear.weight" */
+    int64_t offset, size;
+} srm_abi_field;
+
+typedef struct {
+    const char *name; /* "SRM_BLOCK_K" */
+    int64_t value;
+} srm_abi_constant;
+
+typedef struct {
+    int64_t version; /* SRM_ABI_VERSION: first, so a reader can tell the rest's shape */
+    const char *dots; /* the dot kernels compiled in: "plain", "avx2" or "avx512vnni" */
+    int64_t fields;
+    const srm_abi_field *field;
+    int64_t constants;
+    const srm_abi_constant *constant;
+} srm_abi_info;
+
+/* bfloat16 (the 4-bit weights' group scales) to float32. */
+static inline float bf16_to_float(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+const srm_abi_info *srm_abi(void);
+void srm_decoder_step(const srm_decoder *m, float *x, int64_t pos);
+void srm_linear_forward(const srm_decoder *m, const srm_linear *lin, int64_t rows, float *out, int64_t out_stride);
+void srm_generate(const srm_decoder *m, const srm_generation *g, float *x, int64_t first, int64_t last);
+void srm_sample(const srm_decoder *m, const srm_generation *g, const float *uniforms);
+
+#endif
