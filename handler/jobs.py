@@ -133,15 +133,12 @@ class LocalJobQueue:
         self._lock = threading.Lock()
 
     def submit(self, job_id: str) -> None:
+        """Queue the job; the worker thread starts with the first."""
         with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name="music-jobs", daemon=True)
                 self._thread.start()
         self._queue.put(job_id)
-
-    def wait_until_idle(self) -> None:
-        """Block until every submitted job has run."""
-        self._queue.join()
 
     def _work(self) -> None:
         while True:
@@ -151,8 +148,6 @@ class LocalJobQueue:
                     self.runner(job_id)
             except Exception:
                 logger.exception("job crashed", extra={"job_id": job_id})
-            finally:
-                self._queue.task_done()
 
 
 class LambdaJobInvoker:

@@ -20,11 +20,11 @@ from moto.server import ThreadedMotoServer
 
 from benchmarks.random_models import build_tiny_model
 from handler.app import create_app
-from handler.jobs import LocalJobQueue
 from handler.musicgen.generator import MusicGenerator, MusicgenGenerator
 from handler.settings import Settings, get_settings
 from handler.storage import LocalStorage, S3Storage, Storage, s3_client
 from tests.support.infra_files import ROOT, dockerfile_stages, function_environment, load_template, parameter_defaults
+from tests.support.jobs import WaitableJobQueue
 from tests.support.runtime_api import RuntimeApiStub
 
 S3_REGION = "eu-west-1"
@@ -121,12 +121,11 @@ def serve(
     settings: Settings, storage: Storage, generator: MusicGenerator, raise_server_exceptions: bool = True
 ) -> Iterator[TestClient]:
     """A test client over a fresh app; on exit, waits for the app's background jobs to finish."""
-    app = create_app(settings, storage, generator)
+    jobs = WaitableJobQueue()
+    app = create_app(settings, storage, generator, jobs)
     with TestClient(app, raise_server_exceptions=raise_server_exceptions) as test_client:
         yield test_client
-    jobs = app.state.services.jobs
-    if isinstance(jobs, LocalJobQueue):
-        jobs.wait_until_idle()
+    jobs.wait_until_idle()
 
 
 @pytest.fixture

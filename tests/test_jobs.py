@@ -2,6 +2,7 @@
 
 import importlib
 import json
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,6 +29,7 @@ from handler.settings import Settings
 from handler.storage import LocalStorage, Storage
 from tests.conftest import LambdaContext, load_event, serve
 from tests.support.doubles import FailingGenerator, GatedGenerator
+from tests.support.jobs import WaitableJobQueue
 from tests.support.wav import read_wav
 
 ASYNC = {"Prefer": "respond-async"}
@@ -48,7 +50,7 @@ class RecordingStorage(LocalStorage):
 
 def wait_for_jobs(client: TestClient) -> None:
     jobs = client.app.state.services.jobs  # type: ignore[attr-defined]
-    assert isinstance(jobs, LocalJobQueue)
+    assert isinstance(jobs, WaitableJobQueue)
     jobs.wait_until_idle()
 
 
@@ -265,18 +267,39 @@ def test_local_queue_runs_jobs_in_order_one_at_a_time() -> None:
     queue = LocalJobQueue()
     order: list[str] = []
     running: list[str] = []
+    last_done = threading.Event()
 
     def run(job_id: str) -> None:
         assert running == []
         running.append(job_id)
         order.append(job_id)
         running.remove(job_id)
+        if job_id == "c":
+            last_done.set()
 
     queue.runner = run
     for job_id in ["a", "b", "c"]:
         queue.submit(job_id)
-    queue.wait_until_idle()
+    assert last_done.wait(timeout=30)
     assert order == ["a", "b", "c"]
+
+
+def test_a_crashing_job_does_not_stop_the_queue() -> None:
+    queue = LocalJobQueue()
+    ran: list[str] = []
+    last_done = threading.Event()
+
+    def run(job_id: str) -> None:
+        ran.append(job_id)
+        if job_id == "boom":
+            raise RuntimeError("crash")
+        last_done.set()
+
+    queue.runner = run
+    queue.submit("boom")
+    queue.submit("next")
+    assert last_done.wait(timeout=30)
+    assert ran == ["boom", "next"]
 
 
 def lambda_app() -> Any:
