@@ -313,9 +313,15 @@ def test_unexpected_error_is_a_clean_500_that_is_logged_and_tagged(
         def list_files(self) -> Any:
             raise RuntimeError("secret internal detail")
 
-    with serve(settings, BrokenStorage(tmp_path), generator, raise_server_exceptions=False) as client:
+    # Server exceptions are raised in the test: an error that got past the middleware would fail it.
+    with serve(settings, BrokenStorage(tmp_path), generator) as client:
         response = client.get("/files/")
     assert response.status_code == 500
+    assert response.headers["content-type"] == "application/json"
     assert response.json() == {"detail": "Internal server error"}
+    assert "secret" not in response.text
+    assert "Traceback" not in response.text
     assert response.headers["x-request-id"]
-    assert '"status": 500' in capsys.readouterr().out
+    logs = capsys.readouterr().out
+    assert '"status": 500' in logs
+    assert "secret internal detail" in logs, "the error is logged with its trace"
