@@ -23,26 +23,53 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def cpu_quota_threads() -> int:
-    """Number of CPUs this process may use: cgroup CPU quota, else affinity, else os.cpu_count()."""
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+"""Where the kernel mounts this process's cgroup (in a container, the container's own)."""
+
+
+def cgroup_v2_quota(cpu_max: Path) -> float | None:
+    """CPUs a cgroup v2 `cpu.max` ("<quota> <period>") allows; None when unlimited ("max") or unreadable."""
     try:
-        n_aff = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        n_aff = os.cpu_count() or 1
-    quota: float | None = None
-    try:  # cgroup v2
-        parts = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        parts = cpu_max.read_text().split()
         if parts and parts[0] != "max":
-            quota = int(parts[0]) / int(parts[1])
-    except (OSError, ValueError, IndexError):
+            return int(parts[0]) / int(parts[1])
+    except (OSError, ValueError, IndexError, ZeroDivisionError):
         pass
+    return None
+
+
+def cgroup_v1_quota(quota_us: Path, period_us: Path) -> float | None:
+    """CPUs cgroup v1's CFS quota and period allow; None when unlimited (quota -1) or unreadable."""
+    try:
+        quota = int(quota_us.read_text())
+        period = int(period_us.read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def cgroup_cpu_quota(root: Path = CGROUP_ROOT) -> float | None:
+    """CPUs this process's cgroup allows: cgroup v2's `cpu.max`, else v1's `cpu/cpu.cfs_*`; None if unlimited."""
+    quota = cgroup_v2_quota(root / "cpu.max")
     if quota is None:
-        try:  # cgroup v1
-            q = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
-            p = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
-            if q > 0 and p > 0:
-                quota = q / p
-        except (OSError, ValueError):
-            pass
-    n = n_aff if quota is None else min(n_aff, max(1, math.floor(quota)))
-    return max(1, n)
+        quota = cgroup_v1_quota(root / "cpu" / "cpu.cfs_quota_us", root / "cpu" / "cpu.cfs_period_us")
+    return quota
+
+
+def affinity_cpus() -> int:
+    """CPUs the scheduler may run this process on, else all the machine has."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # sched_getaffinity is Linux-only
+        return os.cpu_count() or 1
+
+
+def cpu_quota_threads(cgroup_root: Path = CGROUP_ROOT) -> int:
+    """Number of CPUs this process may use: the cgroup CPU quota (whole CPUs) capped by its affinity, at least 1.
+
+    A fractional quota rounds down: threads beyond it would be throttled, not run.
+    """
+    quota = cgroup_cpu_quota(cgroup_root)
+    available = affinity_cpus()
+    threads = available if quota is None else min(available, math.floor(quota))
+    return max(1, threads)
