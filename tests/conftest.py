@@ -1,15 +1,15 @@
-"""Shared fixtures: a tiny offline MusicGen, storage backends, a moto S3 server, API clients."""
+"""Shared fixtures: a tiny offline MusicGen, storage backends, a moto S3 server, API clients.
+
+Only fixtures live here; the helpers they and the tests use are in tests/support.
+"""
 
 import importlib
-import json
 import os
 import subprocess
 import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +19,14 @@ from fastapi.testclient import TestClient
 from moto.server import ThreadedMotoServer
 
 from benchmarks.random_models import build_tiny_model
-from handler.app import create_app
-from handler.musicgen.generator import MusicGenerator, MusicgenGenerator
+from handler.musicgen.generator import MusicgenGenerator
 from handler.settings import Settings, get_settings
 from handler.storage import LocalStorage, S3Storage, Storage, s3_client
+from tests.support.app import serve
 from tests.support.infra_files import ROOT, dockerfile_stages, function_environment, load_template, parameter_defaults
-from tests.support.jobs import WaitableJobQueue
-from tests.support.runtime_api import RuntimeApiStub
-
-S3_REGION = "eu-west-1"
+from tests.support.lambda_events import LambdaContext
+from tests.support.runtime_api import LambdaRuntime, RuntimeApiStub
+from tests.support.s3 import S3_REGION, S3Request
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -96,11 +95,13 @@ def s3_objects(s3_bucket: str) -> Any:
 
 @pytest.fixture
 def local_storage(tmp_path: Path) -> LocalStorage:
+    """Local storage in a fresh directory."""
     return LocalStorage(tmp_path / "generated")
 
 
 @pytest.fixture
 def s3_storage(s3_bucket: str) -> S3Storage:
+    """S3 storage under a prefix of a fresh bucket."""
     return S3Storage(s3_client(), s3_bucket, prefix="generated/")
 
 
@@ -113,19 +114,8 @@ def storage(request: pytest.FixtureRequest) -> Storage:
 
 @pytest.fixture
 def settings(tiny_model_dir: Path, tmp_path: Path) -> Settings:
+    """Settings serving the tiny model, files in a fresh directory."""
     return Settings(model_id=str(tiny_model_dir), storage_dir=tmp_path / "generated")
-
-
-@contextmanager
-def serve(
-    settings: Settings, storage: Storage, generator: MusicGenerator, raise_server_exceptions: bool = True
-) -> Iterator[TestClient]:
-    """A test client over a fresh app; on exit, waits for the app's background jobs to finish."""
-    jobs = WaitableJobQueue()
-    app = create_app(settings, storage, generator, jobs)
-    with TestClient(app, raise_server_exceptions=raise_server_exceptions) as test_client:
-        yield test_client
-    jobs.wait_until_idle()
 
 
 @pytest.fixture
@@ -137,16 +127,9 @@ def client(settings: Settings, storage: Storage, generator: MusicgenGenerator) -
 
 @pytest.fixture
 def local_client(settings: Settings, local_storage: LocalStorage, generator: MusicgenGenerator) -> Iterator[TestClient]:
+    """The app over the tiny model with local storage only."""
     with serve(settings, local_storage, generator) as test_client:
         yield test_client
-
-
-@dataclass(frozen=True)
-class S3Request:
-    """One S3 request the storage code made or presigned: the API operation and its parameters."""
-
-    operation: str
-    params: dict[str, Any]
 
 
 @pytest.fixture
@@ -163,33 +146,9 @@ def recording_s3_storage(s3_bucket: str) -> tuple[S3Storage, list[S3Request]]:
     return S3Storage(client, s3_bucket, Settings(s3_prefix=prefix).s3_prefix), requests
 
 
-@dataclass
-class LambdaContext:
-    """The attributes of the context object the Lambda runtime passes to a handler."""
-
-    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    function_name: str = "MusicFunction"
-    function_version: str = "$LATEST"
-    memory_limit_in_mb: int = 10240
-    invoked_function_arn: str = "arn:aws:lambda:eu-west-1:123456789012:function:MusicFunction"
-    log_group_name: str = "/aws/lambda/MusicFunction"
-    log_stream_name: str = "2026/11/24/[$LATEST]0123456789abcdef"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 900_000
-
-
-EVENTS_DIR = Path(__file__).resolve().parent.parent / "infra" / "events"
-
-
-def load_event(name: str) -> dict[str, Any]:
-    """A sample API Gateway event from infra/events/, as `sam local invoke -e` uses it."""
-    event: dict[str, Any] = json.loads((EVENTS_DIR / f"{name}.json").read_text())
-    return event
-
-
 @pytest.fixture
 def lambda_context() -> LambdaContext:
+    """A fresh Lambda context object."""
     return LambdaContext()
 
 
@@ -210,19 +169,6 @@ def lambda_handler(
     monkeypatch.undo()
     get_settings.cache_clear()
     importlib.reload(handler.app)
-
-
-@dataclass
-class LambdaRuntime:
-    """`python -m awslambdaric <the image's CMD>` running against a Runtime API stand-in."""
-
-    api: RuntimeApiStub
-    log_path: Path
-    environment: dict[str, str]
-
-    def log(self) -> str:
-        """What the function printed so far (for failure messages)."""
-        return self.log_path.read_text(errors="replace")
 
 
 @pytest.fixture

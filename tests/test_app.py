@@ -7,8 +7,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import EVENTS_DIR, LambdaContext, load_event
 from tests.support.contract import EXPECTED, body_of, check_response
+from tests.support.lambda_events import EVENTS_DIR, LambdaContext, load_event
 from tests.support.wav import read_wav
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]

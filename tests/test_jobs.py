@@ -27,9 +27,10 @@ from handler.musicgen.generator import MusicgenGenerator
 from handler.routes import prefers_async
 from handler.settings import Settings
 from handler.storage import LocalStorage, Storage
-from tests.conftest import LambdaContext, load_event, serve
+from tests.support.app import serve
 from tests.support.doubles import FailingGenerator, GatedGenerator
 from tests.support.jobs import WaitableJobQueue
+from tests.support.lambda_events import LambdaContext, load_event
 from tests.support.wav import read_wav
 
 ASYNC = {"Prefer": "respond-async"}

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from handler.logs import JsonFormatter, request_id
-from tests.conftest import LambdaContext, load_event
+from tests.support.lambda_events import LambdaContext, load_event
 
 
 def test_formatter_writes_one_json_object_with_extra_fields_and_request_id() -> None:

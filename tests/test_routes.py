@@ -16,7 +16,7 @@ from handler.musicgen.generator import MusicgenGenerator
 from handler.schemas import MAX_PROMPT_CHARS
 from handler.settings import Settings
 from handler.storage import LocalStorage, Storage
-from tests.conftest import serve
+from tests.support.app import serve
 from tests.support.doubles import FailingGenerator, GatedGenerator
 from tests.support.wav import read_wav
 

@@ -10,8 +10,9 @@ from collections.abc import Callable
 
 import httpx
 
-from tests.conftest import EVENTS_DIR, LambdaRuntime, load_event
 from tests.support.contract import body_of, check_response
+from tests.support.lambda_events import EVENTS_DIR, load_event
+from tests.support.runtime_api import LambdaRuntime
 from tests.support.wav import read_wav
 
 TIMEOUT = 180.0

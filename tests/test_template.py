@@ -11,7 +11,6 @@ from botocore.exceptions import ClientError
 from handler.filenames import new_filename
 from handler.settings import Settings
 from handler.storage import S3Storage, StorageError, prune
-from tests.conftest import S3Request
 from tests.support.infra_files import (
     DOCKERFILE,
     DOCKERIGNORE,
@@ -21,6 +20,7 @@ from tests.support.infra_files import (
     parameter_defaults,
     resolve,
 )
+from tests.support.s3 import S3Request
 
 TEMPLATE = load_template()
 RESOURCES = TEMPLATE["Resources"]

@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 PREFIX = "/2018-06-01/runtime"
@@ -141,3 +142,16 @@ class RuntimeApiStub:
                     self._reply(HTTPStatus.NOT_FOUND)
 
         return Handler
+
+
+@dataclass
+class LambdaRuntime:
+    """`python -m awslambdaric <the image's CMD>` running against a Runtime API stand-in."""
+
+    api: RuntimeApiStub
+    log_path: Path
+    environment: dict[str, str]
+
+    def log(self) -> str:
+        """What the function printed so far (for failure messages)."""
+        return self.log_path.read_text(errors="replace")
