@@ -170,7 +170,8 @@ def measure_baseline(directory: Path, seconds: int) -> dict[str, Any]:
 
 def measure_engine(directory: Path, seconds: int, precision: str, long_seconds: int) -> dict[str, Any]:
     """Our engine as the app runs it: `MusicgenGenerator` from `handler.musicgen.generator`."""
-    from handler.musicgen.generator import DECODE_SHARE, GenerationParams, MusicgenGenerator
+    from handler.generation import GenerationParams
+    from handler.musicgen.generator import DECODE_SHARE, MusicgenGenerator
     from handler.native import runtime
 
     native = runtime.best()

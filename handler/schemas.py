@@ -107,7 +107,8 @@ class ServedModel(BaseModel):
     origin: str = Field(
         description=(
             "'beside the model' (an artifact baked with it, as in the image), 'cache' (baked at an"
-            " earlier first start), 'baked' (baked at this start), 'converted' (no artifact: fp32, bf16)"
+            " earlier first start), 'baked' (baked at this start), 'converted' (converted at this start and kept"
+            " nowhere: fp32, bf16, or a cache that can't be written)"
         )
     )
     artifact: str | None = Field(description="The artifact's directory name, if any")

@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from handler.cpu import cpu_has_bf16
-from handler.generation import GenerationParams as GenerationParams  # re-exported: callers take it with the engine
+from handler.generation import GenerationParams
 from handler.settings import Precision, default_cache_dir
 
 logger = logging.getLogger(__name__)

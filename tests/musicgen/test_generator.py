@@ -6,8 +6,8 @@ import threading
 import numpy as np
 import pytest
 
+from handler.generation import GenerationParams
 from handler.musicgen.generator import (
-    GenerationParams,
     ModelUnavailableError,
     MusicgenGenerator,
     decode_steps,

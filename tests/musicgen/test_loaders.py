@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from handler.generation import GenerationParams
 from handler.musicgen.artifact import MANIFEST_NAME, artifact_dir_name, is_artifact, save_artifact
-from handler.musicgen.generator import GenerationParams, MusicgenGenerator
+from handler.musicgen.generator import MusicgenGenerator
 from handler.musicgen.loaders import cache_entry, load_model, resolve_source
 from tests.support.models import converted, prompt_tokenizer, sampled_codes
 
@@ -111,7 +112,8 @@ def test_two_processes_starting_at_once_bake_once_and_serve_the_same_model(model
     script = (
         "import sys, hashlib\n"
         "from pathlib import Path\n"
-        "from handler.musicgen.generator import GenerationParams, MusicgenGenerator\n"
+        "from handler.generation import GenerationParams\n"
+        "from handler.musicgen.generator import MusicgenGenerator\n"
         "g = MusicgenGenerator(sys.argv[1], 'int8', cache_dir=Path(sys.argv[2]))\n"
         "audio = g.generate(GenerationParams('rain', 1, 3.0, 1.0, seed=4))\n"
         "print(g.artifact.origin, hashlib.sha256(audio.tobytes()).hexdigest())\n"
