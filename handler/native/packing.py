@@ -147,22 +147,42 @@ INT4_SCALE_FACTORS = torch.linspace(1.0, 0.8, 11)
 weights by ~10% (searching finer or wider gains < 1% more)."""
 
 
+INT4_CHUNK_GROUPS = 2048
+"""Groups searched at once: their scratch (512 KB) stays in the core's cache through the eleven
+passes, which made a checkpoint's int4 bake ~5x faster than searching a whole matrix at a time."""
+
+
 def _int4_groups(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(q in [-8, 7] as int8, bf16 scale (..., 1)) for each group along the last dim of `groups`."""
+    flat = groups.reshape(-1, groups.shape[-1])
+    q = torch.empty(flat.shape, dtype=torch.int8)
+    scale = torch.empty((flat.shape[0], 1), dtype=torch.bfloat16)
+    for start in range(0, flat.shape[0], INT4_CHUNK_GROUPS):
+        chunk = slice(start, start + INT4_CHUNK_GROUPS)
+        q[chunk], scale[chunk] = _int4_chunk(flat[chunk])
+    return q.view(groups.shape), scale.view(*groups.shape[:-1], 1)
+
+
+def _int4_chunk(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     q4_0 = groups.gather(-1, groups.abs().argmax(dim=-1, keepdim=True)) / -8.0
-    best: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    squared_error = torch.empty_like(groups)
+    best: tuple[torch.Tensor, torch.Tensor] | None = None
     for factor in INT4_SCALE_FACTORS:
         scale = (q4_0 * factor).to(torch.bfloat16)
         step = scale.float()
-        q = torch.where(step != 0, torch.round(groups / step), 0.0).clamp(-8, 7)
-        error = (q * step - groups).square().sum(dim=-1, keepdim=True)
+        step = torch.where(step != 0, step, 1.0)  # an all-zero group: its values round to 0 whatever the step
+        torch.div(groups, step, out=squared_error)
+        squared_error.round_().clamp_(-8, 7).mul_(step).sub_(groups).square_()
+        error = squared_error.sum(dim=-1, keepdim=True)
         if best is None:
-            best = (q, scale, error)
+            best = (scale, error)
         else:
-            better = error < best[2]
-            best = (torch.where(better, q, best[0]), torch.where(better, scale, best[1]), torch.minimum(error, best[2]))
+            better = error < best[1]  # ties keep the earlier factor, the one nearer Q4_0's
+            best = (torch.where(better, scale, best[0]), torch.minimum(error, best[1]))
     assert best is not None
-    return best[0].to(torch.int8), best[1]
+    step = best[0].float()
+    q = torch.where(step != 0, torch.round(groups / step), 0.0).clamp_(-8, 7)
+    return q.to(torch.int8), best[0]
 
 
 PackedLinear = Int8Linear | Int4Linear

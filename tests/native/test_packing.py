@@ -4,7 +4,13 @@ cross-attention."""
 import pytest
 import torch
 
-from handler.native.packing import FoldedCrossAttention, Int4Linear, Int8Linear
+from handler.native.packing import (
+    INT4_CHUNK_GROUPS,
+    INT4_SCALE_FACTORS,
+    FoldedCrossAttention,
+    Int4Linear,
+    Int8Linear,
+)
 
 
 def test_int8_linear_keeps_each_output_channel_within_half_a_step() -> None:
@@ -69,6 +75,27 @@ def test_int4_scales_have_less_error_than_q4_0s() -> None:
     error = ((lin.dequantized_weight() - weight).view(256, 16, 64) ** 2).sum(-1)
     assert torch.all(error <= q4_0_error + 1e-6)
     assert float(error.sum()) < 0.93 * float(q4_0_error.sum())
+
+
+def test_each_int4_group_gets_the_best_of_the_scales_tried_across_chunks() -> None:
+    torch.manual_seed(0)
+    rows = 2 * INT4_CHUNK_GROUPS // 16 + 16  # the search runs in chunks of groups: three here
+    weight = torch.randn(rows, 1024) * torch.rand(rows, 1)
+    weight[5] = 0  # all-zero groups: scale 0, every value 0
+    lin = Int4Linear(weight, None)
+    groups = weight.view(rows, 16, 64)
+    q4_0 = groups.gather(-1, groups.abs().argmax(-1, keepdim=True)) / -8
+    errors, scales = [], []
+    for factor in INT4_SCALE_FACTORS:
+        scale = (q4_0 * factor).to(torch.bfloat16).float()
+        q = torch.where(scale != 0, torch.round(groups / scale), 0.0).clamp(-8, 7)
+        errors.append(((q * scale - groups) ** 2).sum(-1))
+        scales.append(scale[..., 0])
+    best = torch.stack(errors).argmin(0)  # the first of equal errors, as the search keeps
+    expected = torch.stack(scales).gather(0, best[None])[0]
+    torch.testing.assert_close(lin.group_scales(), expected, rtol=0, atol=0)
+    assert torch.all(lin.group_scales()[5] == 0)
+    assert torch.all(lin.int4_weight()[5] == 0)
 
 
 def test_int4_linear_halves_the_bytes_of_int8() -> None:
