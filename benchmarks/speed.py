@@ -19,14 +19,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 import psutil
 
 from handler.cpu import cpu_flags
 from handler.settings import QUANTIZED, Precision
+
+if TYPE_CHECKING:
+    import httpx
 
 PROMPT = "A lofi hip hop beat with smooth jazz piano and rain sounds"
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "srocks-music" / "benchmark"
@@ -301,37 +304,22 @@ def measure_quality(directory: Path, seconds: int, precisions: list[str]) -> dic
 
 def measure_http(directory: Path, seconds: int, precision: str) -> dict[str, Any]:
     """`POST /generate/` against the local server: the number users feel."""
-    import httpx
-
-    with tempfile.TemporaryDirectory() as storage, FreePort() as port:
-        env = {**os.environ, "MODEL_ID": str(directory), "STORAGE_DIR": storage, "MODEL_PRECISION": precision}
-        env.pop("S3_BUCKET", None)
-        started = time.perf_counter()
-        server = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "handler.app:app", "--port", str(port), "--log-level", "warning"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            url = f"http://127.0.0.1:{port}"
-            with httpx.Client(base_url=url, timeout=600) as client:
-                up = wait_until_up(client)
-                body = {"text": PROMPT, "duration": seconds, "seed": 0}
-                t0 = time.perf_counter()
-                first = client.post("/generate/", json=body)
-                cold = time.perf_counter() - t0
-                # One request is at the mercy of the neighbours' memory traffic: the best of two warm ones.
-                warm_requests = []
-                for _ in range(2):
-                    t0 = time.perf_counter()
-                    again = client.post("/generate/", json=body)
-                    warm_requests.append(time.perf_counter() - t0)
-                    assert again.status_code == 200, again.text
-                warm = min(warm_requests)
-                assert first.status_code == 200, first.text
-                rss = psutil.Process(server.pid).memory_info().rss / 2**20
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+    with local_server(directory, precision) as (client, server, started):
+        up = wait_until_up(client)
+        body = {"text": PROMPT, "duration": seconds, "seed": 0}
+        t0 = time.perf_counter()
+        first = client.post("/generate/", json=body)
+        cold = time.perf_counter() - t0
+        # One request is at the mercy of the neighbours' memory traffic: the best of two warm ones.
+        warm_requests = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            again = client.post("/generate/", json=body)
+            warm_requests.append(time.perf_counter() - t0)
+            assert again.status_code == 200, again.text
+        warm = min(warm_requests)
+        assert first.status_code == 200, first.text
+        rss = psutil.Process(server.pid).memory_info().rss / 2**20
     return {
         "server_up_s": up - started,
         "first_request_s": cold,
@@ -340,6 +328,31 @@ def measure_http(directory: Path, seconds: int, precision: str) -> dict[str, Any
         "warm_rtf": warm / seconds,
         "server_rss_mb": rss,
     }
+
+
+@contextlib.contextmanager
+def local_server(
+    directory: Path, precision: str, cache: Path | None = None
+) -> Iterator[tuple["httpx.Client", subprocess.Popen[bytes], float]]:
+    """`make run`'s server on `directory` with its own storage: a client, the process, and when it started."""
+    import httpx
+
+    with tempfile.TemporaryDirectory() as storage, FreePort() as port:
+        env = {**os.environ, "MODEL_ID": str(directory), "STORAGE_DIR": storage, "MODEL_PRECISION": precision}
+        if cache is not None:
+            env["ARTIFACT_CACHE_DIR"] = str(cache)
+        env.pop("S3_BUCKET", None)
+        started = time.perf_counter()
+        server = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "handler.app:app", "--port", str(port), "--log-level", "warning"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=900) as client:
+                yield client, server, started
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
 
 
 def measure_plain_directory(baked: Path, seconds: int, long_seconds: int, precision: str) -> dict[str, Any]:
@@ -363,33 +376,18 @@ def measure_plain_directory(baked: Path, seconds: int, long_seconds: int, precis
 
 def serve_once(directory: Path, precision: str, cache: Path, long_seconds: int) -> dict[str, Any]:
     """One server start: seconds to the first (1 s) clip served, peak memory, and that clip's bytes."""
-    import httpx
-
-    with tempfile.TemporaryDirectory() as storage, FreePort() as port:
-        env = {**os.environ, "MODEL_ID": str(directory), "STORAGE_DIR": storage, "MODEL_PRECISION": precision}
-        env |= {"ARTIFACT_CACHE_DIR": str(cache)}
-        env.pop("S3_BUCKET", None)
-        started = time.perf_counter()
-        server = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "handler.app:app", "--port", str(port), "--log-level", "warning"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=900) as client:
-                wait_until_up(client)
-                first = client.post("/generate/", json={"text": PROMPT, "duration": 1, "seed": 3})
-                ready = time.perf_counter() - started
-                assert first.status_code == 200, first.text
-                audio = client.get(first.json()["file_url"], follow_redirects=True).content
-                ready_peak = high_water_mb(server.pid)
-                origin = client.get("/").json()["served_model"]["origin"]
-                if long_seconds:
-                    long = client.post("/generate/", json={"text": PROMPT, "duration": long_seconds, "seed": 0})
-                    assert long.status_code == 200, long.text
-                peak = high_water_mb(server.pid)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+    with local_server(directory, precision, cache) as (client, server, started):
+        wait_until_up(client)
+        first = client.post("/generate/", json={"text": PROMPT, "duration": 1, "seed": 3})
+        ready = time.perf_counter() - started
+        assert first.status_code == 200, first.text
+        audio = client.get(first.json()["file_url"], follow_redirects=True).content
+        ready_peak = high_water_mb(server.pid)
+        origin = client.get("/").json()["served_model"]["origin"]
+        if long_seconds:
+            long = client.post("/generate/", json={"text": PROMPT, "duration": long_seconds, "seed": 0})
+            assert long.status_code == 200, long.text
+        peak = high_water_mb(server.pid)
     return {
         "ready_s": ready,
         "peak_rss_mb_ready": ready_peak,
