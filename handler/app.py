@@ -1,5 +1,8 @@
 """The ASGI app (`handler.app:app`) and the Lambda entry point (`handler.app.handler`)."""
 
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from fastapi import FastAPI
@@ -11,7 +14,7 @@ from handler.errors import install_error_handlers
 from handler.job_records import JobDispatcher, job_id_from_event
 from handler.jobs import LambdaJobInvoker, LocalJobQueue, run_job
 from handler.logs import configure_logging, log_requests, take_cold_start
-from handler.musicgen.generator import MusicGenerator, MusicgenGenerator
+from handler.musicgen.generator import ModelUnavailableError, MusicGenerator, MusicgenGenerator
 from handler.routes import router
 from handler.settings import Settings, get_settings
 from handler.storage import LocalStorage, S3Storage, Storage, aws_region, s3_client
@@ -33,6 +36,22 @@ def jobs_from_settings(settings: Settings) -> JobDispatcher:
     return LocalJobQueue()
 
 
+@asynccontextmanager
+async def load_model_at_startup(app: FastAPI) -> AsyncIterator[None]:
+    """Under a server that runs the lifespan (uvicorn, as `make run` starts it; Mangum's is off),
+    the model starts loading, or baking its artifact at a first start, as the server starts
+    rather than at the first request. `GET /` says when it is ready (`served_model`)."""
+    generator: MusicGenerator = app.state.services.generator
+    threading.Thread(target=_load_quietly, args=(generator,), name="model-load", daemon=True).start()
+    yield
+
+
+def _load_quietly(generator: MusicGenerator) -> None:
+    # A failure is logged where it happens; `GET /` reports it and requests answer 503.
+    with suppress(ModelUnavailableError):
+        generator.load()
+
+
 def create_app(
     settings: Settings | None = None,
     storage: Storage | None = None,
@@ -46,6 +65,7 @@ def create_app(
         version=__version__,
         description="Generate music from text with Meta's MusicGen.",
         redirect_slashes=False,
+        lifespan=load_model_at_startup,
     )
     services = Services(
         settings=settings,

@@ -7,7 +7,12 @@ from typing import Any
 import httpx
 import pytest
 
+from handler.musicgen.generator import MusicgenGenerator
+from handler.settings import Settings
+from handler.storage import LocalStorage
+from tests.support.app import serve
 from tests.support.contract import EXPECTED, body_of, check_response
+from tests.support.doubles import LoadWatcher
 from tests.support.lambda_events import EVENTS_DIR, LambdaContext, load_event
 from tests.support.wav import read_wav
 
@@ -104,3 +109,13 @@ def test_download_with_traversal_name_event_is_rejected(lambda_handler: Handler,
     response = lambda_handler(load_event("download_invalid_name"), lambda_context)
     assert response["statusCode"] == 400
     assert body_of(response)["detail"].startswith("Invalid file name")
+
+
+def test_a_local_server_loads_the_model_as_it_starts(
+    settings: Settings, local_storage: LocalStorage, generator: MusicgenGenerator
+) -> None:
+    watched = LoadWatcher(generator)
+    with serve(settings, local_storage, watched) as client:
+        assert watched.load_done.wait(timeout=30)  # no request asked for it
+        assert not watched.started.is_set()
+        assert client.get("/").json()["served_model"]["precision"] == settings.model_precision

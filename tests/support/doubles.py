@@ -46,3 +46,16 @@ class GatedGenerator:
 class FailingGenerator(GatedGenerator):
     def generate(self, params: GenerationParams, on_progress: ProgressCallback | None = None) -> Any:
         raise RuntimeError("secret internal detail /opt/model")
+
+
+class LoadWatcher(GatedGenerator):
+    """Says when a load of the engine's model has finished; generates ungated."""
+
+    def __init__(self, inner: MusicGenerator) -> None:
+        super().__init__(inner)
+        self.load_done = threading.Event()
+        self.gate.set()
+
+    def load(self) -> None:
+        self.inner.load()
+        self.load_done.set()
