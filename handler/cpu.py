@@ -4,11 +4,14 @@ import math
 import os
 from pathlib import Path
 
+CPUINFO = Path("/proc/cpuinfo")
+"""Where the kernel describes the CPUs: one block per CPU, the same flags in each."""
 
-def cpu_flags() -> frozenset[str]:
+
+def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str]:
     """The instruction-set flags the kernel reports for this CPU (x86 `flags`, arm64 `Features`)."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        text = cpuinfo.read_text()
     except OSError:
         return frozenset()
     for line in text.splitlines():

@@ -101,3 +101,48 @@ def test_without_affinity_the_machine_s_cpu_count_is_the_limit(tmp_path: Path, m
 def test_cpu_flags_name_this_cpus_instruction_sets() -> None:
     baseline = {"x86_64": "sse2", "aarch64": "fp"}[platform.machine()]  # every CPU of the architecture has it
     assert baseline in cpu_flags()
+
+
+X86_CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC 7R13 Processor
+flags\t\t: fpu sse2 avx2 fma bmi2
+bugs\t\t: sysret_ss_attrs
+
+processor\t: 1
+flags\t\t: fpu sse2 avx2 fma bmi2
+"""
+
+ARM64_CPUINFO = """processor\t: 0
+BogoMIPS\t: 243.75
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp ssbs
+CPU implementer\t: 0x41
+CPU architecture: 8
+
+processor\t: 1
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp ssbs
+"""
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "present", "absent"),
+    [
+        (X86_CPUINFO, {"sse2", "avx2", "fma"}, {"asimddp", "sysret_ss_attrs"}),
+        (ARM64_CPUINFO, {"fp", "asimd", "asimddp"}, {"avx2", "0x41"}),
+    ],
+    ids=["x86_64", "aarch64"],
+)
+def test_cpu_flags_read_x86_flags_and_arm64_features(
+    tmp_path: Path, cpuinfo: str, present: set[str], absent: set[str]
+) -> None:
+    path = tmp_path / "cpuinfo"
+    path.write_text(cpuinfo)
+    flags = cpu_flags(path)
+    assert present <= flags
+    assert not absent & flags
+
+
+def test_unreadable_or_flagless_cpuinfo_is_no_flags(tmp_path: Path) -> None:
+    assert cpu_flags(tmp_path / "missing") == frozenset()
+    (tmp_path / "cpuinfo").write_text("processor\t: 0\nmodel name\t: something\n")
+    assert cpu_flags(tmp_path / "cpuinfo") == frozenset()

@@ -24,15 +24,17 @@ class Variant:
     flags: tuple[str, ...]
     cpu_flags: frozenset[str]
     dots: str = "plain"
-    """The dot kernels (dots_<dots>.h) `flags` select; the library reports them (see abi.check)."""
+    """The dot kernels `flags` select (dots_<dots>.h; dots_neon.h's sdot build reports "neon_dotprod");
+    the library reports them (see abi.check)."""
 
     def path(self, directory: Path = SOURCE.parent) -> Path:
         return directory / f"libsrm_kernels_{self.name}.so"
 
 
-PLAIN = Variant("plain", (), frozenset())
-"""The plain-C reference (dots_plain.h) for any CPU the compiler targets by default: every machine
-builds it, the fallback where no tuned build runs and what the tests check the others against."""
+PLAIN = Variant("plain", ("-DSRM_PLAIN",), frozenset())
+"""The plain-C reference (dots_plain.h, forced by SRM_PLAIN whatever vector units the compiler's
+default target has: arm64's always has NEON) for any CPU the compiler targets by default: every
+machine builds it, the fallback where no tuned build runs and what the tests check the others against."""
 
 # Best first. The targets are portable baselines, not the build machine's own CPU: the image is
 # built on one machine and runs on Lambda's (x86-64-v3 is AVX2 + FMA, on every Lambda x86 CPU).
@@ -46,8 +48,12 @@ _TUNED = {
         ),
         Variant("avx2", ("-march=x86-64-v3",), frozenset({"avx2", "fma"}), "avx2"),
     ),
-    # Plain C too, vectorised by the compiler for ARMv8's NEON.
-    "aarch64": (Variant("armv8", ("-march=armv8-a",), frozenset()),),
+    # dots_neon.h: sdot with ARMv8.2's dot-product extension (Graviton2 and later), else NEON's
+    # widening multiplies (every ARMv8 CPU).
+    "aarch64": (
+        Variant("neon_dotprod", ("-march=armv8.2-a+dotprod",), frozenset({"asimddp"}), "neon_dotprod"),
+        Variant("neon", ("-march=armv8-a",), frozenset(), "neon"),
+    ),
 }
 
 
@@ -62,12 +68,16 @@ def openmp_runtime() -> Path | None:
     return bundled[0] if bundled else None
 
 
-def build_commands(variant: Variant, output: Path, compiler: str = "cc") -> list[list[str]]:
+def build_commands(
+    variant: Variant, output: Path, compiler: str = "cc", openmp: Sequence[str] | None = None
+) -> list[list[str]]:
     """Compile, then link. Linking to torch's OpenMP runtime (not the system's) makes the kernels
-    share torch's thread pool; two runtimes would each keep threads spinning on the same cores."""
+    share torch's thread pool; two runtimes would each keep threads spinning on the same cores.
+    `openmp`: what the link names instead (e.g. `-fopenmp`, a cross-compiler's own runtime)."""
     obj = output.with_suffix(".o")
-    runtime = openmp_runtime()
-    openmp = [str(runtime)] if runtime else ["-fopenmp"]
+    if openmp is None:
+        runtime = openmp_runtime()
+        openmp = [str(runtime)] if runtime else ["-fopenmp"]
     return [
         [compiler, "-O3", *variant.flags, "-fopenmp", "-fPIC", "-c", str(SOURCE), "-o", str(obj)],
         [compiler, "-shared", str(obj), "-o", str(output), *openmp, "-lm"],

@@ -103,7 +103,8 @@ typedef struct {
 
 typedef struct {
     int64_t version; /* SRM_ABI_VERSION: first, so a reader can tell the rest's shape */
-    const char *dots; /* the dot kernels compiled in: "plain", "avx2" or "avx512vnni" */
+    const char *dots; /* the dot kernels compiled in: "plain", "avx2", "avx512vnni",
+                       * "neon" or "neon_dotprod" */
     int64_t fields;
     const srm_abi_field *field;
     int64_t constants;

@@ -19,14 +19,19 @@ def test_every_runnable_variant_builds_and_loads(builds: dict[str, NativeKernels
 
 @pytest.mark.parametrize(
     ("machine", "names"),
-    [("x86_64", ["avx512vnni", "avx2", "plain"]), ("aarch64", ["armv8", "plain"]), ("riscv64", ["plain"])],
+    [
+        ("x86_64", ["avx512vnni", "avx2", "plain"]),
+        ("aarch64", ["neon_dotprod", "neon", "plain"]),
+        ("riscv64", ["plain"]),
+    ],
 )
 def test_every_machine_builds_its_tuned_variants_then_the_plain_reference(machine: str, names: list[str]) -> None:
     variants = build.variants(machine)
     assert [v.name for v in variants] == names
     assert variants[-1] == PLAIN
-    assert PLAIN.flags == ()
+    assert PLAIN.flags == ("-DSRM_PLAIN",)  # dots_plain.h whatever the compiler's default target
     assert PLAIN.cpu_flags == frozenset()
+    assert PLAIN.dots == "plain"
 
 
 def test_the_library_links_to_torchs_openmp_runtime(build_directory: Path) -> None:
