@@ -14,6 +14,9 @@ Precision = Literal["int8", "int4", "bf16", "fp32"]
 QUANTIZED: frozenset[Precision] = frozenset({"int8", "int4"})
 """The precisions the native step runs and serving artifacts are baked for."""
 
+AUTO = "auto"
+"""`NATIVE_KERNELS`'s default: the best build of the native kernels this CPU runs."""
+
 
 def default_cache_dir() -> Path:
     """Where serving artifacts baked at a first start are kept: the user's cache directory."""
@@ -41,6 +44,15 @@ class Settings(BaseSettings):
         description=(
             "Where a model without a baked artifact for its precision gets one at its first start"
             " (about a quarter of the fp32 weights' size), so later starts load it instead of converting."
+        ),
+    )
+    native_kernels: str = Field(
+        default=AUTO,
+        pattern=r"^[a-z0-9_]+$",
+        description=(
+            "Which build of the native kernels serves: auto (the best this CPU runs), or a build by name"
+            " (x86: avx512vnni, avx2, plain), to compare builds on one machine. A build this CPU can't run"
+            " fails the model load."
         ),
     )
     storage_dir: Path = Field(

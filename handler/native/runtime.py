@@ -27,6 +27,7 @@ from handler.native.packing import (
     PackedLinear,
     quantize_rows,
 )
+from handler.settings import AUTO, get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -303,17 +304,45 @@ def load(variant: Variant, directory: Path = SOURCE.parent) -> NativeKernels | N
     return NativeKernels(library, variant)
 
 
-@cache
+class KernelSelectionError(RuntimeError):
+    """`NATIVE_KERNELS` names a build this machine has not built or cannot run."""
+
+
 def best(directory: Path = SOURCE.parent) -> NativeKernels | None:
-    """The best library built for this CPU, loaded once per process; None if none is built.
+    """The build `NATIVE_KERNELS` asks for (default `auto`: the best one this CPU runs), loaded
+    once per process; None when none is built (and none was asked for by name)."""
+    return select(get_settings().native_kernels, directory)
+
+
+@cache
+def select(name: str, directory: Path = SOURCE.parent) -> NativeKernels | None:
+    """The build called `name`, or with `auto` the best one built for this CPU.
 
     A mismatched library raises `abi.AbiMismatchError` rather than giving way to the next build: it
-    means stale builds or a struct edited on one side, which every build of the same sources shares."""
+    means stale builds or a struct edited on one side, which every build of the same sources shares.
+    A build asked for by name that is unknown here, not built, or not runnable on this CPU raises
+    `KernelSelectionError`: a benchmark of a forced build must never measure another."""
+    if name != AUTO:
+        return _named(name, directory)
     for variant in variants():
         if runnable(variant) and (kernels := load(variant, directory)) is not None:
             return kernels
     logger.warning("native kernels not built (make kernels); the int8 decoder runs in torch, slowly")
     return None
+
+
+def _named(name: str, directory: Path) -> NativeKernels:
+    builds = {variant.name: variant for variant in variants()}
+    if name not in builds:
+        raise KernelSelectionError(f"NATIVE_KERNELS={name!r}: this machine's builds are {', '.join(builds)}")
+    variant = builds[name]
+    if not runnable(variant):
+        missing = ", ".join(sorted(variant.cpu_flags - cpu_flags()))
+        raise KernelSelectionError(f"NATIVE_KERNELS={name!r}: this CPU lacks {missing}")
+    kernels = load(variant, directory)
+    if kernels is None:
+        raise KernelSelectionError(f"NATIVE_KERNELS={name!r}: not built (make kernels)")
+    return kernels
 
 
 def runnable(variant: Variant) -> bool:

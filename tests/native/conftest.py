@@ -6,9 +6,7 @@ import pytest
 
 from handler.native import build, runtime
 from handler.native.runtime import NativeKernels
-
-RUNNABLE = [variant for variant in build.variants() if runtime.runnable(variant)]
-"""The builds this CPU runs, best first; the plain-C reference is always among them."""
+from tests.support.native_builds import RUNNABLE
 
 
 @pytest.fixture(scope="session")

@@ -2,16 +2,20 @@
 is given."""
 
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from handler.native import build, packing, runtime
 from handler.native.build import PLAIN
 from handler.native.packing import Int8Linear
-from handler.native.runtime import NativeKernels, NativeRun
+from handler.native.runtime import KernelSelectionError, NativeKernels, NativeRun
+from handler.settings import Settings, get_settings
+from tests.support.native_builds import RUNNABLE
 from tests.support.native_layers import fold, random_layer, without_cross_biases
 
 
@@ -75,3 +79,57 @@ def test_heads_the_cache_layout_cannot_hold_are_refused(reference: NativeKernels
             rows=2, cond_rows=1, capacity=4,
             cross_k=[torch.zeros(1, 1, 2, head_dim)], cross_v=[torch.zeros(1, 1, 2, head_dim)], cross_mask=None,
         )  # fmt: skip
+
+
+@pytest.fixture
+def forced_kernels(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
+    """Sets NATIVE_KERNELS for the process's settings; the settings are read afresh after."""
+
+    def force(name: str) -> None:
+        monkeypatch.setenv("NATIVE_KERNELS", name)
+        get_settings.cache_clear()
+
+    yield force
+    monkeypatch.undo()
+    get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("name", [variant.name for variant in RUNNABLE])
+def test_native_kernels_names_the_build_that_serves(
+    build_directory: Path, forced_kernels: Callable[[str], None], name: str
+) -> None:
+    forced_kernels(name)
+    kernels = runtime.best(build_directory)
+    assert kernels is not None
+    assert kernels.variant.name == name
+
+
+def test_a_build_unknown_here_is_an_error_not_another_build(
+    build_directory: Path, forced_kernels: Callable[[str], None]
+) -> None:
+    forced_kernels("sve2")
+    with pytest.raises(KernelSelectionError, match="this machine's builds are"):
+        runtime.best(build_directory)
+
+
+def test_a_build_this_cpu_cannot_run_is_an_error(
+    build_directory: Path, tmp_path: Path, forced_kernels: Callable[[str], None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tuned = next(variant for variant in build.variants() if variant.cpu_flags)
+    shutil.copytree(build_directory, tmp_path, dirs_exist_ok=True)  # not the directory loaded before
+    monkeypatch.setattr(runtime, "cpu_flags", frozenset)
+    forced_kernels(tuned.name)
+    with pytest.raises(KernelSelectionError, match="this CPU lacks"):
+        runtime.best(tmp_path)
+
+
+def test_a_build_not_built_is_an_error(tmp_path: Path, forced_kernels: Callable[[str], None]) -> None:
+    forced_kernels(PLAIN.name)
+    with pytest.raises(KernelSelectionError, match="not built"):
+        runtime.best(tmp_path)
+
+
+@pytest.mark.parametrize("value", ["AVX2", "avx2; rm -rf /", ""])
+def test_native_kernels_takes_only_a_build_name(value: str) -> None:
+    with pytest.raises(ValidationError):
+        Settings(native_kernels=value)
