@@ -215,6 +215,24 @@ def measure_engine(directory: Path, seconds: int, precision: str, long_seconds: 
     return result
 
 
+def measure_build(directory: Path, seconds: int, precision: str, build: str) -> dict[str, Any]:
+    """One build of the native kernels, forced with NATIVE_KERNELS in this process: ms per decode
+    step of a warm clip, beside the memory-bound floor measured just after."""
+    os.environ["NATIVE_KERNELS"] = build
+    from handler.generation import GenerationParams
+    from handler.musicgen.generator import DECODE_SHARE, MusicgenGenerator
+    from handler.native import runtime
+
+    native = runtime.best()
+    assert native is not None
+    assert native.variant.name == build
+    generator = MusicgenGenerator(str(directory), precision)  # type: ignore[arg-type]
+    generator.generate(GenerationParams(PROMPT, 1, 3.0, 1.0, seed=0))  # loads, and pays the one-off costs
+    stamps, on_step = step_timer(steps_for(seconds) / DECODE_SHARE)
+    generator.generate(GenerationParams(PROMPT, seconds, 3.0, 1.0, seed=0), on_progress=on_step)
+    return {"ms_per_step": ms_per_step(stamps[:-1])} | memory_floor(directory, precision, steps_for(seconds))
+
+
 def memory_floor(directory: Path, precision: str, steps: int) -> dict[str, Any]:
     """The fastest a memory-bound step could be here: the bytes each step reads (weights and KV
     cache, averaged over the clip) at the bandwidth a plain streaming read gets, measured now."""
@@ -459,7 +477,15 @@ MEASUREMENTS: dict[str, Callable[..., dict[str, Any]]] = {
     "baseline": measure_baseline,
     "engine": measure_engine,
     "quality": measure_quality,
+    "build": measure_build,
 }
+
+
+def runnable_builds() -> list[str]:
+    """The builds of the native kernels this CPU runs, best first."""
+    from handler.native import build, runtime
+
+    return [variant.name for variant in build.variants() if runtime.runnable(variant)]
 
 
 def run_isolated(name: str, **options: Any) -> dict[str, Any]:
@@ -538,6 +564,14 @@ def table(report: dict[str, Any]) -> str:
     width = [max(len(row[i]) for row in rows) for i in range(len(columns))]
     lines = [" | ".join(cell.ljust(width[i]) for i, cell in enumerate(row)) for row in rows]
     lines.insert(1, "-+-".join("-" * w for w in width))
+    for precision, builds in report.get("builds", {}).items():
+        lines.append("")
+        for name, figures in builds.items():
+            lines.append(
+                f"{precision}, NATIVE_KERNELS={name}: {figures['ms_per_step']:.1f} ms per step, warm"
+                f" (floor {figures['floor_ms_per_step']:.1f} ms: {figures['step_mb']:.0f} MB"
+                f" at {figures['stream_gbs']:.1f} GB/s)"
+            )
     if quality := report.get("quality"):
         lines.append("")
         for precision in report["engines"]:
@@ -587,6 +621,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "engine", directory=directory, seconds=seconds, precision=precision, long_seconds=long_seconds
         )
         report["http"][precision] = measure_http(directory, seconds, precision)
+    report["builds"] = {
+        precision: {
+            variant: run_isolated("build", directory=directory, seconds=seconds, precision=precision, build=variant)
+            for variant in runnable_builds()
+        }
+        for precision in args.precisions
+        if precision in QUANTIZED
+    }
     report["plain_directory"] = {
         precision: measure_plain_directory(directory, seconds, long_seconds, precision)
         for precision in args.precisions

@@ -7,6 +7,7 @@ import pytest
 
 from benchmarks.speed import main
 from handler.native import runtime
+from tests.support.native_builds import RUNNABLE
 
 
 def test_smoke_benchmark_measures_baseline_engine_http_and_quality(
@@ -43,11 +44,15 @@ def test_smoke_benchmark_measures_baseline_engine_http_and_quality(
         for start in (plain["first_start"], plain["later_start"]):
             assert start["ready_s"] > start["loaded_s"] > 0
             assert start["peak_rss_mb"] >= start["peak_rss_mb_ready"] > 0
+        builds = report["builds"][precision]
+        assert list(builds) == [variant.name for variant in RUNNABLE]  # every build this CPU runs, best first
+        assert all(figures["ms_per_step"] > 0 and figures["floor_ms_per_step"] > 0 for figures in builds.values())
     assert report["machine"]["cpu"]
     printed = capsys.readouterr().out
     assert "ms per decode step" in printed
     assert "real-time factor" in printed
     assert "memory-bound floor" in printed
     assert "ours (int4" in printed
+    assert "int8, NATIVE_KERNELS=plain:" in printed
     assert "int4 vs fp32 next-token KL" in printed
     assert "from a plain directory: first start (bakes)" in printed
