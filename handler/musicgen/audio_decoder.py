@@ -4,8 +4,8 @@
 ``EncodecModel`` into small modules of this file; ``decode`` then reproduces
 ``EncodecModel.decode(codes, audio_scales=[None] * batch).audio_values`` bit for bit (same ops in the
 same order) for unchunked, mono configs such as MusicGen's 32 kHz codec. The built object holds only
-torch and this module's classes, so it can be pickled into an artifact and loaded where transformers
-is never imported.
+torch and this module's classes, so an artifact can describe it (``handler.musicgen.module_tree``)
+and rebuild it where transformers is never imported.
 """
 
 from __future__ import annotations

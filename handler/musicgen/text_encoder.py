@@ -2,7 +2,8 @@
 
 Serving imports this instead of ``transformers`` (whose import alone costs seconds of cold start).
 ``T5TextEncoder.from_transformers`` converts a loaded ``T5EncoderModel`` once, at bake time; the result
-pickles with ``torch.save`` and loads in a process that never imports ``transformers``.
+is saved in an artifact (``handler.musicgen.module_tree``: JSON and safetensors) and rebuilt in a process
+that never imports ``transformers``.
 
 Exactness notes (transformers 5.x, ``modeling_t5.py`` and ``integrations/sdpa_attention.py``):
 
