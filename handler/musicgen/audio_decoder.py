@@ -11,6 +11,7 @@ and rebuild it where transformers is never imported.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -195,6 +196,9 @@ class TrimmedConvTranspose1d(nn.Module):
 class SkipLSTM(nn.Module):
     """LSTM over (batch, channels, time) with a skip connection (transformers' ``EncodecLSTM``)."""
 
+    recurrence: Callable[[torch.Tensor], torch.Tensor] | None = None
+    """What runs ``lstm(x)[0]`` instead of torch once serving (``handler.native.lstm.NativeLSTM``)."""
+
     def __init__(self, lstm: nn.LSTM) -> None:
         super().__init__()
         self.lstm = lstm
@@ -222,7 +226,8 @@ class SkipLSTM(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """LSTM over time plus its input, back in convolutional layout."""
         hidden = hidden.permute(2, 0, 1)
-        hidden = self.lstm(hidden)[0] + hidden
+        recurrent = self.lstm(hidden)[0] if self.recurrence is None else self.recurrence(hidden)
+        hidden = recurrent + hidden
         return hidden.permute(1, 2, 0)
 
 

@@ -38,13 +38,14 @@ from torch import nn
 
 from handler.allocator import keep_freed_memory
 from handler.cpu import cpu_has_bf16, cpu_quota_threads
-from handler.musicgen.audio_decoder import EncodecAudioDecoder
+from handler.musicgen.audio_decoder import EncodecAudioDecoder, SkipLSTM
 from handler.musicgen.config import ModelConfig
 from handler.musicgen.decoder_layer import DecoderLayer, convert_linears, fuse_linears
 from handler.musicgen.kernel_linear import quantize_linears
 from handler.musicgen.pattern import codes_from_sequence, delay_forced
 from handler.musicgen.text_encoder import T5TextEncoder
 from handler.native import packing, runtime
+from handler.native.lstm import NativeLSTM
 from handler.native.packing import FoldedCrossAttention, Int4Linear, Int8Linear
 from handler.native.runtime import NativeGeneration, NativeRun
 from handler.settings import QUANTIZED, Precision
@@ -233,9 +234,19 @@ class MusicgenModel:
             self.gather_step_weights()
         if self.precision != "fp32":
             self.audio_decoder.prepare_to_serve(torch.bfloat16 if cpu_has_bf16() else torch.float32)
+            self._run_lstms_natively()
         if self.native:
             # Unpacked once (bf16, ~100 MB for musicgen-small): a request folds them into its text.
             self._cross_projections = [(q.bfloat16(), o.bfloat16()) for q, o in self._unpacked_cross_projections()]
+
+    def _run_lstms_natively(self) -> None:
+        """EnCodec's LSTM recurrence in the native kernel, where one is built."""
+        kernels = runtime.best()
+        if kernels is None:
+            return
+        for module in self.audio_decoder.modules():
+            if isinstance(module, SkipLSTM) and NativeLSTM.supports(module.lstm):
+                module.recurrence = NativeLSTM(module.lstm, kernels)
 
     def parts(self) -> dict[str, nn.Module | None]:
         """The model's modules by name (what an artifact describes)."""

@@ -145,10 +145,12 @@ static void linear(const srm_decoder *m, const srm_linear *lin, int64_t rows, fl
             float y[SRM_MAX_ROWS][SRM_BLOCK_N4];
             const uint8_t *w = (const uint8_t *)lin->weight + nb * lin->k / 2;
             const uint16_t *group_scale = lin->group_scale + nb * (lin->k / SRM_BLOCK_K);
-            /* Two rows (one prompt with guidance) is the common case: with `rows` a constant the
-             * accumulators stay in registers. */
+            /* Two rows (one prompt with guidance) and one (folded cross-attention, the LSTM) are
+             * the common cases: with `rows` a constant the accumulators stay in registers. */
             if (rows == 2)
                 dot_block4(w, group_scale, m->quant, m->quant_sum, m->in_stride, sum_stride, 2, lin->k, y);
+            else if (rows == 1)
+                dot_block4(w, group_scale, m->quant, m->quant_sum, m->in_stride, sum_stride, 1, lin->k, y);
             else
                 dot_block4(w, group_scale, m->quant, m->quant_sum, m->in_stride, sum_stride, rows, lin->k, y);
             const int64_t width = lin->out_features - nb < SRM_BLOCK_N4 ? lin->out_features - nb : SRM_BLOCK_N4;
@@ -168,6 +170,8 @@ static void linear(const srm_decoder *m, const srm_linear *lin, int64_t rows, fl
         int32_t acc[SRM_BLOCK_N][SRM_MAX_ROWS];
         if (rows == 2)
             dot_block(lin->weight + nb * lin->k, m->quant, m->in_stride, 2, lin->k, acc);
+        else if (rows == 1)
+            dot_block(lin->weight + nb * lin->k, m->quant, m->in_stride, 1, lin->k, acc);
         else
             dot_block(lin->weight + nb * lin->k, m->quant, m->in_stride, rows, lin->k, acc);
         for (int i = 0; i < SRM_BLOCK_N && nb + i < lin->out_features; i++) {
@@ -385,6 +389,47 @@ void srm_decoder_step(const srm_decoder *m, float *x, int64_t pos) {
 void srm_linear_forward(const srm_decoder *m, const srm_linear *lin, int64_t rows, float *out, int64_t out_stride) {
 #pragma omp parallel num_threads(m->threads)
     linear(m, lin, rows, out, out_stride, 0);
+}
+
+/* ---------------------------------------------------------------- EnCodec's LSTM */
+
+static inline float sigmoid(float x) { return 1.0f / (1.0f + fast_exp(-x)); }
+
+static inline float tanh_fast(float x) { return 1.0f - 2.0f / (fast_exp(2.0f * x) + 1.0f); }
+
+/* One LSTM layer (torch's gate order: input, forget, cell, output) over `steps` time steps of one
+ * sequence from zero state. gates_in (steps, 4 hidden) holds each step's input product plus both
+ * biases: one matrix product for all steps, done by the caller. The recurrent product is the
+ * int8 `w_hh` (4 hidden, hidden) with the previous h quantised to int8, as in the decoder step:
+ * a quarter of float32's bytes, which every step streams (16 MB a step for EnCodec 32 kHz's
+ * float32 layer). Writes h (steps, hidden). Scratch from m: quant, row_scale, quant_sum (hidden),
+ * wide (4 hidden) and normed (hidden: the cell state). */
+void srm_lstm(const srm_decoder *m, const srm_linear *w_hh, const float *gates_in, int64_t steps, float *h_out) {
+    const int64_t hidden = w_hh->in_features;
+    float *cell = m->normed, *recurrent = m->wide;
+#pragma omp parallel num_threads(m->threads)
+    {
+#pragma omp for schedule(static)
+        for (int64_t j = 0; j < 4 * hidden; j++) recurrent[j] = 0.0f; /* h = 0 before the first step */
+        for (int64_t t = 0; t < steps; t++) {
+            if (t > 0) {
+#pragma omp single
+                quantize_input(m, h_out + (t - 1) * hidden, hidden, 0);
+                linear(m, w_hh, 1, recurrent, 4 * hidden, 0);
+            }
+            const float *in = gates_in + t * 4 * hidden;
+#pragma omp for schedule(static)
+            for (int64_t j = 0; j < hidden; j++) {
+                const float input = sigmoid(in[j] + recurrent[j]);
+                const float forget = sigmoid(in[hidden + j] + recurrent[hidden + j]);
+                const float candidate = tanh_fast(in[2 * hidden + j] + recurrent[2 * hidden + j]);
+                const float output = sigmoid(in[3 * hidden + j] + recurrent[3 * hidden + j]);
+                const float c = (t > 0 ? forget * cell[j] : 0.0f) + input * candidate;
+                cell[j] = c;
+                h_out[t * hidden + j] = output * tanh_fast(c);
+            }
+        }
+    }
 }
 
 /* ---------------------------------------------------------------- sampling */

@@ -23,6 +23,7 @@ from handler.native.packing import (
     MAX_ROWS,
     FoldedCrossAttention,
     Int4Linear,
+    Int8Linear,
     LayerWeights,
     PackedLinear,
     quantize_rows,
@@ -75,6 +76,9 @@ class NativeKernels:
             ctypes.c_int64,
             ctypes.c_int64,
         ]
+        self._lstm = library.srm_lstm
+        self._lstm.restype = None
+        self._lstm.argtypes = [ctypes.POINTER(Decoder), ctypes.POINTER(Linear), Pointer, ctypes.c_int64, Pointer]
         self._linear = library.srm_linear_forward
         self._linear.restype = None
         self._linear.argtypes = [
@@ -105,6 +109,30 @@ class NativeKernels:
             )
             self._linear(ctypes.byref(holder), ctypes.byref(_linear_struct(lin)), rows, out[start].data_ptr(), n)
         return out[:, : lin.out_features]
+
+    def lstm_layer(self, w_hh: Int8Linear, gates_in: torch.Tensor) -> torch.Tensor:
+        """One LSTM layer's recurrence from zero state (`srm_lstm`): `gates_in` (steps, 4 hidden) is
+        each step's input product plus both biases; returns h (steps, hidden)."""
+        steps, hidden = int(gates_in.shape[0]), w_hh.in_features
+        n, k = w_hh.padded_shape
+        gates_in = gates_in.float().contiguous()
+        scratch = {
+            "quant": torch.zeros(k, dtype=torch.int8),
+            "row_scale": torch.zeros(1),
+            "quant_sum": torch.zeros(k // BLOCK_K, dtype=torch.int32),
+            "wide": torch.zeros(n),
+            "normed": torch.zeros(hidden),
+        }
+        holder = Decoder(
+            rows=1,
+            threads=torch.get_num_threads(),
+            in_stride=k,
+            out_stride=n,
+            **{name: tensor.data_ptr() for name, tensor in scratch.items()},
+        )
+        out = torch.empty((steps, hidden))
+        self._lstm(ctypes.byref(holder), ctypes.byref(_linear_struct(w_hh)), gates_in.data_ptr(), steps, out.data_ptr())
+        return out
 
     def generate(self, run: "NativeRun", generation: "NativeGeneration", first: int, last: int) -> None:
         """Decode steps `first` to `last` - 1 of `generation` on `run`, extending its sequence."""

@@ -124,5 +124,6 @@ void srm_decoder_step(const srm_decoder *m, float *x, int64_t pos);
 void srm_linear_forward(const srm_decoder *m, const srm_linear *lin, int64_t rows, float *out, int64_t out_stride);
 void srm_generate(const srm_decoder *m, const srm_generation *g, float *x, int64_t first, int64_t last);
 void srm_sample(const srm_decoder *m, const srm_generation *g, const float *uniforms);
+void srm_lstm(const srm_decoder *m, const srm_linear *w_hh, const float *gates_in, int64_t steps, float *h_out);
 
 #endif

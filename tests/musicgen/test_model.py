@@ -8,9 +8,11 @@ import torch
 from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
 from handler.cpu import cpu_has_bf16
+from handler.musicgen.audio_decoder import SkipLSTM
 from handler.musicgen.model import MusicgenModel
 from handler.musicgen.pattern import delay_forced
 from handler.native import packing, runtime
+from handler.native.lstm import NativeLSTM
 from handler.native.packing import Int4Linear, Int8Linear
 
 PROMPTS = ["80s pop track with bassy drums and synth", "lofi chill"]
@@ -140,6 +142,22 @@ def test_serving_decodes_encodec_in_bf16_only_where_the_cpu_has_bf16(tiny_model_
     engine.prepare_to_serve()
     bf16 = precision != "fp32" and cpu_has_bf16()
     assert engine.audio_decoder.compute_dtype == (torch.bfloat16 if bf16 else torch.float32)
+
+
+@pytest.mark.parametrize("precision", ["int8", "int4", "fp32"])
+def test_serving_runs_encodecs_lstm_natively_except_in_fp32(tiny_model_dir: Path, precision: Any) -> None:
+    model, _ = load(tiny_model_dir)
+    engine = MusicgenModel.from_transformers(model, precision=precision)
+    (lstm,) = [module for module in engine.audio_decoder.modules() if isinstance(module, SkipLSTM)]
+    codes = torch.randint(0, model.config.decoder.vocab_size, (1, 1, 4, 60), generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        before = engine.decode_audio(codes)
+    engine.prepare_to_serve()
+    assert isinstance(lstm.recurrence, NativeLSTM) == (precision != "fp32")
+    with torch.inference_mode():
+        after = engine.decode_audio(codes)
+    snr = 10 * torch.log10(before.pow(2).sum() / (after - before).pow(2).sum())
+    assert snr > (30 if precision != "fp32" else 200)  # bf16 EnCodec where the CPU has it, and the int8 LSTM
 
 
 def test_step_bytes_count_the_streamed_weights_and_the_cache_written_so_far(tiny_model_dir: Path) -> None:

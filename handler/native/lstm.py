@@ -1,0 +1,44 @@
+"""An `nn.LSTM` run by the native kernel (`srm_lstm`): EnCodec's decoder has one, and its step
+streams the whole recurrent matrix (16 MB in float32 for the 32 kHz codec) once per frame, so in
+torch it took a third of a clip's audio decode."""
+
+import torch
+from torch import nn
+
+from handler.native.packing import Int8Linear
+from handler.native.runtime import NativeKernels
+
+
+class NativeLSTM:
+    """`lstm(x)[0]` for a unidirectional, time-major `lstm` without projections: the input products
+    of all steps in one torch matrix product per layer, the recurrence in `srm_lstm` with the
+    recurrent weights in int8 (one scale per gate row, the decoder's `int8` numerics)."""
+
+    def __init__(self, lstm: nn.LSTM, kernels: NativeKernels) -> None:
+        if not self.supports(lstm):
+            raise ValueError("only unidirectional, time-major LSTMs without projections run natively")
+        self.kernels = kernels
+        self.layers: list[tuple[torch.Tensor, torch.Tensor | None, Int8Linear]] = []
+        for index in range(lstm.num_layers):
+            weights = {name: getattr(lstm, f"{name}_l{index}").detach().float() for name in ("weight_ih", "weight_hh")}
+            bias = None
+            if lstm.bias:
+                bias = (getattr(lstm, f"bias_ih_l{index}") + getattr(lstm, f"bias_hh_l{index}")).detach().float()
+            self.layers.append((weights["weight_ih"].t().contiguous(), bias, Int8Linear(weights["weight_hh"], None)))
+
+    @staticmethod
+    def supports(lstm: nn.LSTM) -> bool:
+        """Whether `lstm` has the shape this class runs."""
+        return not lstm.bidirectional and not lstm.batch_first and lstm.proj_size == 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(time, batch, input) -> the last layer's h (time, batch, hidden), in x's dtype."""
+        hidden = x.float()
+        for input_weight, bias, recurrent in self.layers:
+            gates = torch.matmul(hidden, input_weight)
+            if bias is not None:
+                gates += bias
+            hidden = torch.stack(
+                [self.kernels.lstm_layer(recurrent, gates[:, b]) for b in range(int(gates.shape[1]))], dim=1
+            )
+        return hidden.to(x.dtype)

@@ -1,0 +1,68 @@
+"""EnCodec's LSTM in the native kernel (`srm_lstm` through `NativeLSTM`) against torch's `nn.LSTM`,
+on every build this CPU runs."""
+
+import pytest
+import torch
+from torch import nn
+
+from handler.native.lstm import NativeLSTM
+from handler.native.runtime import NativeKernels
+
+
+def snr_db(reference: torch.Tensor, got: torch.Tensor) -> float:
+    return float(10 * torch.log10(reference.pow(2).sum() / (got - reference).pow(2).sum()))
+
+
+@pytest.fixture
+def lstm() -> nn.LSTM:
+    torch.manual_seed(0)
+    return nn.LSTM(48, 64, num_layers=2).eval()
+
+
+def test_native_lstm_matches_torch(kernels: NativeKernels, lstm: nn.LSTM) -> None:
+    x = torch.randn(30, 2, 48)
+    with torch.inference_mode():
+        expected = lstm(x)[0]
+        got = NativeLSTM(lstm, kernels)(x)
+    assert got.shape == expected.shape == (30, 2, 64)
+    # int8 recurrent weights and h: the decoder's numerics, ~50 dB from float32 here
+    assert snr_db(expected, got) > 40
+    # each sequence of the batch on its own: the same as in the batch
+    with torch.inference_mode():
+        alone = NativeLSTM(lstm, kernels)(x[:, 1:])
+    torch.testing.assert_close(alone, got[:, 1:])
+
+
+def test_builds_agree_with_the_plain_reference(kernels: NativeKernels, reference: NativeKernels, lstm: nn.LSTM) -> None:
+    x = torch.randn(25, 1, 48)
+    with torch.inference_mode():
+        torch.testing.assert_close(NativeLSTM(lstm, kernels)(x), NativeLSTM(lstm, reference)(x), rtol=1e-4, atol=1e-5)
+
+
+def test_input_dtype_is_kept(kernels: NativeKernels, lstm: nn.LSTM) -> None:
+    x = torch.randn(10, 1, 48, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        got = NativeLSTM(lstm, kernels)(x)
+        expected = lstm(x.float())[0]
+    assert got.dtype == torch.bfloat16
+    assert snr_db(expected, got.float()) > 30  # bf16 rounding of the output on top
+
+
+def test_a_layer_without_biases(kernels: NativeKernels) -> None:
+    torch.manual_seed(1)
+    lstm = nn.LSTM(16, 64, bias=False).eval()
+    x = torch.randn(12, 1, 16)
+    with torch.inference_mode():
+        assert snr_db(lstm(x)[0], NativeLSTM(lstm, kernels)(x)) > 40
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"bidirectional": True}, {"batch_first": True}, {"proj_size": 8}],
+    ids=["bidirectional", "batch_first", "proj"],
+)
+def test_other_lstms_are_refused(kernels: NativeKernels, options: dict[str, object]) -> None:
+    lstm = nn.LSTM(16, 32, **options)  # type: ignore[arg-type]
+    assert not NativeLSTM.supports(lstm)
+    with pytest.raises(ValueError, match="unidirectional"):
+        NativeLSTM(lstm, kernels)
