@@ -147,6 +147,10 @@ class PaddedConv1d(nn.Module):
 class TrimmedConvTranspose1d(nn.Module):
     """ConvTranspose1d trimmed of its fixed padding (transformers' ``EncodecConvTranspose1d``)."""
 
+    phase_weight: torch.Tensor | None = None
+    """The same upsampling as a two-tap convolution once serving (see ``convolve_by_phase``)."""
+    phase_bias: torch.Tensor | None = None
+
     def __init__(self, conv: nn.ConvTranspose1d, causal: bool, trim_right_ratio: float) -> None:
         super().__init__()
         self.conv = conv
@@ -185,8 +189,33 @@ class TrimmedConvTranspose1d(nn.Module):
             conv.padding, conv.output_padding = (self.trim_left,), (shift,)
             self.trim_left = self.trim_right = 0
 
+    def convolve_by_phase(self) -> bool:
+        """Compute the upsampling as a plain convolution: with a kernel twice the stride s, output
+        sample u s + p is input u times tap p plus input u - 1 times tap p + s, so a two-tap
+        convolution to s times the channels, interleaved, gives every output (oneDNN's transposed
+        convolution took up to twice as long on CPU). Only for that shape; False otherwise."""
+        conv = self.conv
+        stride, kernel = int(conv.stride[0]), int(conv.kernel_size[0])
+        plain = (conv.padding[0], conv.output_padding[0], conv.dilation[0], conv.groups) == (0, 0, 1, 1)
+        if kernel != 2 * stride or not plain:
+            return False
+        weight = conv.weight.detach()  # (in, out, kernel)
+        taps = torch.stack([weight[:, :, stride:], weight[:, :, :stride]], dim=-1)  # tap 0 reads input u - 1
+        self.phase_weight = taps.permute(1, 2, 0, 3).reshape(-1, weight.shape[0], 2).contiguous()
+        self.phase_bias = None if conv.bias is None else conv.bias.detach().repeat_interleave(stride)
+        return True
+
+    def _forward_by_phase(self, hidden: torch.Tensor, phase_weight: torch.Tensor) -> torch.Tensor:
+        stride = int(self.conv.stride[0])
+        phases = F.conv1d(hidden, phase_weight, self.phase_bias, padding=1)  # (batch, out * stride, length + 1)
+        batch, _, positions = phases.shape
+        out = phases.view(batch, -1, stride, positions).transpose(2, 3).reshape(batch, -1, positions * stride)
+        return out[..., self.trim_left : out.shape[-1] - self.trim_right]
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """Upsample, then trim."""
+        if self.phase_weight is not None:
+            return self._forward_by_phase(hidden, self.phase_weight)
         out: torch.Tensor = self.conv(hidden)
         if self.trim_left == self.trim_right == 0:
             return out
@@ -371,7 +400,8 @@ class EncodecAudioDecoder(nn.Module):
         `dtype`: bfloat16 halves the decode time on CPUs with bf16 dot products, about 40-45 dB
         from float32 (musicgen-small's shape, random weights); the output layers stay float32,
         which in bf16 cost as much and round the samples themselves. Convolutions pad and trim
-        inside oneDNN instead of copying their inputs and outputs, and ELUs whose input nothing
+        inside oneDNN instead of copying their inputs and outputs, transposed ones become plain
+        convolutions (``TrimmedConvTranspose1d.convolve_by_phase``), and ELUs whose input nothing
         else reads work in place. Not undone: a decoder prepared to serve is never saved.
         """
         self.frame_layers.to(dtype)
@@ -380,7 +410,7 @@ class EncodecAudioDecoder(nn.Module):
         for module in self.modules():
             if isinstance(module, PaddedConv1d):
                 module.pad_in_convolution()
-            elif isinstance(module, TrimmedConvTranspose1d):
+            elif isinstance(module, TrimmedConvTranspose1d) and not module.convolve_by_phase():
                 module.trim_in_convolution()
             elif isinstance(module, nn.Sequential):
                 # A layer's input past the first is the previous layer's fresh output.

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import EncodecConfig, EncodecModel, MusicgenForConditionalGeneration
 
-from handler.musicgen.audio_decoder import EncodecAudioDecoder, PaddedConv1d
+from handler.musicgen.audio_decoder import EncodecAudioDecoder, PaddedConv1d, TrimmedConvTranspose1d
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -154,6 +154,9 @@ def test_serving_in_float32_matches_transformers_up_to_rounding(overrides: dict[
     decoder.prepare_to_serve(torch.float32)
     convolutions = [m for m in decoder.modules() if isinstance(m, PaddedConv1d)]
     assert any(conv.pads_in_convolution for conv in convolutions) != codec.config.use_causal_conv
+    upsamplers = [m for m in decoder.modules() if isinstance(m, TrimmedConvTranspose1d)]
+    assert upsamplers
+    assert all(m.phase_weight is not None for m in upsamplers)  # EnCodec's kernels are twice the stride
     codes = random_codes(codec, batch=2, frames=frames)
     expected = reference(codec, codes)
     torch.testing.assert_close(ours(decoder, codes), expected, rtol=0, atol=1e-5 * float(expected.abs().max()))
