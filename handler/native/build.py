@@ -68,6 +68,12 @@ def openmp_runtime() -> Path | None:
     return bundled[0] if bundled else None
 
 
+COMMON_FLAGS = ("-fopenmp", "-fPIC", "-fno-trapping-math")
+"""Every build's. Without -fno-trapping-math gcc won't turn the clamps and sign choices of exp and
+GELU into vector selects (they could raise floating-point exceptions nothing here reads), and
+leaves softmax and GELU scalar."""
+
+
 def build_commands(
     variant: Variant, output: Path, compiler: str = "cc", openmp: Sequence[str] | None = None
 ) -> list[list[str]]:
@@ -79,7 +85,7 @@ def build_commands(
         runtime = openmp_runtime()
         openmp = [str(runtime)] if runtime else ["-fopenmp"]
     return [
-        [compiler, "-O3", *variant.flags, "-fopenmp", "-fPIC", "-c", str(SOURCE), "-o", str(obj)],
+        [compiler, "-O3", *variant.flags, *COMMON_FLAGS, "-c", str(SOURCE), "-o", str(obj)],
         [compiler, "-shared", str(obj), "-o", str(output), *openmp, "-lm"],
     ]
 
