@@ -122,7 +122,7 @@ class LibraryAbi:
 
     library: str
     dots: str
-    """The dot kernels compiled in: "plain", "avx2", "avx512vnni", "neon" or "neon_dotprod"."""
+    """The dot kernels compiled in: "plain", "avx2", "avx512vnni", "neon", "neon_dotprod" or "neon_i8mm"."""
     layout: Mapping[str, tuple[int, int]]
     """(offset, size) by "struct" (offset 0, the struct's size) and "struct.field"."""
     constants: Mapping[str, int]

@@ -24,8 +24,8 @@ class Variant:
     flags: tuple[str, ...]
     cpu_flags: frozenset[str]
     dots: str = "plain"
-    """The dot kernels `flags` select (dots_<dots>.h; dots_neon.h's sdot build reports "neon_dotprod");
-    the library reports them (see abi.check)."""
+    """The dot kernels `flags` select (dots_<dots>.h; dots_neon.h's sdot and smmla builds report
+    "neon_dotprod" and "neon_i8mm"); the library reports them (see abi.check)."""
 
     def path(self, directory: Path = SOURCE.parent) -> Path:
         return directory / f"libsrm_kernels_{self.name}.so"
@@ -48,9 +48,11 @@ _TUNED = {
         ),
         Variant("avx2", ("-march=x86-64-v3",), frozenset({"avx2", "fma"}), "avx2"),
     ),
-    # dots_neon.h: sdot with ARMv8.2's dot-product extension (Graviton2 and later), else NEON's
-    # widening multiplies (every ARMv8 CPU).
+    # dots_neon.h: smmla for pairs of rows with the int8 matrix multiply (Graviton3 and later; it
+    # keeps sdot for the rest), sdot with ARMv8.2's dot-product extension (Graviton2 and later), else
+    # NEON's widening multiplies (every ARMv8 CPU).
     "aarch64": (
+        Variant("neon_i8mm", ("-march=armv8.2-a+dotprod+i8mm",), frozenset({"asimddp", "i8mm"}), "neon_i8mm"),
         Variant("neon_dotprod", ("-march=armv8.2-a+dotprod",), frozenset({"asimddp"}), "neon_dotprod"),
         Variant("neon", ("-march=armv8-a",), frozenset(), "neon"),
     ),

@@ -21,7 +21,7 @@ def test_every_runnable_variant_builds_and_loads(builds: dict[str, NativeKernels
     ("machine", "names"),
     [
         ("x86_64", ["avx512vnni", "avx2", "plain"]),
-        ("aarch64", ["neon_dotprod", "neon", "plain"]),
+        ("aarch64", ["neon_i8mm", "neon_dotprod", "neon", "plain"]),
         ("riscv64", ["plain"]),
     ],
 )

@@ -4,17 +4,19 @@ is given."""
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from pydantic import ValidationError
 from torch import nn
 
+from handler.cpu import cpu_flags
 from handler.native import build, packing, runtime
 from handler.native.build import PLAIN
 from handler.native.packing import Int8Linear
 from handler.native.runtime import KernelSelectionError, NativeKernels, NativeRun
-from handler.settings import Settings, get_settings
+from handler.settings import AUTO, Settings, get_settings
 from tests.support.native_builds import RUNNABLE
 from tests.support.native_layers import fold, random_layer, without_cross_biases
 
@@ -35,6 +37,41 @@ def test_without_the_instructions_for_a_tuned_build_the_plain_reference_is_loade
     kernels = runtime.best(tmp_path)
     assert kernels is not None
     assert kernels.variant == PLAIN
+
+
+GRAVITON2_FEATURES = (
+    "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp ssbs"
+)
+GRAVITON3_FEATURES = (
+    "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm jscvt fcma lrcpc dcpop sha3"
+    " sm3 sm4 asimddp sha512 sve asimdfhm dit uscat ilrcpc flagm ssbs paca pacg dcpodp svei8mm svebf16 i8mm bf16"
+    " dgh rng"
+)
+"""/proc/cpuinfo's Features on Graviton2 (Neoverse N1: dotprod, no i8mm) and Graviton3 (Neoverse V1)."""
+
+
+@pytest.mark.parametrize(
+    ("features", "expected"),
+    [
+        (GRAVITON3_FEATURES, "neon_i8mm"),
+        (GRAVITON2_FEATURES, "neon_dotprod"),
+        ("fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid", "neon"),  # Graviton1 (Cortex-A72)
+    ],
+    ids=["graviton3", "graviton2", "graviton1"],
+)
+def test_auto_on_arm64_picks_the_best_build_its_features_admit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, features: str, expected: str
+) -> None:
+    """The arm64 builds' selection, from an arm64 /proc/cpuinfo through cpu_flags. They can't load
+    here, so a stand-in loads each; qemu runs them (test_arm64.py)."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nFeatures\t: {features}\nCPU implementer\t: 0x41\n")
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: cpu_flags(cpuinfo))
+    monkeypatch.setattr(runtime, "variants", lambda: build.variants("aarch64"))
+    monkeypatch.setattr(runtime, "load", lambda variant, directory: SimpleNamespace(variant=variant))
+    kernels = runtime.select(AUTO, tmp_path)
+    assert kernels is not None
+    assert kernels.variant.name == expected
 
 
 def test_a_tuned_build_not_built_gives_way_to_the_next(build_directory: Path, tmp_path: Path) -> None:
