@@ -233,6 +233,40 @@ def measure_build(directory: Path, seconds: int, precision: str, build: str) -> 
     return {"ms_per_step": ms_per_step(stamps[:-1])} | memory_floor(directory, precision, steps_for(seconds))
 
 
+def measure_encodec(directory: Path, seconds: int) -> dict[str, Any]:
+    """EnCodec's decode of `seconds` of random codes as served (best of three), in each dtype this
+    CPU can serve it in: float32 is what a CPU without bf16 gets, so a bf16 machine measures both.
+    Also float32 with torch's LSTM, as before the native recurrence."""
+    import torch
+
+    from handler.cpu import cpu_has_bf16
+    from handler.musicgen.artifact import artifact_dir_name, load_artifact
+    from handler.musicgen.generator import on_engine_thread
+
+    dtypes = [torch.float32, torch.bfloat16] if cpu_has_bf16() else [torch.float32]
+    frames = 50 * seconds
+    codes = torch.randint(0, 2048, (1, 1, 4, frames), generator=torch.Generator().manual_seed(0))
+    result: dict[str, Any] = {}
+    for dtype, native_lstm in [*((dtype, True) for dtype in dtypes), (torch.float32, False)]:
+        model = load_artifact(Path(directory) / artifact_dir_name("int8")).model
+        model.audio_decoder.prepare_to_serve(dtype)  # as MusicgenModel.prepare_to_serve, in this dtype
+        if native_lstm:
+            model.run_lstms_natively()
+
+        def best_of_three(model: Any = model) -> float:
+            times = []
+            with torch.inference_mode():
+                for _ in range(3):
+                    started = time.perf_counter()
+                    model.decode_audio(codes)
+                    times.append(time.perf_counter() - started)
+            return min(times)
+
+        name = str(dtype).removeprefix("torch.") + ("" if native_lstm else ", torch LSTM")
+        result[name] = on_engine_thread(best_of_three)
+    return {"seconds": seconds, "decode_s": result}
+
+
 def memory_floor(directory: Path, precision: str, steps: int) -> dict[str, Any]:
     """The fastest a memory-bound step could be here: the bytes each step reads (weights and KV
     cache, averaged over the clip) at the bandwidth a plain streaming read gets, measured now."""
@@ -478,6 +512,7 @@ MEASUREMENTS: dict[str, Callable[..., dict[str, Any]]] = {
     "engine": measure_engine,
     "quality": measure_quality,
     "build": measure_build,
+    "encodec": measure_encodec,
 }
 
 
@@ -572,6 +607,10 @@ def table(report: dict[str, Any]) -> str:
                 f" (floor {figures['floor_ms_per_step']:.1f} ms: {figures['step_mb']:.0f} MB"
                 f" at {figures['stream_gbs']:.1f} GB/s)"
             )
+    if encodec := report.get("encodec"):
+        lines.append("")
+        decoded = ", ".join(f"{name} {value:.2f} s" for name, value in encodec["decode_s"].items())
+        lines.append(f"EnCodec decode of {encodec['seconds']} s as served (best of 3): {decoded}")
     if quality := report.get("quality"):
         lines.append("")
         for precision in report["engines"]:
@@ -629,6 +668,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for precision in args.precisions
         if precision in QUANTIZED
     }
+    report["encodec"] = run_isolated("encodec", directory=directory, seconds=seconds)
     report["plain_directory"] = {
         precision: measure_plain_directory(directory, seconds, long_seconds, precision)
         for precision in args.precisions

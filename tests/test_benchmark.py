@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.speed import main
+from handler.cpu import cpu_has_bf16
 from handler.native import runtime
 from tests.support.native_builds import RUNNABLE
 
@@ -47,8 +48,12 @@ def test_smoke_benchmark_measures_baseline_engine_http_and_quality(
         builds = report["builds"][precision]
         assert list(builds) == [variant.name for variant in RUNNABLE]  # every build this CPU runs, best first
         assert all(figures["ms_per_step"] > 0 and figures["floor_ms_per_step"] > 0 for figures in builds.values())
+    decoded = report["encodec"]["decode_s"]
+    assert set(decoded) == ({"float32", "bfloat16"} if cpu_has_bf16() else {"float32"}) | {"float32, torch LSTM"}
+    assert all(seconds > 0 for seconds in decoded.values())
     assert report["machine"]["cpu"]
     printed = capsys.readouterr().out
+    assert "EnCodec decode of 1 s as served (best of 3): float32" in printed
     assert "ms per decode step" in printed
     assert "real-time factor" in printed
     assert "memory-bound floor" in printed

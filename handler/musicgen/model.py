@@ -234,12 +234,12 @@ class MusicgenModel:
             self.gather_step_weights()
         if self.precision != "fp32":
             self.audio_decoder.prepare_to_serve(torch.bfloat16 if cpu_has_bf16() else torch.float32)
-            self._run_lstms_natively()
+            self.run_lstms_natively()
         if self.native:
             # Unpacked once (bf16, ~100 MB for musicgen-small): a request folds them into its text.
             self._cross_projections = [(q.bfloat16(), o.bfloat16()) for q, o in self._unpacked_cross_projections()]
 
-    def _run_lstms_natively(self) -> None:
+    def run_lstms_natively(self) -> None:
         """EnCodec's LSTM recurrence in the native kernel, where one is built."""
         kernels = runtime.best()
         if kernels is None:
