@@ -410,8 +410,10 @@ class EncodecAudioDecoder(nn.Module):
         for module in self.modules():
             if isinstance(module, PaddedConv1d):
                 module.pad_in_convolution()
-            elif isinstance(module, TrimmedConvTranspose1d) and not module.convolve_by_phase():
-                module.trim_in_convolution()
+            elif isinstance(module, TrimmedConvTranspose1d):
+                # by phase in float32 only: in bfloat16 oneDNN's own transposed convolution was faster
+                if dtype != torch.float32 or not module.convolve_by_phase():
+                    module.trim_in_convolution()
             elif isinstance(module, nn.Sequential):
                 # A layer's input past the first is the previous layer's fresh output.
                 for layer in list(module)[1:]:
