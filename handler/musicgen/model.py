@@ -15,8 +15,13 @@ loaders and the bake use; transformers is imported only there):
 * the codebook delay pattern is ``handler.musicgen.pattern``'s (transformers'
   ``build_delay_pattern_mask``);
 * sampling is CFG -> temperature -> top-k -> softmax -> draw from a ``torch.Generator`` seeded with
-  an integer (same seed => same codes; the native loop draws its uniforms once a request);
+  an integer (same seed => same codes; the native loop draws its uniforms once a window);
   ``temperature == 0`` is greedy argmax;
+* several takes of one prompt decode as one batch (their rows read the weights once a step), take
+  ``j`` drawing from its own generator seeded ``seed + j``;
+* clips longer than one window (``handler.musicgen.windows``) are made window after window, each
+  continuing the codes of the previous one's overlap: that prompt is prefilled into the caches in
+  batched products, all its positions at once, then decoding carries on from its end;
 * ``"int8"`` (default) and ``"int4"`` decoders run each step in ``handler.native``'s kernel (ten steps
   a call, sampling included); where no library is built the same products run in torch.
   ``"bf16"`` casts the decoder to bfloat16, ``"fp32"`` keeps it exact (greedy codes match
@@ -44,6 +49,7 @@ from handler.musicgen.decoder_layer import DecoderLayer, convert_linears, fuse_l
 from handler.musicgen.kernel_linear import quantize_linears
 from handler.musicgen.pattern import codes_from_sequence, delay_forced
 from handler.musicgen.text_encoder import T5TextEncoder
+from handler.musicgen.windows import Window, WindowShape
 from handler.native import packing, runtime
 from handler.native.lstm import NativeLSTM
 from handler.native.packing import FoldedCrossAttention, Int4Linear, Int8Linear
@@ -84,7 +90,22 @@ class _Sampling:
     guidance: float | None  # classifier-free guidance scale; None: no unconditional rows
     temperature: float  # <= 0: greedy
     top_k: int
-    generator: torch.Generator
+    generators: tuple[torch.Generator, ...]  # one per take: each take's draws depend on its seed alone
+
+    @classmethod
+    def seeded(cls, guidance: float | None, temperature: float, top_k: int, seed: int, takes: int) -> _Sampling:
+        """Take ``j`` draws from a generator seeded ``seed + j``."""
+        return cls(guidance, temperature, top_k, tuple(torch.Generator().manual_seed(seed + j) for j in range(takes)))
+
+    def uniforms(self, steps: int, prompts: int, codebooks: int) -> torch.Tensor:
+        """(steps, takes * prompts, codebooks) uniforms for the native sampler, take after take."""
+        return torch.cat([torch.rand((steps, prompts, codebooks), generator=g) for g in self.generators], dim=1)
+
+    def draw(self, probs: torch.Tensor) -> torch.Tensor:
+        """One index per row of `probs` (takes * prompts * codebooks, k), each take from its own generator."""
+        per_take = probs.view(len(self.generators), -1, probs.shape[-1])
+        picks = [torch.multinomial(part, 1, generator=g) for part, g in zip(per_take, self.generators, strict=True)]
+        return torch.cat(picks)
 
 
 FOLD_BYTES_PER_MULTIPLY_ADD = 2
@@ -351,10 +372,15 @@ class MusicgenModel:
         return _CrossKV(ks, vs, mask)
 
     # ------------------------------------------------------------------ decoding
-    def _new_state(self, hs: torch.Tensor, attention_mask: torch.Tensor, rows: int, total_len: int) -> _State:
+    def _new_state(
+        self, hs: torch.Tensor, attention_mask: torch.Tensor, rows: int, total_len: int, steps: int | None = None
+    ) -> _State:
+        """Caches for `rows` rows of up to `total_len` positions; `steps`: the decode steps they
+        will serve in all (default one window's, `total_len` - 1), which decide whether folding
+        the cross-attention pays."""
         cross = self._cross_kv(hs, attention_mask)
         cond_rows = int(hs.shape[0])
-        native = self._native_run(cross, rows, cond_rows, total_len)
+        native = self._native_run(cross, rows, cond_rows, total_len, total_len - 1 if steps is None else steps)
         n_layers = len(self.layers)
         shape = (n_layers, rows, self.num_heads, total_len, self.head_dim) if native is None else (0,)
         return _State(
@@ -369,11 +395,11 @@ class MusicgenModel:
             native=native,
         )
 
-    def _native_run(self, cross: _CrossKV, rows: int, cond_rows: int, total_len: int) -> NativeRun | None:
+    def _native_run(self, cross: _CrossKV, rows: int, cond_rows: int, total_len: int, steps: int) -> NativeRun | None:
         native = runtime.best() if self.native and rows <= packing.MAX_ROWS else None
         if native is None:
             return None
-        folds = self.folds_cross_attention(cond_rows, int(cross.k[0].shape[2]), total_len - 1)
+        folds = self.folds_cross_attention(cond_rows, int(cross.k[0].shape[2]), steps)
         folded = self._fold_cross_attention(cross) if folds else None
         return NativeRun(
             native,
@@ -455,6 +481,11 @@ class MusicgenModel:
             out.append(logits)
         return torch.stack(out)
 
+    @property
+    def window_shape(self) -> WindowShape:
+        """The windows clips longer than one are made in (``handler.musicgen.windows``)."""
+        return WindowShape.for_model(self.frame_rate, self.max_positions, self.num_codebooks)
+
     @torch.inference_mode()
     def generate_codes(
         self,
@@ -466,64 +497,201 @@ class MusicgenModel:
         temperature: float,
         top_k: int,
         seed: int,
+        takes: int = 1,
         on_step: StepCallback = None,
     ) -> torch.Tensor:
-        """Run ``steps`` decode steps (== transformers' ``max_new_tokens``).
+        """Run ``steps`` decode steps (== transformers' ``max_new_tokens``) in one window.
 
-        Returns codes of shape ``(1, batch, num_codebooks, steps + 1 - num_codebooks)`` ready for
-        ``model.audio_encoder.decode(codes, [None] * batch)``.
+        Returns codes of shape ``(1, takes * batch, num_codebooks, steps + 1 - num_codebooks)``
+        ready for ``model.audio_encoder.decode(codes, [None] * batch)``: take after take, each
+        with every prompt of the batch.
         """
         kcb = self.num_codebooks
-        total_len = steps + 1
         if steps < kcb:
             raise ValueError(f"steps must be >= {kcb}")
-        if total_len > self.max_positions:
+        if steps + 1 > self.max_positions:
             raise ValueError(f"steps + 1 must be <= {self.max_positions}")
-        bsz = int(input_ids.shape[0])
-        cfg = guidance_scale > 1.0
-        rows = 2 * bsz if cfg else bsz
-        gen = torch.Generator(device="cpu")
-        gen.manual_seed(int(seed))
+        window = Window(start=0, frames=steps + 1 - kcb, prompt=0)
+        return self._generate(
+            input_ids, attention_mask, [window], guidance_scale, temperature, top_k, seed, takes, on_step
+        )  # fmt: skip
 
+    @torch.inference_mode()
+    def generate_clip(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        *,
+        frames: int,
+        guidance_scale: float,
+        temperature: float,
+        top_k: int,
+        seed: int,
+        takes: int = 1,
+        on_step: StepCallback = None,
+    ) -> torch.Tensor:
+        """Codes ``(1, takes * batch, num_codebooks, frames)`` of a clip of any length: one window
+        (the same codes as ``generate_codes``) up to `window_shape`'s length, else window after
+        window, each continuing the previous one's overlap. ``on_step`` counts the decode steps of
+        every window."""
+        windows = self.window_shape.plan(frames)
+        return self._generate(
+            input_ids, attention_mask, windows, guidance_scale, temperature, top_k, seed, takes, on_step
+        )  # fmt: skip
+
+    def _generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        windows: list[Window],
+        guidance_scale: float,
+        temperature: float,
+        top_k: int,
+        seed: int,
+        takes: int,
+        on_step: StepCallback,
+    ) -> torch.Tensor:
+        if takes < 1:
+            raise ValueError("takes must be >= 1")
+        kcb = self.num_codebooks
         hs, am = self._encode_text(input_ids, attention_mask)
-        state = self._new_state(hs, am, rows, total_len)
-        forced = delay_forced(kcb, total_len)
+        # Every take of a prompt reads the same text: its rows repeat the prompts, take after take.
+        hs, am = hs.repeat(takes, 1, 1), am.repeat(takes, 1)
+        bsz = int(hs.shape[0])
+        cfg = guidance_scale > 1.0
+        top_k = min(int(top_k), self.vocab_size) if top_k > 0 else self.vocab_size
+        sampling = _Sampling.seeded(float(guidance_scale) if cfg else None, temperature, top_k, int(seed), takes)
+        total_steps = sum(window.decode_steps(kcb) for window in windows)
+        # One set of caches for every window: each window's prompt overwrites them from position 0.
+        capacity = max(window.frames for window in windows) + kcb
+        state = self._new_state(hs, am, 2 * bsz if cfg else bsz, capacity, total_steps)
+        codes = torch.empty((bsz, kcb, windows[-1].end), dtype=torch.long)
+        done = 0
+        for window in windows:
+
+            def report(window_done: int, _: int, before: int = done) -> None:
+                assert on_step is not None
+                on_step(before + window_done, total_steps)
+
+            prompt = codes[:, :, window.start : window.start + window.prompt]
+            made = self._decode_window(state, sampling, window.frames, prompt, report if on_step else None)
+            codes[:, :, window.start + window.prompt : window.end] = made[:, :, window.prompt :]
+            done += window.decode_steps(kcb)
+        return codes.unsqueeze(0)
+
+    def _decode_window(
+        self, state: _State, sampling: _Sampling, frames: int, prompt: torch.Tensor, on_step: StepCallback
+    ) -> torch.Tensor:
+        """One window of `frames` frames (batch, K, frames) whose first frames are `prompt` (batch,
+        K, prompt frames), kept as given: its positions are prefilled, then decoding starts."""
+        bsz, kcb, given = (int(size) for size in prompt.shape)
+        total_len = frames + kcb
         seq = torch.full((bsz, kcb, total_len), self.pad_token_id, dtype=torch.long)
         seq[:, :, 0] = self.start_token_id
-        top_k = min(int(top_k), self.vocab_size) if top_k > 0 else self.vocab_size
-        sampling = _Sampling(float(guidance_scale) if cfg else None, temperature, top_k, gen)
+        # The delayed layout: frame f of codebook k sits at position f + k + 1.
+        known = torch.zeros((kcb, total_len), dtype=torch.bool)
+        for k in range(kcb):
+            seq[:, k, k + 1 : k + 1 + given] = prompt[:, k]
+            known[k, k + 1 : k + 1 + given] = True
+        forced = delay_forced(kcb, total_len)
+        if given:
+            # Steps 0 .. given - 1 read only the prompt and predict only positions it gives.
+            self._prefill(state, seq[:, :, :given])
         if state.native is not None:
-            self._decode_natively(state.native, seq, forced, sampling, on_step)
+            self._decode_natively(state.native, seq, forced, known, given, sampling, on_step)
         else:
-            self._decode_in_torch(state, seq, forced, sampling, on_step)
-        return codes_from_sequence(seq)
+            self._decode_in_torch(state, seq, forced, known, given, sampling, on_step)
+        return codes_from_sequence(seq)[0]
+
+    def _prefill(self, st: _State, tokens: torch.Tensor) -> None:
+        """Fill every layer's self-attention cache at positions 0 .. P - 1 from `tokens` (batch,
+        K, P) in one pass of batched products over all P positions, rather than P decode steps:
+        the weights are read once per `packing.MAX_ROWS` rows instead of once per position. The
+        logits of these positions predict tokens the prompt already gives, so none are made."""
+        length = int(tokens.shape[-1])
+        rows, cond, d, h, hd = st.rows, st.cond_rows, self.hidden, self.num_heads, self.head_dim
+        if rows > cond:  # guidance: the unconditional rows read the same tokens
+            tokens = tokens.repeat(2, 1, 1)
+        x = self.positions[:length].expand(rows, length, d).clone()
+        for k in range(self.num_codebooks):
+            x += F.embedding(tokens[:, k] + self.embed_offsets[0, k], self.embed)
+        kernels = st.native.kernels if st.native is not None else None
+
+        def product(lin: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+            flat = inputs.reshape(-1, inputs.shape[-1])
+            out = kernels.linear(lin, flat) if kernels is not None else lin(flat)  # type: ignore[arg-type]
+            return out.to(inputs.dtype).reshape(*inputs.shape[:-1], -1)
+
+        for li, layer in enumerate(self._layers):
+            qkv = product(layer.qkv, layer.ln1(x)).view(rows, length, 3, h, hd).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)  # (rows, H, P, hd)
+            if st.native is not None:
+                st.native.write_positions(li, k, v)
+            else:
+                st.k_cache[li, :, :, :length] = k
+                st.v_cache[li, :, :, :length] = v
+            if li == len(self._layers) - 1:
+                break  # the last layer's output feeds only the logits
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + product(layer.o, a.transpose(1, 2).reshape(rows, length, d))
+            # cross attention (cond rows only; uncond rows contribute exactly zero before `xo`)
+            qc = product(layer.xq, layer.ln2(x[:cond])).view(cond, length, h, hd).transpose(1, 2)
+            ac = F.scaled_dot_product_attention(qc, st.cross.k[li], st.cross.v[li], attn_mask=st.cross.mask)
+            cross_out = torch.zeros((rows, length, d), dtype=x.dtype)
+            cross_out[:cond] = ac.transpose(1, 2).reshape(cond, length, d)
+            x = x + product(layer.xo, cross_out)
+            x = x + product(layer.fc2, layer.act(product(layer.fc1, layer.ln3(x))))
 
     def _decode_natively(
-        self, run: NativeRun, seq: torch.Tensor, forced: torch.Tensor, sampling: _Sampling, on_step: StepCallback
+        self,
+        run: NativeRun,
+        seq: torch.Tensor,
+        forced: torch.Tensor,
+        known: torch.Tensor,
+        first: int,
+        sampling: _Sampling,
+        on_step: StepCallback,
     ) -> None:
-        """Steps, sampling and the delay pattern in native code, a batch of steps per call."""
+        """Steps `first` onwards, sampling and the delay pattern in native code, a batch of steps
+        per call; `known` positions of `seq` (a prompt's) are kept as they are."""
         bsz, kcb, total_len = seq.shape
         steps = total_len - 1
-        uniforms = torch.rand((steps, bsz, kcb), generator=sampling.generator)
+        uniforms = torch.zeros((steps, bsz, kcb))
+        uniforms[first:] = sampling.uniforms(steps - first, bsz // len(sampling.generators), kcb)
         generation = NativeGeneration(
             self.embed, self.positions, seq, forced, self.pad_token_id,
             guidance=1.0 if sampling.guidance is None else sampling.guidance,
             temperature=sampling.temperature, top_k=sampling.top_k,
             uniforms=uniforms,
         )  # fmt: skip
-        for first in range(0, steps, NATIVE_STEPS_PER_CALL):
-            last = min(steps, first + NATIVE_STEPS_PER_CALL)
-            run.kernels.generate(run, generation, first, last)
+        given = seq.clone()
+        # The kernel writes every codebook at each step; up to this step some still fall in the
+        # prompt, so those steps run one at a time and the prompt's tokens are put back.
+        one_by_one = int(known.nonzero()[:, 1].max()) if bool(known.any()) else 0
+        t = first
+        while t < steps:
+            last = t + 1 if t < one_by_one else min(steps, t + NATIVE_STEPS_PER_CALL)
+            run.kernels.generate(run, generation, t, last)
+            if t < one_by_one:
+                seq[:, :, t + 1] = torch.where(known[:, t + 1], given[:, :, t + 1], seq[:, :, t + 1])
+            t = last
             if on_step is not None:
-                on_step(last, steps)
+                on_step(t - first, steps - first)
 
     def _decode_in_torch(
-        self, state: _State, seq: torch.Tensor, forced: torch.Tensor, sampling: _Sampling, on_step: StepCallback
+        self,
+        state: _State,
+        seq: torch.Tensor,
+        forced: torch.Tensor,
+        known: torch.Tensor,
+        first: int,
+        sampling: _Sampling,
+        on_step: StepCallback,
     ) -> None:
         bsz, kcb, total_len = seq.shape
         steps = total_len - 1
         pad_col = torch.full((bsz, kcb), self.pad_token_id, dtype=torch.long)
-        for t in range(steps):
+        for t in range(first, steps):
             tok = seq[:, :, t]
             if sampling.guidance is not None:
                 tok = tok.repeat(2, 1)
@@ -540,32 +708,34 @@ class MusicgenModel:
                 vals, idx = torch.topk(scores, sampling.top_k, dim=-1)
                 vals = vals / sampling.temperature
                 probs = torch.softmax(vals, dim=-1).view(bsz * kcb, sampling.top_k)
-                pick = torch.multinomial(probs, 1, generator=sampling.generator)
+                pick = sampling.draw(probs)
                 nxt = idx.view(bsz * kcb, sampling.top_k).gather(1, pick).view(bsz, kcb)
-            seq[:, :, t + 1] = torch.where(forced[:, t + 1], pad_col, nxt)
+            nxt = torch.where(forced[:, t + 1], pad_col, nxt)
+            seq[:, :, t + 1] = torch.where(known[:, t + 1], seq[:, :, t + 1], nxt)
             if on_step is not None:
-                on_step(t + 1, steps)
+                on_step(t + 1 - first, steps - first)
 
     @torch.inference_mode()
     def decode_audio(self, codes: torch.Tensor) -> torch.Tensor:
         """EnCodec decode of ``generate_codes`` output -> (batch, 1, samples) float32.
 
-        fp32 decodes the whole clip at once, exactly as transformers does. The other precisions
-        decode the convolutional upsampler in chunks of frames: the same audio up to float
-        rounding, in a fraction of the memory, and faster, since each chunk's activations stay in
-        the CPU caches (and in bfloat16 once ``prepare_to_serve`` finds bf16 instructions).
+        fp32 decodes a clip of up to one window whole, exactly as transformers does. Longer clips
+        and the other precisions decode the convolutional upsampler in chunks of frames: the same
+        audio up to float rounding, in a fraction of the memory (flat whatever the clip's length),
+        and faster, since each chunk's activations stay in the CPU caches (and in bfloat16 once
+        ``prepare_to_serve`` finds bf16 instructions).
         """
         decoder = self.audio_decoder
-        if self.precision == "fp32":
+        if self.precision == "fp32" and int(codes.shape[-1]) <= self.window_shape.frames:
             return decoder.decode(codes)
         # Up to the LSTM the decoder runs at the frame rate and is cheap; after it, every layer
         # is a convolution, so a chunk with enough neighbouring frames decodes exactly.
         hidden = decoder.frames(codes)
         frames, hop = int(hidden.shape[-1]), decoder.hop_length
-        pieces = []
+        audio = torch.empty((int(hidden.shape[0]), 1, frames * hop))
         for start in range(0, frames, DECODE_CHUNK_FRAMES):
             end = min(frames, start + DECODE_CHUNK_FRAMES)
             lo, hi = max(0, start - DECODE_CONTEXT_FRAMES), min(frames, end + DECODE_CONTEXT_FRAMES)
             piece = decoder.upsample(hidden[..., lo:hi])
-            pieces.append(piece[..., (start - lo) * hop : (end - lo) * hop])
-        return torch.cat(pieces, dim=-1)
+            audio[..., start * hop : end * hop] = piece[..., (start - lo) * hop : (end - lo) * hop]
+        return audio

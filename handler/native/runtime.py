@@ -90,24 +90,25 @@ class NativeKernels:
         ]
 
     def linear(self, lin: PackedLinear, x: torch.Tensor) -> torch.Tensor:
-        """`lin` applied to the rows of `x` (rows, in) by the kernel, MAX_ROWS rows at a time."""
+        """`lin` applied to the rows of `x` (rows, in) by the kernel, MAX_ROWS rows a call: every row
+        quantised at once, each call pointed at its rows (a prefill makes thousands of calls)."""
         n, k = lin.padded_shape
+        rows = int(x.shape[0])
         q, row_scale = quantize_rows(x.float())
-        out = torch.empty((int(x.shape[0]), n))
-        for start in range(0, int(x.shape[0]), MAX_ROWS):
-            rows = min(MAX_ROWS, int(x.shape[0]) - start)
-            quant = torch.zeros((rows, k), dtype=torch.int8)
-            quant[:, : lin.in_features] = q[start : start + rows]
-            quant_sum = quant.view(rows, k // BLOCK_K, BLOCK_K).sum(dim=-1, dtype=torch.int32)
-            holder = Decoder(
-                rows=rows,
-                threads=torch.get_num_threads(),
-                quant=quant.data_ptr(),
-                row_scale=row_scale[start : start + rows].contiguous().data_ptr(),
-                quant_sum=quant_sum.data_ptr(),
-                in_stride=k,
-            )
-            self._linear(ctypes.byref(holder), ctypes.byref(_linear_struct(lin)), rows, out[start].data_ptr(), n)
+        quant = torch.zeros((rows, k), dtype=torch.int8)
+        quant[:, : lin.in_features] = q
+        quant_sum = quant.view(rows, k // BLOCK_K, BLOCK_K).sum(dim=-1, dtype=torch.int32)
+        row_scale = row_scale.reshape(rows).contiguous()
+        out = torch.empty((rows, n))
+        weights = _linear_struct(lin)
+        holder = Decoder(threads=torch.get_num_threads(), in_stride=k)
+        for start in range(0, rows, MAX_ROWS):
+            count = min(MAX_ROWS, rows - start)
+            holder.rows = count
+            holder.quant = quant[start].data_ptr()
+            holder.row_scale = row_scale[start].data_ptr()
+            holder.quant_sum = quant_sum[start].data_ptr()
+            self._linear(ctypes.byref(holder), ctypes.byref(weights), count, out[start].data_ptr(), n)
         return out[:, : lin.out_features]
 
     def lstm_layer(self, w_hh: Int8Linear, gates_in: torch.Tensor) -> torch.Tensor:
@@ -257,6 +258,27 @@ class NativeRun:
     def step(self, x: torch.Tensor, pos: int) -> torch.Tensor:
         """One decoder step on embeddings `x` (rows, hidden) -> logits (rows, head outputs), reused next step."""
         return self.kernels.step(self, x, pos)
+
+    def write_positions(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Positions 0 .. P - 1 of `layer`'s caches from keys and values (rows, heads, P, head_dim),
+        each vector quantised as a step quantises the one it writes: what a prefill leaves for
+        the steps after it."""
+        rows, heads, length, head_dim = (int(size) for size in keys.shape)
+        capacity = int(self.v_cache.shape[3])
+        if length > capacity:
+            raise ValueError(f"{length} positions given, the caches hold {capacity}")
+        key_q, key_scale = quantize_rows(keys.float())
+        tiles = -(-length // KEY_TILE)
+        tiled = torch.zeros((rows, heads, tiles * KEY_TILE, head_dim), dtype=torch.int8)
+        tiled[:, :, :length] = key_q
+        # (position in tile, dimension) -> (dimension / 4, position in tile, dimension % 4): see srm.h
+        tiled = tiled.view(rows, heads, tiles, KEY_TILE, head_dim // 4, 4).transpose(3, 4)
+        self.k_cache[layer, :, :, :tiles] = tiled
+        self.k_scale[layer, :, :, :length] = key_scale.squeeze(-1)
+        self.k_sum[layer, :, :, :length] = key_q.sum(dim=-1, dtype=torch.int32)
+        value_q, value_scale = quantize_rows(values.float())
+        self.v_cache[layer, :, :, :length] = value_q
+        self.v_scale[layer, :, :, :length] = value_scale.squeeze(-1)
 
 
 class NativeGeneration:
