@@ -189,7 +189,7 @@ def measure_engine(directory: Path, seconds: int, precision: str, long_seconds: 
         started = time.perf_counter()
         audio = generator.generate(params, on_progress=on_step)
         wall = time.perf_counter() - started
-        assert audio.shape == (seconds * 32000,)
+        assert audio.shape == (1, seconds * 32000)
         return wall, stamps
 
     # The first generation in a process also pays one-off costs (first touch of the weights and

@@ -12,15 +12,32 @@ MAX_SEED = 2**32 - 1
 """Seeds are unsigned 32-bit, so any seed a response reports can be sent back."""
 
 
+MAX_TAKES = 4
+"""Takes one request may ask for: decoded as one batch, eight rows with guidance, the native step's most."""
+
+
 @dataclass(frozen=True)
 class GenerationParams:
-    """The prompt and how to sample it: the same parameters and seed give the same audio."""
+    """The prompt and how to sample it: the same parameters and seed give the same audio.
+    `takes` clips are made of it at once, take `j` with seed `seed + j` (see `take_seed`)."""
 
     prompt: str
     duration: int
     guidance_scale: float
     temperature: float
     seed: int
+    takes: int = 1
+
+    @property
+    def seeds(self) -> list[int]:
+        """Each take's seed, in order."""
+        return [take_seed(self.seed, take) for take in range(self.takes)]
+
+
+def take_seed(seed: int, take: int) -> int:
+    """The seed of take `take` (from 0) of a request seeded `seed`: the next ones, wrapping past
+    `MAX_SEED`, so a take's seed sent back alone makes that take again."""
+    return (seed + take) % (MAX_SEED + 1)
 
 
 def random_seed() -> int:

@@ -52,7 +52,7 @@ def make_music_file(
         "created_at": requested_at.isoformat(),
     }
     try:
-        services.storage.save(filename, encode_wav(samples, generator.sample_rate), metadata)
+        services.storage.save(filename, encode_wav(samples[0], generator.sample_rate), metadata)
     except StorageError as exc:
         logger.exception("storage write failed")
         raise MusicFileError(503, "Storage unavailable") from exc

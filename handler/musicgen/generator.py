@@ -14,12 +14,13 @@ import numpy.typing as npt
 
 from handler.cpu import cpu_has_bf16
 from handler.generation import GenerationParams
+from handler.musicgen.windows import WindowShape
 from handler.settings import Precision, default_cache_dir
 
 logger = logging.getLogger(__name__)
 
-MUSICGEN_STEP_SHAPE = (50, 4)
-"""MusicGen's frames per second and codebooks, for estimates made before the model has loaded."""
+MUSICGEN_STEP_SHAPE = (50, 4, 2048)
+"""MusicGen's frames per second, codebooks and positions, for estimates made before the model has loaded."""
 
 DEFAULT_TOP_K = 250
 DECODE_SHARE = 0.95
@@ -28,6 +29,14 @@ DECODE_SHARE = 0.95
 DEFAULT_STEP_SECONDS = 0.05
 DEFAULT_LOAD_SECONDS = 10.0
 """Speed assumed until this instance has measured its own: conservative for musicgen-small on Lambda."""
+
+TAKE_STEP_SHARE = 0.2
+"""What each take beyond the first adds to a decode step's time (and its share of EnCodec): the
+step streams the weights once for every take, so 4 takes cost ~1.6 steps, the issue's target."""
+PREFILL_STEP_SHARE = 0.25
+"""A prompt position's prefill (a longer clip's later windows), per take, as a share of one decode
+step: batched products over many positions run compute-bound, ~4x cheaper a position (measured on
+musicgen-small's shape)."""
 
 ProgressCallback = Callable[[float], None]
 """Called with the fraction of decode steps done, from 0 to 1."""
@@ -83,13 +92,15 @@ class MusicGenerator(Protocol):
         self, params: GenerationParams, on_progress: ProgressCallback | None = None
     ) -> npt.NDArray[np.float32]: ...
 
-    def estimate_seconds(self, duration: int) -> float:
-        """Expected wall time to generate `duration` seconds now, loading included."""
+    def estimate_seconds(self, duration: int, takes: int = 1) -> float:
+        """Expected wall time to generate `takes` takes of `duration` seconds now, loading included."""
         ...
 
 
 class SpeedMeter:
-    """Decode speed measured on this instance, starting from a prior until it has measured."""
+    """Decode speed measured on this instance, starting from a prior until it has measured: the
+    seconds of one decode step of one take, all costs of a generation counted in such steps
+    (see `generation_work`)."""
 
     SMOOTHING = 0.5
 
@@ -97,14 +108,14 @@ class SpeedMeter:
         self.step_seconds = step_seconds
         self.load_seconds = load_seconds
 
-    def record_generation(self, steps: int, seconds: float) -> None:
-        measured = seconds / max(steps, 1)
+    def record_generation(self, steps: float, seconds: float) -> None:
+        measured = seconds / max(steps, 1.0)
         self.step_seconds += self.SMOOTHING * (measured - self.step_seconds)
 
     def record_load(self, seconds: float) -> None:
         self.load_seconds = seconds
 
-    def estimate(self, steps: int, loaded: bool) -> float:
+    def estimate(self, steps: float, loaded: bool) -> float:
         return steps * self.step_seconds + (0.0 if loaded else self.load_seconds)
 
 
@@ -127,9 +138,10 @@ class _LoadedModel:
     frame_rate: int
     num_codebooks: int
     top_k: int
+    max_positions: int
 
-    def steps(self, duration: int) -> int:
-        return decode_steps(duration, self.frame_rate, self.num_codebooks)
+    def work(self, duration: int, takes: int) -> float:
+        return generation_work(duration, takes, self.frame_rate, self.num_codebooks, self.max_positions)
 
 
 class MusicgenGenerator:
@@ -191,20 +203,21 @@ class MusicgenGenerator:
     def generate(
         self, params: GenerationParams, on_progress: ProgressCallback | None = None
     ) -> npt.NDArray[np.float32]:
-        """Generate `params.duration` seconds of audio, on the engine thread: one runs at a time."""
+        """Generate `params.takes` takes of `params.duration` seconds, (takes, samples), on the
+        engine thread: one generation runs at a time."""
         return on_engine_thread(lambda: self._generate_now(params, on_progress))
 
     def _generate_now(self, params: GenerationParams, on_progress: ProgressCallback | None) -> npt.NDArray[np.float32]:
         loaded = self._load_once()
         started = time.perf_counter()
         audio = _generate(loaded, params, on_progress)
-        self.speed.record_generation(loaded.steps(params.duration), time.perf_counter() - started)
+        self.speed.record_generation(loaded.work(params.duration, params.takes), time.perf_counter() - started)
         return audio
 
-    def estimate_seconds(self, duration: int) -> float:
+    def estimate_seconds(self, duration: int, takes: int = 1) -> float:
         loaded = self._loaded
-        frame_rate, codebooks = (loaded.frame_rate, loaded.num_codebooks) if loaded else MUSICGEN_STEP_SHAPE
-        return self.speed.estimate(decode_steps(duration, frame_rate, codebooks), loaded is not None)
+        shape = (loaded.frame_rate, loaded.num_codebooks, loaded.max_positions) if loaded else MUSICGEN_STEP_SHAPE
+        return self.speed.estimate(generation_work(duration, takes, *shape), loaded is not None)
 
 
 def _load(model_id: str, precision: Precision, cache_dir: Path) -> _LoadedModel:
@@ -220,12 +233,24 @@ def _load(model_id: str, precision: Precision, cache_dir: Path) -> _LoadedModel:
         frame_rate=model.frame_rate,
         num_codebooks=model.num_codebooks,
         top_k=int(model.top_k or DEFAULT_TOP_K),
+        max_positions=model.max_positions,
     )
 
 
-def decode_steps(duration: int, frame_rate: int, num_codebooks: int) -> int:
-    """Decode steps for `duration` seconds: one per frame plus the codebook delay pattern."""
-    return duration * frame_rate + num_codebooks - 1
+def decode_steps(duration: int, frame_rate: int, num_codebooks: int, max_positions: int = 2048) -> int:
+    """Decode steps for `duration` seconds: one per frame plus the codebook delay pattern, per
+    window for a clip longer than one (`handler.musicgen.windows`)."""
+    shape = WindowShape.for_model(frame_rate, max_positions, num_codebooks)
+    return shape.decode_steps(duration * frame_rate, num_codebooks)
+
+
+def generation_work(duration: int, takes: int, frame_rate: int, num_codebooks: int, max_positions: int) -> float:
+    """A generation's cost in decode steps of one take: its steps, each dearer by the takes beyond
+    the first, and the prefill of its later windows' prompts."""
+    shape = WindowShape.for_model(frame_rate, max_positions, num_codebooks)
+    frames = duration * frame_rate
+    steps = shape.decode_steps(frames, num_codebooks)
+    return steps * (1 + TAKE_STEP_SHARE * (takes - 1)) + PREFILL_STEP_SHARE * takes * shape.prompt_frames(frames)
 
 
 def _generate(
@@ -238,23 +263,24 @@ def _generate(
         # The last few percent are EnCodec decoding.
         on_progress(DECODE_SHARE * done / total)
 
-    codes = loaded.model.generate_codes(
+    codes = loaded.model.generate_clip(
         input_ids,
         attention_mask,
-        steps=loaded.steps(params.duration),
+        frames=params.duration * loaded.frame_rate,
         guidance_scale=params.guidance_scale,
         temperature=params.temperature,
         top_k=loaded.top_k,
         seed=params.seed,
+        takes=params.takes,
         on_step=report_step if on_progress else None,
     )
-    samples = loaded.model.decode_audio(codes)[0, 0].float().numpy()
+    samples = loaded.model.decode_audio(codes)[:, 0].float().numpy()
     expected = params.duration * loaded.sample_rate
-    if samples.shape[0] < expected:
-        raise GenerationFailedError(f"model produced {samples.shape[0]} samples, expected {expected}")
+    if samples.shape != (params.takes, samples.shape[-1]) or samples.shape[-1] < expected:
+        raise GenerationFailedError(f"model produced {samples.shape} samples, expected ({params.takes}, {expected})")
     if on_progress:
         on_progress(1.0)
-    return np.ascontiguousarray(samples[:expected], dtype=np.float32)
+    return np.ascontiguousarray(samples[:, :expected], dtype=np.float32)
 
 
 def effective_precision(requested: Precision) -> Precision:

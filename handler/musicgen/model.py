@@ -18,7 +18,7 @@ loaders and the bake use; transformers is imported only there):
   an integer (same seed => same codes; the native loop draws its uniforms once a window);
   ``temperature == 0`` is greedy argmax;
 * several takes of one prompt decode as one batch (their rows read the weights once a step), take
-  ``j`` drawing from its own generator seeded ``seed + j``;
+  ``j`` drawing from its own generator, seeded ``seed + j`` (``handler.generation.take_seed``);
 * clips longer than one window (``handler.musicgen.windows``) are made window after window, each
   continuing the codes of the previous one's overlap: that prompt is prefilled into the caches in
   batched products, all its positions at once, then decoding carries on from its end;
@@ -43,11 +43,12 @@ from torch import nn
 
 from handler.allocator import keep_freed_memory
 from handler.cpu import cpu_has_bf16, cpu_quota_threads
+from handler.generation import take_seed
 from handler.musicgen.audio_decoder import EncodecAudioDecoder, SkipLSTM
 from handler.musicgen.config import ModelConfig
 from handler.musicgen.decoder_layer import DecoderLayer, convert_linears, fuse_linears
 from handler.musicgen.kernel_linear import quantize_linears
-from handler.musicgen.pattern import codes_from_sequence, delay_forced
+from handler.musicgen.pattern import codes_from_sequence, delay_forced, given_positions, sequence_from_codes
 from handler.musicgen.text_encoder import T5TextEncoder
 from handler.musicgen.windows import Window, WindowShape
 from handler.native import packing, runtime
@@ -94,8 +95,9 @@ class _Sampling:
 
     @classmethod
     def seeded(cls, guidance: float | None, temperature: float, top_k: int, seed: int, takes: int) -> _Sampling:
-        """Take ``j`` draws from a generator seeded ``seed + j``."""
-        return cls(guidance, temperature, top_k, tuple(torch.Generator().manual_seed(seed + j) for j in range(takes)))
+        """Take ``j`` draws from a generator seeded ``take_seed(seed, j)``."""
+        seeds = (take_seed(seed, j) for j in range(takes))
+        return cls(guidance, temperature, top_k, tuple(torch.Generator().manual_seed(s) for s in seeds))
 
     def uniforms(self, steps: int, prompts: int, codebooks: int) -> torch.Tensor:
         """(steps, takes * prompts, codebooks) uniforms for the native sampler, take after take."""
@@ -584,15 +586,10 @@ class MusicgenModel:
     ) -> torch.Tensor:
         """One window of `frames` frames (batch, K, frames) whose first frames are `prompt` (batch,
         K, prompt frames), kept as given: its positions are prefilled, then decoding starts."""
-        bsz, kcb, given = (int(size) for size in prompt.shape)
+        _, kcb, given = (int(size) for size in prompt.shape)
         total_len = frames + kcb
-        seq = torch.full((bsz, kcb, total_len), self.pad_token_id, dtype=torch.long)
-        seq[:, :, 0] = self.start_token_id
-        # The delayed layout: frame f of codebook k sits at position f + k + 1.
-        known = torch.zeros((kcb, total_len), dtype=torch.bool)
-        for k in range(kcb):
-            seq[:, k, k + 1 : k + 1 + given] = prompt[:, k]
-            known[k, k + 1 : k + 1 + given] = True
+        seq = sequence_from_codes(prompt, total_len, self.start_token_id, self.pad_token_id)
+        known = given_positions(kcb, given, total_len)
         forced = delay_forced(kcb, total_len)
         if given:
             # Steps 0 .. given - 1 read only the prompt and predict only positions it gives.
@@ -605,9 +602,9 @@ class MusicgenModel:
 
     def _prefill(self, st: _State, tokens: torch.Tensor) -> None:
         """Fill every layer's self-attention cache at positions 0 .. P - 1 from `tokens` (batch,
-        K, P) in one pass of batched products over all P positions, rather than P decode steps:
-        the weights are read once per `packing.MAX_ROWS` rows instead of once per position. The
-        logits of these positions predict tokens the prompt already gives, so none are made."""
+        K, P) in one pass of matrix products over all P positions, rather than P decode steps
+        that each read every weight. The logits of these positions predict tokens the prompt
+        already gives, so none are made."""
         length = int(tokens.shape[-1])
         rows, cond, d, h, hd = st.rows, st.cond_rows, self.hidden, self.num_heads, self.head_dim
         if rows > cond:  # guidance: the unconditional rows read the same tokens
@@ -615,12 +612,12 @@ class MusicgenModel:
         x = self.positions[:length].expand(rows, length, d).clone()
         for k in range(self.num_codebooks):
             x += F.embedding(tokens[:, k] + self.embed_offsets[0, k], self.embed)
-        kernels = st.native.kernels if st.native is not None else None
 
         def product(lin: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-            flat = inputs.reshape(-1, inputs.shape[-1])
-            out = kernels.linear(lin, flat) if kernels is not None else lin(flat)  # type: ignore[arg-type]
-            return out.to(inputs.dtype).reshape(*inputs.shape[:-1], -1)
+            # The packed layers' torch products: the kernel's arithmetic, in matrix products
+            # made for many rows (see `Int8Linear.forward`).
+            out: torch.Tensor = lin(inputs.reshape(-1, inputs.shape[-1]))
+            return out.to(inputs.dtype).view(*inputs.shape[:-1], -1)
 
         for li, layer in enumerate(self._layers):
             qkv = product(layer.qkv, layer.ln1(x)).view(rows, length, 3, h, hd).permute(2, 0, 3, 1, 4)

@@ -20,3 +20,23 @@ def codes_from_sequence(sequence: torch.Tensor) -> torch.Tensor:
     frames = length - codebooks
     codes = torch.stack([sequence[:, k, k + 1 : k + 1 + frames] for k in range(codebooks)], dim=1)
     return codes.unsqueeze(0)
+
+
+def sequence_from_codes(codes: torch.Tensor, length: int, start_token: int, pad_token: int) -> torch.Tensor:
+    """Aligned codes (batch, codebooks, frames) in the delayed layout of a sequence `length` long:
+    the start token first, frame f of codebook k at position f + k + 1, pad everywhere else.
+    The inverse of `codes_from_sequence` where `length` is frames + codebooks."""
+    batch, codebooks, frames = codes.shape
+    sequence = torch.full((batch, codebooks, length), pad_token, dtype=torch.long)
+    sequence[:, :, 0] = start_token
+    for k in range(codebooks):
+        sequence[:, k, k + 1 : k + 1 + frames] = codes[:, k]
+    return sequence
+
+
+def given_positions(num_codebooks: int, frames: int, length: int) -> torch.Tensor:
+    """(codebooks, length) bool: where `sequence_from_codes` put the codes of `frames` frames."""
+    given = torch.zeros((num_codebooks, length), dtype=torch.bool)
+    for k in range(num_codebooks):
+        given[k, k + 1 : k + 1 + frames] = True
+    return given

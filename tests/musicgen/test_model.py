@@ -10,7 +10,8 @@ from transformers import AutoProcessor, MusicgenForConditionalGeneration
 from handler.cpu import cpu_has_bf16
 from handler.musicgen.audio_decoder import SkipLSTM
 from handler.musicgen.model import MusicgenModel
-from handler.musicgen.pattern import delay_forced
+from handler.musicgen.pattern import delay_forced, given_positions, sequence_from_codes
+from handler.musicgen.windows import Window
 from handler.native import packing, runtime
 from handler.native.lstm import NativeLSTM
 from handler.native.packing import Int4Linear, Int8Linear
@@ -225,3 +226,149 @@ def test_one_short_prompt_folds_its_cross_attention_into_the_text(tiny_model_dir
     assert all(folded_layers(short))
     assert not any(folded_layers(long))
     assert fast.step_bytes(0, rows=2, folded_text_length=text_length) < fast.step_bytes(0, rows=2)
+
+
+ENGINES = [("int8", True), ("int4", True), ("int8", False), ("fp32", False)]
+"""(precision, native step): the served engines, and the torch step without the library."""
+
+
+@pytest.mark.parametrize(("precision", "native"), ENGINES)
+def test_a_prefilled_prompt_leaves_the_caches_decoding_it_one_position_at_a_time_would(
+    tiny_model_dir: Path, precision: Any, native: bool
+) -> None:
+    model, processor = load(tiny_model_dir)
+    engine = MusicgenModel.from_transformers(model, precision=precision, native=native)
+    inputs = processor(text=PROMPTS[:1], return_tensors="pt")
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    length, prompt = 120, 70
+    sequence = torch.randint(0, engine.vocab_size, (1, 4, length), generator=torch.Generator().manual_seed(4))
+    sequence[:, :, 0] = engine.start_token_id
+    stepped = engine.teacher_forced_logits(ids, mask, sequence, guidance_scale=3.0)[prompt:]
+    with torch.inference_mode():
+        hidden, text_mask = engine._encode_text(ids, mask)
+        state = engine._new_state(hidden, text_mask, rows=2, total_len=length)
+        assert (state.native is not None) == native
+        engine._prefill(state, sequence[:, :, :prompt])
+        prefilled = []
+        for t in range(prompt, length - 1):
+            cond, uncond = engine._step(state, sequence[:, :, t].repeat(2, 1), t).chunk(2)
+            prefilled.append(uncond + (cond - uncond) * 3.0)
+    scale = float(stepped.abs().max())
+    # The native steps attend over int8 keys and values; the prefill attends over the float ones.
+    tolerance = 1e-3 if native else 1e-5
+    torch.testing.assert_close(torch.stack(prefilled), stepped, rtol=0, atol=tolerance * scale)
+
+
+def window_logits(engine: MusicgenModel, inputs: Any, codes: torch.Tensor, window: Window) -> torch.Tensor:
+    """The greedy choices a window's steps would make one position at a time, along `codes` (1,
+    batch, K, frames) over `window`: (batch, K, positions) argmax of each step's logits."""
+    length = window.frames + engine.num_codebooks
+    part = codes[0, :, :, window.start : window.end]
+    sequence = sequence_from_codes(part, length, engine.start_token_id, engine.pad_token_id)
+    logits = engine.teacher_forced_logits(
+        inputs["input_ids"], inputs["attention_mask"], sequence, guidance_scale=3.0
+    )  # fmt: skip
+    return logits.argmax(-1).permute(1, 2, 0)
+
+
+def decoded_positions(engine: MusicgenModel, window: Window) -> torch.Tensor:
+    """(K, positions - 1) bool: the positions after the start a window samples (not given by its
+    prompt, not forced by the delay pattern)."""
+    length = window.frames + engine.num_codebooks
+    forced = delay_forced(engine.num_codebooks, length)
+    given = given_positions(engine.num_codebooks, window.prompt, length)
+    return (~forced & ~given)[:, 1:]
+
+
+def test_past_one_window_each_window_continues_from_the_previous_ones_overlap(tiny_model_dir: Path) -> None:
+    # fp32, greedy: the prefill and the steps agree to float rounding, so every token can be checked.
+    model, processor = load(tiny_model_dir)
+    engine = MusicgenModel.from_transformers(model, precision="fp32")
+    inputs = processor(text=PROMPTS[:1], return_tensors="pt")
+    options: dict[str, Any] = {"guidance_scale": 3.0, "temperature": 0.0, "top_k": 250, "seed": 0}
+    codes = engine.generate_clip(inputs["input_ids"], inputs["attention_mask"], frames=35 * 50, **options)
+    assert codes.shape == (1, 1, 4, 35 * 50)
+    first, second = engine.window_shape.plan(35 * 50)
+    # The second window's prompt is the first's last 12 s of codes, given as they are; each token
+    # after it is what decoding that prompt one position at a time picks.
+    assert (second.start, second.prompt) == (first.end - 600, 600)
+    free = decoded_positions(engine, second)
+    picked = sequence_from_codes(
+        codes[0, :, :, second.start : second.end], second.frames + 4, engine.start_token_id, engine.pad_token_id
+    )[:, :, 1:]
+    assert torch.equal(picked[:, free], window_logits(engine, inputs, codes, second)[:, free])
+
+
+@pytest.mark.parametrize(("precision", "seconds", "windows"), [("int8", 55, 3), ("int4", 35, 2)])
+def test_the_native_engine_continues_each_window_from_the_previous_ones_overlap(
+    tiny_model_dir: Path, precision: Any, seconds: int, windows: int
+) -> None:
+    model, processor = load(tiny_model_dir)
+    engine = MusicgenModel.from_transformers(model, precision=precision)
+    inputs = processor(text=PROMPTS[:1], return_tensors="pt")
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    options: dict[str, Any] = {"guidance_scale": 3.0, "temperature": 0.0, "top_k": 250, "seed": 0}
+    codes = engine.generate_clip(ids, mask, frames=seconds * 50, **options)
+    assert codes.shape == (1, 1, 4, seconds * 50)
+    plan = engine.window_shape.plan(seconds * 50)
+    assert len(plan) == windows
+    # The first window is what a clip of one window gives.
+    assert torch.equal(codes[..., : plan[0].end], engine.generate_codes(ids, mask, steps=1500 + 3, **options))
+    for window in plan[1:]:
+        free = decoded_positions(engine, window)
+        part = codes[0, :, :, window.start : window.end]
+        picked = sequence_from_codes(part, window.frames + 4, engine.start_token_id, engine.pad_token_id)[:, :, 1:]
+        agree = (picked[:, free] == window_logits(engine, inputs, codes, window)[:, free]).float().mean()
+        # The prefill attends over float keys where the steps read int8 ones: a near tie between
+        # two of the 64 codes may go the other way. A window that ignored its prompt agrees on ~1/64.
+        assert agree > 0.99
+
+
+@pytest.mark.parametrize(("precision", "native"), [("int8", True), ("fp32", False)])
+def test_takes_are_distinct_and_each_depends_only_on_its_seed(
+    tiny_model_dir: Path, precision: Any, native: bool
+) -> None:
+    model, processor = load(tiny_model_dir)
+    engine = MusicgenModel.from_transformers(model, precision=precision, native=native)
+    inputs = processor(text=PROMPTS[:1], return_tensors="pt")
+
+    def takes(seed: int, count: int) -> torch.Tensor:
+        return engine.generate_codes(
+            inputs["input_ids"], inputs["attention_mask"],
+            steps=60, guidance_scale=3.0, temperature=1.0, top_k=250, seed=seed, takes=count,
+        )[0]  # fmt: skip
+
+    three = takes(7, 3)
+    assert three.shape == (3, 4, 60 + 1 - 4)
+    assert torch.equal(three, takes(7, 3))
+    assert not torch.equal(three[0], three[1])
+    assert not torch.equal(three[1], three[2])
+    # A take's draws come from its own seed: the same take, one place earlier in a batch of as many rows.
+    assert torch.equal(three[1:], takes(8, 3)[:2])
+
+
+def test_a_clip_of_several_takes_decodes_each_take(tiny_model_dir: Path) -> None:
+    model, processor = load(tiny_model_dir)
+    engine = MusicgenModel.from_transformers(model, precision="int8")
+    engine.prepare_to_serve()
+    inputs = processor(text=PROMPTS[:1], return_tensors="pt")
+    codes = engine.generate_clip(
+        inputs["input_ids"], inputs["attention_mask"],
+        frames=31 * 50, guidance_scale=3.0, temperature=1.0, top_k=250, seed=2, takes=2,
+    )  # fmt: skip
+    assert codes.shape == (1, 2, 4, 31 * 50)
+    assert not torch.equal(codes[0, 0], codes[0, 1])
+    audio = engine.decode_audio(codes)
+    assert audio.shape == (2, 1, 31 * 32000)
+    torch.testing.assert_close(audio[1:], engine.decode_audio(codes[:, 1:]), rtol=0, atol=1e-5)
+
+
+def test_fp32_decodes_a_clip_longer_than_a_window_in_chunks(tiny_model_dir: Path) -> None:
+    model, _ = load(tiny_model_dir)
+    frames = 1500 + 37
+    codes = torch.randint(0, 64, (1, 1, 4, frames), generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        whole = model.audio_encoder.decode(codes, audio_scales=[None]).audio_values
+    chunked = MusicgenModel.from_transformers(model, precision="fp32").decode_audio(codes)
+    assert chunked.shape == whole.shape == (1, 1, frames * 640)
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-5 * float(whole.abs().max()))

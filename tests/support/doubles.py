@@ -34,8 +34,8 @@ class GatedGenerator:
     def load(self) -> None:
         self.inner.load()
 
-    def estimate_seconds(self, duration: int) -> float:
-        return self.inner.estimate_seconds(duration)
+    def estimate_seconds(self, duration: int, takes: int = 1) -> float:
+        return self.inner.estimate_seconds(duration, takes)
 
     def generate(self, params: GenerationParams, on_progress: ProgressCallback | None = None) -> Any:
         self.started.set()
