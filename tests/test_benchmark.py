@@ -11,7 +11,7 @@ from handler.native import runtime
 from tests.support.native_builds import RUNNABLE
 
 
-def test_smoke_benchmark_measures_baseline_engine_http_and_quality(
+def test_smoke_benchmark_measures_baseline_engine_http_takes_long_clips_and_quality(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "speed.json"
@@ -48,6 +48,13 @@ def test_smoke_benchmark_measures_baseline_engine_http_and_quality(
         builds = report["builds"][precision]
         assert list(builds) == [variant.name for variant in RUNNABLE]  # every build this CPU runs, best first
         assert all(figures["ms_per_step"] > 0 and figures["floor_ms_per_step"] > 0 for figures in builds.values())
+        takes = report["takes"][precision]
+        assert takes["takes"] == 4
+        assert takes["ratio"] == takes["takes_s"] / takes["one_take_s"] > 0
+        long = report["long"][precision]
+        assert long["seconds"] == 35  # past one 30 s window
+        assert long["wall_s"] > 0
+        assert long["peak_rss_mb"] >= long["loaded_peak_rss_mb"] > 0
     decoded = report["encodec"]["decode_s"]
     assert set(decoded) == ({"float32", "bfloat16"} if cpu_has_bf16() else {"float32"}) | {"float32, torch LSTM"}
     assert all(seconds > 0 for seconds in decoded.values())
@@ -61,3 +68,5 @@ def test_smoke_benchmark_measures_baseline_engine_http_and_quality(
     assert "int8, NATIVE_KERNELS=plain:" in printed
     assert "int4 vs fp32 next-token KL" in printed
     assert "from a plain directory: first start (bakes)" in printed
+    assert "int8, 4 takes of 1 s in one batch:" in printed
+    assert "int4, a 35 s clip (windows of 30 s):" in printed

@@ -36,7 +36,45 @@ def test_decode_steps_include_the_codebook_delay() -> None:
 def test_output_is_exactly_the_requested_length(generator: MusicgenGenerator) -> None:
     audio = generator.generate(params(duration=2))
     assert audio.dtype == np.float32
-    assert audio.shape == (2 * generator.sample_rate,)
+    assert audio.shape == (1, 2 * generator.sample_rate)
+
+
+def test_decode_steps_past_one_window_count_each_windows_new_frames() -> None:
+    assert decode_steps(45, 50, 4) == 1503 + 753
+    assert decode_steps(120, 50, 4) == 1503 + 5 * 903  # 30 s, then 18 s a window
+
+
+def test_a_clip_past_one_window_is_exactly_as_long_and_reports_progress_across_its_windows(
+    generator: MusicgenGenerator,
+) -> None:
+    seen: list[float] = []
+    audio = generator.generate(params(duration=45, seed=5), on_progress=seen.append)
+    assert audio.shape == (1, 45 * generator.sample_rate)
+    assert seen == sorted(seen)
+    assert seen[-1] == 1.0
+    # Both windows' steps count: the first window alone would end at two thirds of the decode.
+    steps = decode_steps(45, 50, 4)
+    assert len(seen) >= math.ceil(steps / NATIVE_STEPS_PER_CALL)
+    assert sum(0.6 < fraction < 0.95 for fraction in seen) >= 753 // NATIVE_STEPS_PER_CALL
+
+
+def test_takes_are_distinct_clips_reproducible_by_their_seeds(generator: MusicgenGenerator) -> None:
+    audio = generator.generate(params(seed=20, takes=3))
+    assert audio.shape == (3, generator.sample_rate)
+    assert len({take.tobytes() for take in audio}) == 3
+    np.testing.assert_array_equal(generator.generate(params(seed=20, takes=3)), audio)
+    # Take j is seeded seed + j: the same clip as the first take of a request seeded so.
+    np.testing.assert_array_equal(generator.generate(params(seed=21, takes=3))[:2], audio[1:])
+
+
+def test_estimates_count_windows_prefill_and_takes(tiny_model_dir: object) -> None:
+    engine = MusicgenGenerator(str(tiny_model_dir))  # not loaded: musicgen's shape is assumed
+    loading = engine.speed.load_seconds
+    one_window = engine.estimate_seconds(30) - loading
+    two_windows = engine.estimate_seconds(48) - loading
+    assert two_windows > one_window * (decode_steps(48, 50, 4) / decode_steps(30, 50, 4))  # and the prefill
+    takes = engine.estimate_seconds(10, takes=4) - loading
+    assert engine.estimate_seconds(10) - loading < takes < 4 * (engine.estimate_seconds(10) - loading)
 
 
 def test_same_seed_same_audio_other_seed_other_audio(generator: MusicgenGenerator) -> None:
