@@ -16,6 +16,7 @@ from handler.jobs import LambdaJobInvoker, LocalJobQueue, run_job
 from handler.logs import configure_logging, log_requests, take_cold_start
 from handler.musicgen.generator import ModelUnavailableError, MusicGenerator, MusicgenGenerator
 from handler.routes import router
+from handler.security import KeyRing, SecurityHeaders, install_guards
 from handler.settings import Settings, get_settings
 from handler.storage import LocalStorage, S3Storage, Storage, aws_region, s3_client
 
@@ -78,7 +79,9 @@ def create_app(
         services.jobs.runner = lambda job_id: run_job(services, job_id)
     app.state.services = services
     install_error_handlers(app)
+    install_guards(app, KeyRing(settings.api_key_digests), settings.cors_origin_list)
     app.middleware("http")(log_requests)
+    app.add_middleware(SecurityHeaders)
     app.include_router(router)
     return app
 

@@ -82,6 +82,7 @@ def health(services: ServicesDep) -> Health:
         model_error=generator.load_error,
         served_model=None if generator.artifact is None else ServedModel(**asdict(generator.artifact)),
         storage=services.storage.backend,
+        auth="api_key" if services.settings.api_key_digests else "none",
     )
 
 

@@ -2,7 +2,7 @@
 
 from dataclasses import asdict
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -126,6 +126,10 @@ class Health(BaseModel):
     model_error: str | None
     served_model: ServedModel | None = None
     storage: str
+    auth: Literal["none", "api_key"] = Field(
+        default="none",
+        description="'api_key': every request but this one, the docs and the page needs `Authorization: Bearer <key>`",
+    )
 
 
 class ErrorDetail(BaseModel):
