@@ -34,7 +34,7 @@ def jobs_from_settings(settings: Settings) -> JobDispatcher:
         import boto3
 
         return LambdaJobInvoker(boto3.client("lambda", region_name=aws_region()), settings.aws_lambda_function_name)
-    return LocalJobQueue()
+    return LocalJobQueue(settings.max_queued_jobs, settings.job_queue_timeout_seconds)
 
 
 @asynccontextmanager

@@ -75,7 +75,24 @@ class JobRecord(BaseModel):
 class JobDispatcher(Protocol):
     """Starts a recorded job somewhere: a local worker thread or an asynchronous Lambda invocation."""
 
+    def reserve(self, job_id: str, estimate_s: float) -> float:
+        """Hold a place for a job expected to take `estimate_s`, before it is recorded; returns the
+        expected wait before it starts. Raises QueueFullError when it should not wait at all."""
+        ...
+
+    def release(self, job_id: str) -> None:
+        """Give back a place held for a job that was never recorded."""
+        ...
+
     def submit(self, job_id: str) -> None: ...
+
+
+class QueueFullError(RuntimeError):
+    """No place for another job now; `retry_after_s` is when one is expected."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(f"job queue full: retry in {retry_after_s:.0f} s")
+        self.retry_after_s = retry_after_s
 
 
 class JobStore:
@@ -87,6 +104,7 @@ class JobStore:
     def create(
         self, job_id: str, params: GenerationParams, now: datetime, queue_timeout_s: float, eta_s: float
     ) -> JobRecord:
+        """Record a queued job; `eta_s` counts the wait for the jobs ahead of it."""
         record = JobRecord(
             job_id=job_id,
             status=JobStatus.QUEUED,

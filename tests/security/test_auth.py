@@ -55,7 +55,7 @@ def test_every_route_but_the_health_check_and_docs_is_protected() -> None:
 def test_a_request_without_an_accepted_key_is_refused(
     keyed_client: TestClient, method: str, path: str, headers: dict[str, str]
 ) -> None:
-    response = keyed_client.request(method, path, headers=headers, json={"prompt": "x"})
+    response = keyed_client.request(method, path, headers=headers, json={"text": "x"})
     assert response.status_code == 401
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
     assert "API key" in response.json()["detail"]
@@ -68,12 +68,12 @@ def test_a_request_without_an_accepted_key_is_refused(
 def test_an_accepted_key_in_either_header_passes(
     keyed_client: TestClient, method: str, path: str, headers: dict[str, str]
 ) -> None:
-    response = keyed_client.request(method, path, headers=headers, json={"prompt": "x", "duration": 1})
+    response = keyed_client.request(method, path, headers=headers, json={"text": "x", "duration": 1})
     assert response.status_code != 401
 
 
 def test_a_refused_request_changes_nothing(keyed_client: TestClient, local_storage: LocalStorage) -> None:
-    response = keyed_client.post("/generate/", json={"prompt": "x", "duration": 1})
+    response = keyed_client.post("/generate/", json={"text": "x", "duration": 1})
     assert response.status_code == 401
     assert local_storage.list_files() == []
     assert keyed_client.get("/files/", headers={"X-API-Key": KEY}).json() == []

@@ -5,6 +5,7 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.types import Message, Receive, Scope, Send
 
+from handler.schemas import MAX_PROMPT_CHARS
 from handler.security.body_limit import MAX_BODY_BYTES, BodySizeLimit
 from handler.storage import LocalStorage
 
@@ -12,7 +13,7 @@ from handler.storage import LocalStorage
 def test_a_body_over_the_limit_is_refused_with_413_and_changes_nothing(
     local_client: TestClient, local_storage: LocalStorage
 ) -> None:
-    body = json.dumps({"prompt": "x" * MAX_BODY_BYTES, "duration": 1})
+    body = json.dumps({"text": "x" * MAX_BODY_BYTES, "duration": 1})
     response = local_client.post("/generate/", content=body, headers={"Content-Type": "application/json"})
     assert response.status_code == 413
     assert "too large" in response.json()["detail"]
@@ -20,9 +21,11 @@ def test_a_body_over_the_limit_is_refused_with_413_and_changes_nothing(
 
 
 def test_a_body_within_the_limit_reaches_the_route(local_client: TestClient) -> None:
-    body = json.dumps({"prompt": "x" * 1000, "duration": "bad"})
+    body = json.dumps({"text": "x" * MAX_PROMPT_CHARS, "duration": "bad"}).replace(",", "," + " " * 60_000)
+    assert 60_000 < len(body) <= MAX_BODY_BYTES
     response = local_client.post("/generate/", content=body, headers={"Content-Type": "application/json"})
-    assert response.status_code == 400  # validated by the route, so the body arrived whole
+    assert response.status_code == 400
+    assert [error["field"] for error in response.json()["errors"]] == ["duration"]  # the text arrived whole
 
 
 class EndlessBody:

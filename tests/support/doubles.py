@@ -43,6 +43,17 @@ class GatedGenerator:
         return self.inner.generate(params, on_progress)
 
 
+class SlowGatedGenerator(GatedGenerator):
+    """A gated engine that expects every generation to take `estimate_s`, to fill a queue's time."""
+
+    def __init__(self, inner: MusicGenerator, estimate_s: float) -> None:
+        super().__init__(inner)
+        self.estimate_s = estimate_s
+
+    def estimate_seconds(self, duration: int) -> float:
+        return self.estimate_s
+
+
 class FailingGenerator(GatedGenerator):
     def generate(self, params: GenerationParams, on_progress: ProgressCallback | None = None) -> Any:
         raise RuntimeError("secret internal detail /opt/model")
