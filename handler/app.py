@@ -18,13 +18,18 @@ from handler.musicgen.generator import ModelUnavailableError, MusicGenerator, Mu
 from handler.routes import router
 from handler.security import KeyRing, SecurityHeaders, install_guards
 from handler.settings import Settings, get_settings
-from handler.storage import LocalStorage, S3Storage, Storage, aws_region, s3_client
+from handler.storage import LocalStorage, S3Storage, Storage, aws_client_config, aws_region, s3_client
 
 
 def storage_from_settings(settings: Settings) -> Storage:
     """S3 when a bucket is configured, else the local directory."""
     if settings.s3_bucket:
-        return S3Storage(s3_client(), settings.s3_bucket, settings.s3_prefix, settings.presign_expiry_seconds)
+        client = s3_client(
+            settings.aws_connect_timeout_seconds,
+            settings.aws_read_timeout_seconds,
+            settings.aws_max_attempts,
+        )
+        return S3Storage(client, settings.s3_bucket, settings.s3_prefix, settings.presign_expiry_seconds)
     return LocalStorage(settings.storage_dir)
 
 
@@ -33,7 +38,13 @@ def jobs_from_settings(settings: Settings) -> JobDispatcher:
     if settings.aws_lambda_function_name:
         import boto3
 
-        return LambdaJobInvoker(boto3.client("lambda", region_name=aws_region()), settings.aws_lambda_function_name)
+        config = aws_client_config(
+            settings.aws_connect_timeout_seconds,
+            settings.aws_read_timeout_seconds,
+            settings.aws_max_attempts,
+        )
+        client = boto3.client("lambda", region_name=aws_region(), config=config)
+        return LambdaJobInvoker(client, settings.aws_lambda_function_name)
     return LocalJobQueue(settings.max_queued_jobs, settings.job_queue_timeout_seconds)
 
 

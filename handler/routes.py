@@ -80,6 +80,7 @@ def health(services: ServicesDep) -> Health:
         model_id=services.settings.model_id,
         model_loaded=generator.loaded,
         model_error=generator.load_error,
+        model_retry_in_seconds=None if generator.load_retry_in is None else round(generator.load_retry_in, 1),
         served_model=None if generator.artifact is None else ServedModel(**asdict(generator.artifact)),
         storage=services.storage.backend,
         auth="api_key" if services.settings.api_key_digests else "none",

@@ -124,6 +124,9 @@ class Health(BaseModel):
     model_id: str
     model_loaded: bool
     model_error: str | None
+    model_retry_in_seconds: float | None = Field(
+        default=None, description="After a failed load: seconds until it is tried again (requests meanwhile get 503)"
+    )
     served_model: ServedModel | None = None
     storage: str
     auth: Literal["none", "api_key"] = Field(

@@ -90,14 +90,14 @@ class Settings(BaseSettings):
     cors_origins: str = Field(
         default="", description="Comma-separated origins allowed to call the API from a browser; empty: none."
     )
-    storage_connect_timeout_seconds: float = Field(
-        default=5.0, gt=0, description="How long a connection to S3 may take before the call is retried."
+    aws_connect_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="How long a connection to S3 or Lambda may take before the call is retried."
     )
-    storage_read_timeout_seconds: float = Field(
-        default=20.0, gt=0, description="How long S3 may be silent before the call is retried."
+    aws_read_timeout_seconds: float = Field(
+        default=20.0, gt=0, description="How long S3 or Lambda may be silent before the call is retried."
     )
-    storage_max_attempts: int = Field(
-        default=3, ge=1, le=10, description="Attempts per S3 call (botocore's standard retry mode)."
+    aws_max_attempts: int = Field(
+        default=3, ge=1, le=10, description="Attempts per S3 or Lambda call (botocore's standard retry mode)."
     )
     aws_lambda_function_name: str | None = Field(
         default=None, description="Set by Lambda itself: jobs then run in asynchronous self-invocations."

@@ -28,6 +28,10 @@ class GatedGenerator:
         return self.inner.load_error
 
     @property
+    def load_retry_in(self) -> float | None:
+        return self.inner.load_retry_in
+
+    @property
     def artifact(self) -> ArtifactInfo | None:
         return self.inner.artifact
 
