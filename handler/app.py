@@ -25,9 +25,9 @@ def storage_from_settings(settings: Settings) -> Storage:
     """S3 when a bucket is configured, else the local directory."""
     if settings.s3_bucket:
         client = s3_client(
-            settings.aws_connect_timeout_seconds,
-            settings.aws_read_timeout_seconds,
-            settings.aws_max_attempts,
+            settings.boto_connect_timeout_seconds,
+            settings.boto_read_timeout_seconds,
+            settings.boto_max_attempts,
         )
         return S3Storage(client, settings.s3_bucket, settings.s3_prefix, settings.presign_expiry_seconds)
     return LocalStorage(settings.storage_dir)
@@ -39,9 +39,9 @@ def jobs_from_settings(settings: Settings) -> JobDispatcher:
         import boto3
 
         config = aws_client_config(
-            settings.aws_connect_timeout_seconds,
-            settings.aws_read_timeout_seconds,
-            settings.aws_max_attempts,
+            settings.boto_connect_timeout_seconds,
+            settings.boto_read_timeout_seconds,
+            settings.boto_max_attempts,
         )
         client = boto3.client("lambda", region_name=aws_region(), config=config)
         return LambdaJobInvoker(client, settings.aws_lambda_function_name)

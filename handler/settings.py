@@ -90,13 +90,13 @@ class Settings(BaseSettings):
     cors_origins: str = Field(
         default="", description="Comma-separated origins allowed to call the API from a browser; empty: none."
     )
-    aws_connect_timeout_seconds: float = Field(
+    boto_connect_timeout_seconds: float = Field(
         default=5.0, gt=0, description="How long a connection to S3 or Lambda may take before the call is retried."
     )
-    aws_read_timeout_seconds: float = Field(
+    boto_read_timeout_seconds: float = Field(
         default=20.0, gt=0, description="How long S3 or Lambda may be silent before the call is retried."
     )
-    aws_max_attempts: int = Field(
+    boto_max_attempts: int = Field(
         default=3, ge=1, le=10, description="Attempts per S3 or Lambda call (botocore's standard retry mode)."
     )
     aws_lambda_function_name: str | None = Field(

@@ -1,13 +1,9 @@
-"""API keys: made at random, accepted by their SHA-256 digests, compared in constant time.
-
-`python -m handler.security.keys new` prints a new key and the digest to configure (`API_KEYS`).
-"""
+"""API keys: made at random, accepted by their SHA-256 digests, compared in constant time."""
 
 import hashlib
 import hmac
 import re
 import secrets
-import sys
 from collections.abc import Iterable
 
 KEY_PREFIX = "srm_"
@@ -55,19 +51,3 @@ class KeyRing:
         for digest in self._digests:
             matched |= hmac.compare_digest(presented, digest)
         return matched
-
-
-def main(argv: list[str]) -> int:
-    """`new`: print a new key and its digest."""
-    if argv != ["new"]:
-        print("usage: python -m handler.security.keys new", file=sys.stderr)
-        return 2
-    key = new_key()
-    print(f"key:    {key}")
-    print(f"digest: {key_digest(key)}")
-    print("Give clients the key; put the digest in API_KEYS (comma-separated for several keys).")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

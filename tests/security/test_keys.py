@@ -58,9 +58,9 @@ def test_settings_refuse_an_entry_that_is_not_a_digest_without_echoing_it() -> N
 
 def test_the_command_prints_a_key_and_its_digest() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "handler.security.keys", "new"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "handler.security", "new"], capture_output=True, text=True, check=True
     )
     lines = dict(line.split(":", 1) for line in result.stdout.splitlines() if line.startswith(("key:", "digest:")))
     key, digest = lines["key"].strip(), lines["digest"].strip()
     assert key_digest(key) == digest
-    assert subprocess.run([sys.executable, "-m", "handler.security.keys"], capture_output=True).returncode == 2
+    assert subprocess.run([sys.executable, "-m", "handler.security"], capture_output=True).returncode == 2

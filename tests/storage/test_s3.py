@@ -91,7 +91,7 @@ def test_a_stalled_s3_answers_503_through_the_api(
     stalled_s3: StalledServer, settings: Settings, generator: MusicgenGenerator
 ) -> None:
     stalled = settings.model_copy(
-        update={"s3_bucket": "bucket", "aws_read_timeout_seconds": 0.5, "aws_max_attempts": 1}
+        update={"s3_bucket": "bucket", "boto_read_timeout_seconds": 0.5, "boto_max_attempts": 1}
     )
     with serve(stalled, storage_from_settings(stalled), generator) as client:
         response = client.get("/files/")
