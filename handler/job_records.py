@@ -11,6 +11,7 @@ from handler.generation import GenerationParams
 from handler.storage import Storage
 
 EXPIRED_ERROR = "The job's worker did not finish before its deadline"
+ABANDONED_ERROR = "The server stopped before the job finished"
 
 JOB_EVENT_KEY = "srocks_music_job"
 """The key that marks a Lambda event as a job to run rather than an HTTP request."""
@@ -44,6 +45,8 @@ class JobRecord(BaseModel):
     deadline: datetime
     error: str | None = None
     params: GenerationParams
+    worker: str | None = None
+    """The process holding the job (`handler.processes.current_worker`), where jobs run locally."""
 
     @model_validator(mode="before")
     @classmethod
@@ -75,6 +78,11 @@ class JobRecord(BaseModel):
 class JobDispatcher(Protocol):
     """Starts a recorded job somewhere: a local worker thread or an asynchronous Lambda invocation."""
 
+    @property
+    def worker(self) -> str | None:
+        """The process its jobs run in, when that is this one (None: each in its own invocation)."""
+        ...
+
     def reserve(self, job_id: str, estimate_s: float) -> float:
         """Hold a place for a job expected to take `estimate_s`, before it is recorded; returns the
         expected wait before it starts. Raises QueueFullError when it should not wait at all."""
@@ -102,10 +110,17 @@ class JobStore:
         self.storage = storage
 
     def create(
-        self, job_id: str, params: GenerationParams, now: datetime, queue_timeout_s: float, eta_s: float
+        self,
+        job_id: str,
+        params: GenerationParams,
+        now: datetime,
+        queue_timeout_s: float,
+        eta_s: float,
+        worker: str | None = None,
     ) -> JobRecord:
         """Record a queued job; `eta_s` counts the wait for the jobs ahead of it."""
         record = JobRecord(
+            worker=worker,
             job_id=job_id,
             status=JobStatus.QUEUED,
             eta_seconds=round(eta_s, 1),

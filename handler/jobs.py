@@ -14,8 +14,9 @@ from typing import Any
 from handler.dependencies import Services
 from handler.filenames import filename_for
 from handler.generation import GenerationParams
-from handler.job_records import JobRecord, JobStatus, JobStore, QueueFullError, job_event
+from handler.job_records import ABANDONED_ERROR, JobRecord, JobStatus, JobStore, QueueFullError, job_event
 from handler.music_files import MusicFileError, make_music_file
+from handler.processes import current_worker, worker_is_gone
 from handler.storage import StorageError
 
 logger = logging.getLogger(__name__)
@@ -71,7 +72,9 @@ def submit_job(services: Services, params: GenerationParams, job_id: str, now: d
     estimate = services.generator.estimate_seconds(params.duration)
     wait = services.jobs.reserve(job_id, estimate)
     try:
-        record = store.create(job_id, params, now, services.settings.job_queue_timeout_seconds, wait + estimate)
+        record = store.create(
+            job_id, params, now, services.settings.job_queue_timeout_seconds, wait + estimate, services.jobs.worker
+        )
     except BaseException:
         services.jobs.release(job_id)
         raise
@@ -84,6 +87,31 @@ def submit_job(services: Services, params: GenerationParams, job_id: str, now: d
             store.save(failed)
         raise
     return record
+
+
+def fail_abandoned_jobs(services: Services) -> list[str]:
+    """Record as failed the unfinished jobs whose worker process on this host has ended (killed,
+    crashed), so a restarted server answers for them at once rather than at their deadlines;
+    returns their ids."""
+    store = JobStore(services.storage)
+    abandoned = []
+    for job_id in services.storage.list_jobs():
+        record = store.get(job_id)
+        if record is None or record.final or record.worker is None or not worker_is_gone(record.worker):
+            continue
+        failed = record.model_copy(
+            update={
+                "status": JobStatus.FAILED,
+                "error": ABANDONED_ERROR,
+                "eta_seconds": None,
+                "updated_at": datetime.now(UTC),
+            }
+        )
+        store.save(failed)
+        abandoned.append(job_id)
+    if abandoned:
+        logger.warning("jobs abandoned by a stopped server recorded failed", extra={"job_ids": abandoned})
+    return abandoned
 
 
 def run_job(services: Services, job_id: str, time_budget_s: float | None = None) -> JobRecord | None:
@@ -105,6 +133,7 @@ def run_job(services: Services, job_id: str, time_budget_s: float | None = None)
             "updated_at": now,
             "deadline": now + timedelta(seconds=budget),
             "eta_seconds": round(estimate, 1),
+            "worker": services.jobs.worker,
         }
     )
     progress = ProgressWriter(store, record)
@@ -138,6 +167,7 @@ class LocalJobQueue:
     """
 
     def __init__(self, max_waiting: int = 8, max_wait_s: float = math.inf) -> None:
+        self.worker: str | None = current_worker()
         self.runner: Callable[[str], Any] | None = None
         self.max_waiting = max_waiting
         self.max_wait_s = max_wait_s
@@ -189,6 +219,8 @@ class LocalJobQueue:
 
 class LambdaJobInvoker:
     """Runs each job in a fresh asynchronous invocation of this same function."""
+
+    worker: str | None = None
 
     def __init__(self, client: Any, function_name: str) -> None:
         self.client = client

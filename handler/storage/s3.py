@@ -100,6 +100,9 @@ class S3Storage:
         """Delete files and their sidecars, up to 1000 keys a request."""
         self._delete_keys([self._key(name) for f in filenames for name in (f, metadata_name(f))])
 
+    def remove_leftovers(self) -> None:
+        """Nothing to do: each object is written whole by one PUT or not at all."""
+
     def put_job(self, job_id: str, record: Mapping[str, Any]) -> None:
         """Write a job record, replacing any before it."""
         try:
