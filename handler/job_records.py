@@ -1,5 +1,6 @@
 """Job records: what an asynchronous generation is, kept in the storage backend."""
 
+from collections.abc import Iterable
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -7,10 +8,12 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, model_validator
 
+from handler.filenames import job_id_for
 from handler.generation import GenerationParams
 from handler.storage import Storage
 
 EXPIRED_ERROR = "The job's worker did not finish before its deadline"
+ABANDONED_ERROR = "The server stopped before the job finished"
 
 JOB_EVENT_KEY = "srocks_music_job"
 """The key that marks a Lambda event as a job to run rather than an HTTP request."""
@@ -44,6 +47,8 @@ class JobRecord(BaseModel):
     deadline: datetime
     error: str | None = None
     params: GenerationParams
+    worker: str | None = None
+    """The process holding the job (`handler.processes.current_worker`), where jobs run locally."""
 
     @model_validator(mode="before")
     @classmethod
@@ -75,7 +80,29 @@ class JobRecord(BaseModel):
 class JobDispatcher(Protocol):
     """Starts a recorded job somewhere: a local worker thread or an asynchronous Lambda invocation."""
 
+    @property
+    def worker(self) -> str | None:
+        """The process its jobs run in, when that is this one (None: each in its own invocation)."""
+        ...
+
+    def reserve(self, job_id: str, estimate_s: float) -> float:
+        """Hold a place for a job expected to take `estimate_s`, before it is recorded; returns the
+        expected wait before it starts. Raises QueueFullError when it should not wait at all."""
+        ...
+
+    def release(self, job_id: str) -> None:
+        """Give back a place held for a job that was never recorded."""
+        ...
+
     def submit(self, job_id: str) -> None: ...
+
+
+class QueueFullError(RuntimeError):
+    """No place for another job now; `retry_after_s` is when one is expected."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(f"job queue full: retry in {retry_after_s:.0f} s")
+        self.retry_after_s = retry_after_s
 
 
 class JobStore:
@@ -85,9 +112,17 @@ class JobStore:
         self.storage = storage
 
     def create(
-        self, job_id: str, params: GenerationParams, now: datetime, queue_timeout_s: float, eta_s: float
+        self,
+        job_id: str,
+        params: GenerationParams,
+        now: datetime,
+        queue_timeout_s: float,
+        eta_s: float,
+        worker: str | None = None,
     ) -> JobRecord:
+        """Record a queued job; `eta_s` counts the wait for the jobs ahead of it."""
         record = JobRecord(
+            worker=worker,
             job_id=job_id,
             status=JobStatus.QUEUED,
             eta_seconds=round(eta_s, 1),
@@ -98,6 +133,25 @@ class JobStore:
         )
         self.save(record)
         return record
+
+    def prune(self, keep: int, pruned_files: Iterable[str] = ()) -> list[str]:
+        """Delete the records of ended jobs beyond the newest `keep` and of the files pruned, in one
+        batch; returns their ids. A job not yet ended keeps its record whatever its age: another
+        server may be about to run it, and its client is still polling."""
+        pruned_jobs = {job_id_for(name) for name in pruned_files}
+        job_ids = sorted(self.storage.list_jobs(), reverse=True)
+        candidates = [job_id for index, job_id in enumerate(job_ids) if index >= keep or job_id in pruned_jobs]
+        ended = [job_id for job_id in candidates if self._has_ended(job_id)]
+        if ended:
+            self.storage.delete_jobs(ended)
+        return ended
+
+    def _has_ended(self, job_id: str) -> bool:
+        try:
+            record = self.get(job_id)
+        except ValueError:  # not a record this code can read: nothing to keep it for
+            return True
+        return record is None or record.final
 
     def save(self, record: JobRecord) -> None:
         self.storage.put_job(record.job_id, record.model_dump(mode="json"))

@@ -22,7 +22,7 @@ from handler.filenames import (
     new_filename,
 )
 from handler.generation import GenerationParams
-from handler.job_records import JobStatus, JobStore
+from handler.job_records import JobStatus, JobStore, QueueFullError
 from handler.jobs import JobDispatchError, submit_job
 from handler.music_files import MusicFileError, make_music_file
 from handler.schemas import (
@@ -80,8 +80,10 @@ def health(services: ServicesDep) -> Health:
         model_id=services.settings.model_id,
         model_loaded=generator.loaded,
         model_error=generator.load_error,
+        model_retry_in_seconds=None if generator.load_retry_in is None else round(generator.load_retry_in, 1),
         served_model=None if generator.artifact is None else ServedModel(**asdict(generator.artifact)),
         storage=services.storage.backend,
+        auth="api_key" if services.settings.api_key_digests else "none",
     )
 
 
@@ -89,7 +91,11 @@ def health(services: ServicesDep) -> Health:
 @router.post(
     "/generate/",
     response_model=GenerateResponse,
-    responses={**ERRORS, 202: {"model": JobAccepted, "description": "Accepted as an asynchronous job"}},
+    responses={
+        **ERRORS,
+        202: {"model": JobAccepted, "description": "Accepted as an asynchronous job"},
+        429: {"model": ErrorResponse, "description": "Too many jobs waiting (see Retry-After)"},
+    },
     summary="Generate music",
 )
 async def generate(
@@ -153,6 +159,11 @@ def start_job(services: Services, params: GenerationParams, filename: str, now: 
     """Record a queued job for `filename` and hand it to a worker."""
     try:
         record = submit_job(services, params, job_id_for(filename), now)
+    except QueueFullError as exc:
+        retry = math.ceil(exc.retry_after_s)
+        raise HTTPException(
+            429, f"Too many jobs waiting: try again in {retry} s", headers={"Retry-After": str(retry)}
+        ) from exc
     except JobDispatchError as exc:
         raise HTTPException(503, "Could not start the job") from exc
     return JobAccepted(

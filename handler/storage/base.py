@@ -7,8 +7,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from handler.filenames import job_id_for
-
 JOBS_FOLDER = "jobs"
 """Job records live in this folder of the storage, beside the generated files."""
 
@@ -59,6 +57,10 @@ class Storage(Protocol):
         """Every generated file, newest first."""
         ...
 
+    def remove_leftovers(self) -> None:
+        """Remove what writers killed mid-write left behind (never a live writer's work)."""
+        ...
+
     def download(self, filename: str) -> Download | None:
         """Where a client downloads `filename` from, or None if there is no such file."""
         ...
@@ -105,11 +107,11 @@ def newest_first(files: list[StoredFile]) -> list[StoredFile]:
 
 
 def prune(storage: Storage, keep: int, protect: str | None = None) -> list[str]:
-    """Delete all but the newest `keep` files, and of job records, each in one batch.
+    """Delete all but the newest `keep` files in one batch; returns the names deleted.
 
-    Returns the file names deleted. `protect` (the file just saved) is never among them, even
-    when its name, given when its request arrived, sorts older than files saved before it.
-    Job records go with their files; job ids sort in creation order like file names.
+    `protect` (the file just saved) is never among them, even when its name, given when its
+    request arrived, sorts older than files saved before it. Job records are pruned by their
+    store (`handler.job_records.JobStore.prune`), which knows which jobs have ended.
     """
     files = [f.filename for f in newest_first(storage.list_files())]
     if protect in files:
@@ -118,9 +120,4 @@ def prune(storage: Storage, keep: int, protect: str | None = None) -> list[str]:
     excess = files[keep:]
     if excess:
         storage.delete(excess)
-    pruned_jobs = {job_id_for(name) for name in excess}
-    job_ids = sorted(storage.list_jobs(), reverse=True)
-    old_jobs = [job_id for index, job_id in enumerate(job_ids) if index >= keep or job_id in pruned_jobs]
-    if old_jobs:
-        storage.delete_jobs(old_jobs)
     return excess
