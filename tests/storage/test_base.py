@@ -99,13 +99,10 @@ def test_the_cap_counts_files_of_every_format_together(storage: Storage) -> None
 def test_stat_is_the_listing_entry_of_one_file(storage: Storage) -> None:
     names = fill(storage, 2, (AudioFormat.FLAC, AudioFormat.MP3))
     for name in names:
-        assert storage.stat(name) == StoredFile(name, len(b"RIFF" + name.encode()), created_at_of(storage, name))
+        [listed] = [f for f in storage.list_files() if f.filename == name]
+        assert storage.stat(name) == listed == StoredFile(name, len(b"RIFF" + name.encode()), listed.created_at)
     assert storage.stat(new_filename(START, AudioFormat.OGG)) is None
     assert storage.stat(names[0].replace(".flac", ".wav")) is None
-
-
-def created_at_of(storage: Storage, name: str) -> object:
-    return next(f.created_at for f in storage.list_files() if f.filename == name)
 
 
 def test_read_metadata_returns_the_sidecars_that_exist(storage: Storage) -> None:
