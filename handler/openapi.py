@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.routing import compile_path
 
 from handler.audio.output import FORMAT_DESCRIPTIONS, AudioFormat
 from handler.schemas import ErrorResponse, JobAccepted
@@ -108,3 +109,15 @@ def without_validation_errors(document: dict[str, Any]) -> dict[str, Any]:
     for name in VALIDATION_SCHEMAS:
         schemas.pop(name, None)
     return document
+
+
+def documented_methods(app: FastAPI, path: str) -> set[str]:
+    """The methods `app`'s OpenAPI document gives the path `path` (HEAD wherever GET is)."""
+    methods: set[str] = set()
+    for template, operations in app.openapi()["paths"].items():
+        pattern, _, _ = compile_path(template)
+        if pattern.match(path):
+            methods |= {method.upper() for method in operations}
+    if "GET" in methods:
+        methods.add("HEAD")
+    return methods

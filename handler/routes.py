@@ -226,7 +226,7 @@ def file_info(filename: FilenamePath, services: ServicesDep) -> FileInfo:
 
 
 @router.get(
-    "/files/{filename:path}",
+    "/files/{filename}",
     response_class=Response,
     responses=DOWNLOAD_RESPONSES,
     summary="Download a file",
@@ -247,7 +247,7 @@ def download_file(filename: FilenamePath, services: ServicesDep) -> Response:
 
 
 @router.delete(
-    "/files/{filename:path}",
+    "/files/{filename}",
     status_code=204,
     response_class=Response,
     responses=DELETE_RESPONSES,

@@ -3,6 +3,9 @@
 import threading
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from handler.generation import GenerationParams
 from handler.musicgen.generator import ArtifactInfo, MusicGenerator, ProgressCallback
 
@@ -59,3 +62,29 @@ class LoadWatcher(GatedGenerator):
     def load(self) -> None:
         self.inner.load()
         self.load_done.set()
+
+
+class ToneGenerator:
+    """A stand-in engine that answers at once: a seeded chord of the requested length, for tests of
+    the HTTP contract that would otherwise spend their time generating."""
+
+    sample_rate = 32000
+    loaded = True
+    load_error: str | None = None
+    artifact: ArtifactInfo | None = None
+
+    def load(self) -> None:
+        pass
+
+    def estimate_seconds(self, duration: int) -> float:
+        return 0.01 * duration
+
+    def generate(
+        self, params: GenerationParams, on_progress: ProgressCallback | None = None
+    ) -> npt.NDArray[np.float32]:
+        rng = np.random.default_rng(params.seed)
+        t = np.arange(params.duration * self.sample_rate) / self.sample_rate
+        chord = sum(np.sin(2 * np.pi * f * t) for f in rng.uniform(110, 880, size=3))
+        if on_progress is not None:
+            on_progress(0.5)
+        return (0.1 * chord).astype(np.float32)
