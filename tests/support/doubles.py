@@ -84,7 +84,10 @@ class ToneGenerator:
     ) -> npt.NDArray[np.float32]:
         rng = np.random.default_rng(params.seed)
         t = np.arange(params.duration * self.sample_rate) / self.sample_rate
-        chord = sum(np.sin(2 * np.pi * f * t) for f in rng.uniform(110, 880, size=3))
+        frequencies = rng.uniform(110, 880, size=3)
+        chord: npt.NDArray[np.float32] = (0.1 * np.sin(2 * np.pi * np.outer(frequencies, t)).sum(axis=0)).astype(
+            np.float32
+        )
         if on_progress is not None:
             on_progress(0.5)
-        return (0.1 * chord).astype(np.float32)
+        return chord
