@@ -169,6 +169,8 @@ def exercise(storage: S3Storage) -> None:
     for name in names:
         storage.save(name, b"RIFF", {"prompt": "x"})
     storage.list_files()
+    assert storage.stat(names[0]) is not None
+    assert storage.read_metadata(names) == {name: {"prompt": "x"} for name in names}
     assert storage.download(names[0]) is not None
     assert storage.download(new_filename(datetime(2020, 1, 1, tzinfo=UTC))) is None
     job_id = names[0].removesuffix(".wav")
