@@ -46,6 +46,11 @@ GENERATE_RESPONSES: Responses = {
         },
     },
     400: INVALID,
+    413: error("Request body over 64 KiB (refused before it is read whole)"),
+    429: {
+        **error("Too many jobs waiting: the local queue is full, or this job would wait past its timeout"),
+        "headers": {"Retry-After": header("Seconds to wait before trying again", {"type": "integer", "minimum": 1})},
+    },
     500: error("Generation failed"),
     503: error("Model or storage unavailable, or the job could not be started"),
 }

@@ -2,7 +2,7 @@
 
 from dataclasses import asdict
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -196,8 +196,15 @@ class Health(BaseModel):
     model_id: str
     model_loaded: bool
     model_error: str | None
+    model_retry_in_seconds: float | None = Field(
+        default=None, description="After a failed load: seconds until it is tried again (requests meanwhile get 503)"
+    )
     served_model: ServedModel | None = None
     storage: str
+    auth: Literal["none", "api_key"] = Field(
+        default="none",
+        description="'api_key': every request but this one, the docs and the page needs `Authorization: Bearer <key>`",
+    )
 
 
 class ErrorDetail(BaseModel):

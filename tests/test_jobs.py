@@ -20,6 +20,7 @@ from handler.job_records import (
     JobRecord,
     JobStatus,
     JobStore,
+    QueueFullError,
     job_event,
     job_id_from_event,
 )
@@ -31,7 +32,7 @@ from handler.storage import LocalStorage, Storage
 from tests.support.api import download
 from tests.support.app import serve
 from tests.support.audio import decode
-from tests.support.doubles import FailingGenerator, GatedGenerator
+from tests.support.doubles import FailingGenerator, GatedGenerator, SlowGatedGenerator
 from tests.support.jobs import WaitableJobQueue
 from tests.support.lambda_events import LambdaContext, load_event
 from tests.support.wav import read_wav
@@ -428,3 +429,60 @@ def test_job_that_cannot_be_dispatched_is_503_and_recorded_failed(
     assert record is not None
     assert record.status is JobStatus.FAILED
     assert record.error == "Could not start the job"
+
+
+def test_the_local_queue_holds_at_most_its_bound_of_waiting_jobs() -> None:
+    queue = LocalJobQueue(max_waiting=2)
+    assert queue.reserve("a", 10.0) == 0.0
+    assert queue.reserve("b", 10.0) == 10.0  # the wait counts the job ahead
+    with pytest.raises(QueueFullError):
+        queue.reserve("c", 10.0)
+    queue.release("a")
+    assert queue.reserve("c", 10.0) == 10.0
+
+
+def test_the_local_queue_takes_no_job_whose_wait_passes_its_bound() -> None:
+    queue = LocalJobQueue(max_waiting=8, max_wait_s=15.0)
+    queue.reserve("a", 10.0)
+    queue.reserve("b", 10.0)
+    with pytest.raises(QueueFullError) as raised:
+        queue.reserve("c", 10.0)
+    assert raised.value.retry_after_s == pytest.approx(5.0)
+
+
+def test_a_job_past_the_queue_bound_is_refused_with_429_and_nothing_recorded(
+    settings: Settings, local_storage: LocalStorage, generator: MusicgenGenerator
+) -> None:
+    gated = SlowGatedGenerator(generator, estimate_s=40.0)
+    with serve(settings, local_storage, gated, jobs=WaitableJobQueue(max_waiting=1)) as client:
+        first = client.post("/generate/", json={"text": "one", "duration": 1}, headers=ASYNC)
+        assert first.status_code == 202, first.text
+        assert gated.started.wait(timeout=30)  # the first runs; the second waits behind it
+        second = client.post("/generate/", json={"text": "two", "duration": 1}, headers=ASYNC)
+        assert second.status_code == 202
+        assert second.json()["eta_seconds"] > first.json()["eta_seconds"] + 30  # the job ahead counts
+        refused = client.post("/generate/", json={"text": "three", "duration": 1}, headers=ASYNC)
+        assert refused.status_code == 429
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert "Too many jobs" in refused.json()["detail"]
+        assert len(local_storage.list_jobs()) == 2
+        gated.gate.set()
+        wait_for_jobs(client)
+        statuses = [client.get(f"/jobs/{r.json()['job_id']}").json()["status"] for r in (first, second)]
+        assert statuses == ["succeeded", "succeeded"]
+        assert len(local_storage.list_files()) == 2
+
+
+def test_a_job_that_would_wait_past_the_queue_timeout_is_refused(
+    settings: Settings, local_storage: LocalStorage, generator: MusicgenGenerator
+) -> None:
+    gated = SlowGatedGenerator(generator, estimate_s=40.0)
+    queue = WaitableJobQueue(max_waiting=8, max_wait_s=60.0)
+    with serve(settings, local_storage, gated, jobs=queue) as client:
+        assert client.post("/generate/", json={"text": "one", "duration": 1}, headers=ASYNC).status_code == 202
+        assert gated.started.wait(timeout=30)
+        assert client.post("/generate/", json={"text": "two", "duration": 1}, headers=ASYNC).status_code == 202
+        refused = client.post("/generate/", json={"text": "three", "duration": 1}, headers=ASYNC)
+        assert refused.status_code == 429
+        assert 15 <= int(refused.headers["Retry-After"]) <= 21  # about 80 s of wait against 60
+        gated.gate.set()

@@ -31,6 +31,10 @@ class GatedGenerator:
         return self.inner.load_error
 
     @property
+    def load_retry_in(self) -> float | None:
+        return self.inner.load_retry_in
+
+    @property
     def artifact(self) -> ArtifactInfo | None:
         return self.inner.artifact
 
@@ -44,6 +48,17 @@ class GatedGenerator:
         self.started.set()
         assert self.gate.wait(timeout=30)
         return self.inner.generate(params, on_progress)
+
+
+class SlowGatedGenerator(GatedGenerator):
+    """A gated engine that expects every generation to take `estimate_s`, to fill a queue's time."""
+
+    def __init__(self, inner: MusicGenerator, estimate_s: float) -> None:
+        super().__init__(inner)
+        self.estimate_s = estimate_s
+
+    def estimate_seconds(self, duration: int) -> float:
+        return self.estimate_s
 
 
 class FailingGenerator(GatedGenerator):
@@ -71,6 +86,7 @@ class ToneGenerator:
     sample_rate = 32000
     loaded = True
     load_error: str | None = None
+    load_retry_in: float | None = None
     artifact: ArtifactInfo | None = None
 
     def load(self) -> None:
