@@ -661,8 +661,8 @@ def table(report: dict[str, Any]) -> str:
         )
     for precision, long in report.get("long", {}).items():
         lines.append(
-            f"{precision}, a {long['seconds']} s clip (windows of 30 s): {long['wall_s']:.1f} s (RTF {long['rtf']:.2f}),"
-            f" peak resident memory {long['peak_rss_mb']:.0f} MB (target <= 2500 MB)"
+            f"{precision}, a {long['seconds']} s clip (windows of 30 s): {long['wall_s']:.1f} s"
+            f" (RTF {long['rtf']:.2f}), peak resident memory {long['peak_rss_mb']:.0f} MB (target <= 2500 MB)"
         )
     if encodec := report.get("encodec"):
         lines.append("")

@@ -16,6 +16,7 @@ from handler.job_records import JobDispatcher, job_id_from_event
 from handler.jobs import LambdaJobInvoker, LocalJobQueue, fail_abandoned_jobs, run_job
 from handler.logs import configure_logging, log_requests, take_cold_start
 from handler.musicgen.generator import ModelUnavailableError, MusicGenerator, MusicgenGenerator
+from handler.openapi import install_openapi
 from handler.routes import router
 from handler.security import KeyRing, SecurityHeaders, install_guards
 from handler.settings import Settings, get_settings
@@ -115,6 +116,7 @@ def create_app(
     app.middleware("http")(log_requests)
     app.add_middleware(SecurityHeaders)
     app.include_router(router)
+    install_openapi(app)
     return app
 
 

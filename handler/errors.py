@@ -7,6 +7,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from handler.openapi import documented_methods
 from handler.schemas import ErrorDetail, ErrorResponse
 from handler.storage import StorageError
 
@@ -39,6 +40,12 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     response = error_response(exc.status_code, str(exc.detail))
     if exc.headers:
         response.headers.update(exc.headers)
+    if exc.status_code == 405:
+        # Starlette's `Allow` names the methods of the first route matching the path only, and
+        # /files/{filename} has one route for GET and another for DELETE.
+        methods = {m.strip() for m in (exc.headers or {}).get("Allow", "").split(",") if m.strip()}
+        methods |= documented_methods(request.app, request.url.path)
+        response.headers["Allow"] = ", ".join(sorted(methods))
     return response
 
 

@@ -6,9 +6,10 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
-from pydantic import BaseModel, model_validator
+from pydantic import BaseModel, Field, model_validator
 
-from handler.filenames import job_id_for
+from handler.audio.output import DEFAULT_OUTPUT, AudioFormat, AudioOutput, Normalization
+from handler.filenames import filename_for, job_id_for
 from handler.generation import GenerationParams
 from handler.storage import Storage
 
@@ -34,9 +35,12 @@ FINAL_STATES = {JobStatus.SUCCEEDED, JobStatus.FAILED}
 _FLAT_NAMES = {"prompt": "text"}
 """GenerationParams fields that records with flat parameters stored under another name."""
 
+OUTPUT_BEFORE_FORMATS = AudioOutput(AudioFormat.WAV, Normalization.PEAK)
+"""What every job made before a request could choose: records stored then have no `output`."""
+
 
 class JobRecord(BaseModel):
-    """One job as stored; its id is also the name of the file it makes, without `.wav`."""
+    """One job as stored; its id is also the name of the file it makes, without its extension."""
 
     job_id: str
     status: JobStatus
@@ -47,6 +51,7 @@ class JobRecord(BaseModel):
     deadline: datetime
     error: str | None = None
     params: GenerationParams
+    output: AudioOutput = Field(default=OUTPUT_BEFORE_FORMATS)
     worker: str | None = None
     """The process holding the job (`handler.processes.current_worker`), where jobs run locally."""
 
@@ -62,6 +67,11 @@ class JobRecord(BaseModel):
                 if _FLAT_NAMES.get(field.name, field.name) in data
             }
         return data
+
+    @property
+    def filename(self) -> str:
+        """The file this job makes."""
+        return filename_for(self.job_id, self.output.format)
 
     @property
     def final(self) -> bool:
@@ -118,6 +128,7 @@ class JobStore:
         now: datetime,
         queue_timeout_s: float,
         eta_s: float,
+        output: AudioOutput = DEFAULT_OUTPUT,
         worker: str | None = None,
     ) -> JobRecord:
         """Record a queued job; `eta_s` counts the wait for the jobs ahead of it."""
@@ -130,6 +141,7 @@ class JobStore:
             updated_at=now,
             deadline=now + timedelta(seconds=queue_timeout_s),
             params=params,
+            output=output,
         )
         self.save(record)
         return record

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from handler.audio.output import AudioOutput
 from handler.dependencies import Services
-from handler.filenames import filename_for
 from handler.generation import GenerationParams
 from handler.job_records import ABANDONED_ERROR, JobRecord, JobStatus, JobStore, QueueFullError, job_event
 from handler.music_files import MusicFileError, make_music_file
@@ -62,7 +62,9 @@ class ProgressWriter:
             logger.warning("could not write job progress", extra={"job_id": self.record.job_id})
 
 
-def submit_job(services: Services, params: GenerationParams, job_id: str, now: datetime) -> JobRecord:
+def submit_job(
+    services: Services, params: GenerationParams, output: AudioOutput, job_id: str, now: datetime
+) -> JobRecord:
     """Record a queued job and hand it to a worker; a job that cannot be handed over is recorded failed.
 
     Raises QueueFullError (nothing recorded), StorageError (the record could not be written) or
@@ -73,7 +75,13 @@ def submit_job(services: Services, params: GenerationParams, job_id: str, now: d
     wait = services.jobs.reserve(job_id, estimate)
     try:
         record = store.create(
-            job_id, params, now, services.settings.job_queue_timeout_seconds, wait + estimate, services.jobs.worker
+            job_id,
+            params,
+            now,
+            services.settings.job_queue_timeout_seconds,
+            wait + estimate,
+            output,
+            services.jobs.worker,
         )
     except BaseException:
         services.jobs.release(job_id)
@@ -140,7 +148,7 @@ def run_job(services: Services, job_id: str, time_budget_s: float | None = None)
     outcome: dict[str, object]
     try:
         store.save(record)
-        make_music_file(services, record.params, filename_for(job_id), record.created_at, progress)
+        make_music_file(services, record.params, record.output, record.filename, record.created_at, progress)
     except MusicFileError as exc:
         outcome = {"status": JobStatus.FAILED, "error": exc.message, "eta_seconds": None}
     except Exception:

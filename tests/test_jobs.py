@@ -12,6 +12,7 @@ import pytest
 from botocore.stub import ANY, Stubber
 from fastapi.testclient import TestClient
 
+from handler.audio.output import AudioFormat, AudioOutput, Normalization
 from handler.filenames import new_filename
 from handler.generation import GenerationParams
 from handler.job_records import (
@@ -29,7 +30,9 @@ from handler.musicgen.generator import MusicgenGenerator
 from handler.routes import prefers_async
 from handler.settings import Settings
 from handler.storage import LocalStorage, Storage
+from tests.support.api import download
 from tests.support.app import serve
+from tests.support.audio import decode
 from tests.support.doubles import FailingGenerator, GatedGenerator, SlowGatedGenerator
 from tests.support.jobs import WaitableJobQueue
 from tests.support.lambda_events import LambdaContext, load_event
@@ -120,6 +123,24 @@ def test_async_job_runs_locally_to_success_with_rising_progress(
     assert any(0 < value < 1 for value in progress), "progress is written during generation"
 
 
+@pytest.mark.parametrize("audio_format", ["flac", "mp3"])
+def test_an_async_job_makes_the_format_and_normalisation_asked_for(client: TestClient, audio_format: str) -> None:
+    body = client.post(
+        "/generate/",
+        json={"text": "rain", "duration": 2, "format": audio_format, "normalize": "none", "seed": 4},
+        headers=ASYNC,
+    ).json()
+    assert body["file_url"] == f"/files/{body['job_id']}.{audio_format}"
+    wait_for_jobs(client)
+    job = client.get(body["status_url"]).json()
+    assert (job["status"], job["format"], job["normalize"]) == ("succeeded", audio_format, "none")
+    assert job["file_url"] == body["file_url"]
+    decoded = decode(download(client, body["file_url"]))
+    assert (decoded.sample_rate, len(decoded.samples)) == (32000, 2 * 32000)
+    [listed] = client.get("/files/").json()
+    assert (listed["format"], listed["normalize"], listed["seed"]) == (audio_format, "none", 4)
+
+
 def test_running_job_reports_running_with_retry_after(
     settings: Settings, local_storage: LocalStorage, generator: MusicgenGenerator
 ) -> None:
@@ -198,9 +219,13 @@ def test_a_record_stored_with_flat_parameters_still_loads_and_is_served(client: 
     assert record.status is JobStatus.SUCCEEDED
     assert record.created_at == datetime(2025, 5, 28, 13, 42, 11, 250000, tzinfo=UTC)
 
+    assert record.output == AudioOutput(AudioFormat.WAV, Normalization.PEAK), "what every job made then"
+
     storage.put_job(OLD_RECORD["job_id"], OLD_RECORD)  # type: ignore[arg-type]
     job = client.get("/jobs/gen_20250528_134211_a1b2c3d4").json()
     assert job["status"] == "succeeded"
+    assert job["file_url"] == "/files/gen_20250528_134211_a1b2c3d4.wav"
+    assert (job["format"], job["normalize"]) == ("wav", "peak")
     assert (job["text"], job["duration"], job["guidance_scale"], job["temperature"], job["seed"]) == (
         "雨 on a tin roof",
         2,

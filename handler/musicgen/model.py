@@ -610,8 +610,8 @@ class MusicgenModel:
         if rows > cond:  # guidance: the unconditional rows read the same tokens
             tokens = tokens.repeat(2, 1, 1)
         x = self.positions[:length].expand(rows, length, d).clone()
-        for k in range(self.num_codebooks):
-            x += F.embedding(tokens[:, k] + self.embed_offsets[0, k], self.embed)
+        for codebook in range(self.num_codebooks):
+            x += F.embedding(tokens[:, codebook] + self.embed_offsets[0, codebook], self.embed)
 
         def product(lin: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
             # The packed layers' torch products: the kernel's arithmetic, in matrix products

@@ -7,6 +7,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from handler.filenames import job_id_for
+
 JOBS_FOLDER = "jobs"
 """Job records live in this folder of the storage, beside the generated files."""
 
@@ -57,6 +59,14 @@ class Storage(Protocol):
         """Every generated file, newest first."""
         ...
 
+    def stat(self, filename: str) -> StoredFile | None:
+        """One generated file as listed, or None if there is no such file."""
+        ...
+
+    def read_metadata(self, filenames: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The sidecars of `filenames`, by file name; files without a readable sidecar are left out."""
+        ...
+
     def remove_leftovers(self) -> None:
         """Remove what writers killed mid-write left behind (never a live writer's work)."""
         ...
@@ -66,7 +76,7 @@ class Storage(Protocol):
         ...
 
     def delete(self, filenames: Sequence[str]) -> None:
-        """Delete files and their sidecars."""
+        """Delete files and their sidecars; missing ones are skipped."""
         ...
 
     def put_job(self, job_id: str, record: Mapping[str, Any]) -> None:
@@ -87,8 +97,17 @@ class Storage(Protocol):
 
 
 def metadata_name(filename: str) -> str:
-    """The sidecar that keeps a file's prompt and parameters."""
-    return filename.removesuffix(".wav") + ".json"
+    """The sidecar that keeps a file's prompt, parameters and loudness: its name with `.json` for the extension."""
+    return job_id_for(filename) + ".json"
+
+
+def decode_json(data: bytes) -> dict[str, Any] | None:
+    """A stored sidecar or job record, or None if it is not a JSON object."""
+    try:
+        record = json.loads(data)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def job_record_name(job_id: str) -> str:

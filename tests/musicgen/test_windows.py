@@ -1,5 +1,7 @@
 """Planning clips longer than the model's context as overlapping windows."""
 
+import itertools
+
 import pytest
 
 from handler.musicgen.windows import EXTEND_STRIDE_SECONDS, WINDOW_SECONDS, Window, WindowShape
@@ -8,8 +10,9 @@ MUSICGEN = WindowShape.for_model(frame_rate=50, max_positions=2048, num_codebook
 
 
 def test_musicgen_windows_are_30_s_striding_18_s() -> None:
-    assert (WINDOW_SECONDS, EXTEND_STRIDE_SECONDS) == (30, 18)
-    assert MUSICGEN == WindowShape(frames=1500, overlap=600)
+    assert WINDOW_SECONDS == 30
+    assert EXTEND_STRIDE_SECONDS == 18
+    assert WindowShape(frames=1500, overlap=600) == MUSICGEN
 
 
 def test_a_model_with_fewer_positions_gets_shorter_windows_and_overlaps_in_proportion() -> None:
@@ -37,7 +40,7 @@ def test_windows_cover_the_clip_exactly_each_prompted_by_the_previous_ones_end(s
     windows = MUSICGEN.plan(frames)
     assert windows[0] == Window(0, 1500, 0)
     assert windows[-1].end == frames
-    for before, window in zip(windows, windows[1:], strict=False):
+    for before, window in itertools.pairwise(windows):
         assert window.prompt == MUSICGEN.overlap
         assert window.start == before.end - window.prompt  # its prompt is the previous window's last frames
         assert window.prompt < window.frames <= MUSICGEN.frames

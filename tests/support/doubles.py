@@ -3,6 +3,9 @@
 import threading
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from handler.generation import GenerationParams
 from handler.musicgen.generator import ArtifactInfo, MusicGenerator, ProgressCallback
 
@@ -54,7 +57,7 @@ class SlowGatedGenerator(GatedGenerator):
         super().__init__(inner)
         self.estimate_s = estimate_s
 
-    def estimate_seconds(self, duration: int) -> float:
+    def estimate_seconds(self, duration: int, takes: int = 1) -> float:
         return self.estimate_s
 
 
@@ -74,3 +77,33 @@ class LoadWatcher(GatedGenerator):
     def load(self) -> None:
         self.inner.load()
         self.load_done.set()
+
+
+class ToneGenerator:
+    """A stand-in engine that answers at once: a seeded chord of the requested length, for tests of
+    the HTTP contract that would otherwise spend their time generating."""
+
+    sample_rate = 32000
+    loaded = True
+    load_error: str | None = None
+    load_retry_in: float | None = None
+    artifact: ArtifactInfo | None = None
+
+    def load(self) -> None:
+        pass
+
+    def estimate_seconds(self, duration: int, takes: int = 1) -> float:
+        return 0.01 * duration * takes
+
+    def generate(
+        self, params: GenerationParams, on_progress: ProgressCallback | None = None
+    ) -> npt.NDArray[np.float32]:
+        """(takes, samples): each take a chord chosen by its own seed."""
+        t = np.arange(params.duration * self.sample_rate) / self.sample_rate
+        chords = []
+        for seed in params.seeds:
+            frequencies = np.random.default_rng(seed).uniform(110, 880, size=3)
+            chords.append(0.1 * np.sin(2 * np.pi * np.outer(frequencies, t)).sum(axis=0))
+        if on_progress is not None:
+            on_progress(0.5)
+        return np.stack(chords).astype(np.float32)
