@@ -116,7 +116,7 @@ def create_app(
     app.middleware("http")(log_requests)
     app.add_middleware(SecurityHeaders)
     app.include_router(router)
-    install_openapi(app)
+    install_openapi(app, settings.max_duration)
     return app
 
 

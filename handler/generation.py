@@ -11,6 +11,10 @@ from dataclasses import dataclass
 MAX_SEED = 2**32 - 1
 """Seeds are unsigned 32-bit, so any seed a response reports can be sent back."""
 
+CONTRACT_MAX_DURATION = 30
+"""The published contract's longest clip, in seconds: `MAX_DURATION`'s default."""
+DURATION_CEILING = 300
+"""The longest clip any deployment may allow (`MAX_DURATION`'s maximum), in seconds."""
 
 MAX_TAKES = 4
 """Takes one request may ask for: decoded as one batch, eight rows with guidance, the native step's most."""

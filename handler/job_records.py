@@ -1,6 +1,6 @@
 """Job records: what an asynchronous generation is, kept in the storage backend."""
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -54,6 +54,9 @@ class JobRecord(BaseModel):
     output: AudioOutput = Field(default=OUTPUT_BEFORE_FORMATS)
     worker: str | None = None
     """The process holding the job (`handler.processes.current_worker`), where jobs run locally."""
+    more_takes: list[str] = Field(default_factory=list)
+    """The ids of the takes after the first (`params.takes`), named as the job is: their files' names
+    without the extension."""
 
     @model_validator(mode="before")
     @classmethod
@@ -68,10 +71,21 @@ class JobRecord(BaseModel):
             }
         return data
 
+    @model_validator(mode="after")
+    def _a_file_per_take(self) -> "JobRecord":
+        if len(self.more_takes) != self.params.takes - 1:
+            raise ValueError(f"{self.params.takes} takes asked for, {1 + len(self.more_takes)} files named")
+        return self
+
     @property
     def filename(self) -> str:
-        """The file this job makes."""
+        """The file this job makes: its first take's."""
         return filename_for(self.job_id, self.output.format)
+
+    @property
+    def filenames(self) -> list[str]:
+        """Every take's file, the first one first."""
+        return [self.filename, *(filename_for(take, self.output.format) for take in self.more_takes)]
 
     @property
     def final(self) -> bool:
@@ -130,10 +144,13 @@ class JobStore:
         eta_s: float,
         output: AudioOutput = DEFAULT_OUTPUT,
         worker: str | None = None,
+        more_takes: Sequence[str] = (),
     ) -> JobRecord:
-        """Record a queued job; `eta_s` counts the wait for the jobs ahead of it."""
+        """Record a queued job; `eta_s` counts the wait for the jobs ahead of it; `more_takes` names
+        the takes after the first (see `JobRecord.more_takes`)."""
         record = JobRecord(
             worker=worker,
+            more_takes=list(more_takes),
             job_id=job_id,
             status=JobStatus.QUEUED,
             eta_seconds=round(eta_s, 1),

@@ -7,7 +7,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,6 +20,8 @@ from handler.processes import current_worker, worker_is_gone
 from handler.storage import StorageError
 
 logger = logging.getLogger(__name__)
+
+TOO_LONG_ERROR = "The clip would take longer to make than the worker's time limit allows"
 
 PROGRESS_WRITE_INTERVAL_S = 1.0
 HEARTBEAT_GRACE_S = 60.0
@@ -63,15 +65,21 @@ class ProgressWriter:
 
 
 def submit_job(
-    services: Services, params: GenerationParams, output: AudioOutput, job_id: str, now: datetime
+    services: Services,
+    params: GenerationParams,
+    output: AudioOutput,
+    job_id: str,
+    now: datetime,
+    more_takes: Sequence[str] = (),
 ) -> JobRecord:
     """Record a queued job and hand it to a worker; a job that cannot be handed over is recorded failed.
+    `more_takes`: the ids of its takes after the first (see `JobRecord.more_takes`).
 
     Raises QueueFullError (nothing recorded), StorageError (the record could not be written) or
     JobDispatchError.
     """
     store = JobStore(services.storage)
-    estimate = services.generator.estimate_seconds(params.duration)
+    estimate = services.generator.estimate_seconds(params.duration, params.takes)
     wait = services.jobs.reserve(job_id, estimate)
     try:
         record = store.create(
@@ -82,6 +90,7 @@ def submit_job(
             wait + estimate,
             output,
             services.jobs.worker,
+            more_takes,
         )
     except BaseException:
         services.jobs.release(job_id)
@@ -132,7 +141,11 @@ def run_job(services: Services, job_id: str, time_budget_s: float | None = None)
     record = store.get(job_id)
     if record is None or record.status is not JobStatus.QUEUED:
         return record
-    estimate = services.generator.estimate_seconds(record.params.duration)
+    estimate = services.generator.estimate_seconds(record.params.duration, record.params.takes)
+    if time_budget_s is not None and estimate > time_budget_s:
+        # Refused up front when it was asked for; should this worker still expect to outlast its
+        # invocation (a colder start than the request's), it fails now rather than being killed mid-way.
+        return _fail_unstarted(store, record, TOO_LONG_ERROR)
     budget = time_budget_s if time_budget_s is not None else max(120.0, 3 * estimate)
     now = datetime.now(UTC)
     record = record.model_copy(
@@ -148,7 +161,7 @@ def run_job(services: Services, job_id: str, time_budget_s: float | None = None)
     outcome: dict[str, object]
     try:
         store.save(record)
-        make_music_file(services, record.params, record.output, record.filename, record.created_at, progress)
+        make_music_file(services, record.params, record.output, record.filenames, record.created_at, progress)
     except MusicFileError as exc:
         outcome = {"status": JobStatus.FAILED, "error": exc.message, "eta_seconds": None}
     except Exception:
@@ -164,6 +177,18 @@ def run_job(services: Services, job_id: str, time_budget_s: float | None = None)
         logger.exception("could not record the job's outcome", extra={"job_id": job_id})
     logger.info("job finished", extra={"job_id": job_id, "status": record.status.value})
     return record
+
+
+def _fail_unstarted(store: JobStore, record: JobRecord, error: str) -> JobRecord:
+    failed = record.model_copy(
+        update={"status": JobStatus.FAILED, "error": error, "eta_seconds": None, "updated_at": datetime.now(UTC)}
+    )
+    try:
+        store.save(failed)
+    except StorageError:
+        logger.exception("could not record the job's outcome", extra={"job_id": record.job_id})
+    logger.info("job refused: it would outlast its invocation", extra={"job_id": record.job_id})
+    return failed
 
 
 class LocalJobQueue:

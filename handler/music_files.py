@@ -1,6 +1,7 @@
 """Making one music file: generate, encode, store, keep the newest. Shared by requests and jobs."""
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import datetime
 
@@ -28,15 +29,18 @@ def make_music_file(
     services: Services,
     params: GenerationParams,
     output: AudioOutput,
-    filename: str,
+    filenames: Sequence[str],
     requested_at: datetime,
     on_progress: ProgressCallback | None = None,
-) -> EncodedAudio:
-    """Generate `params` into `filename`, encoded as `output` asks, then delete the oldest files beyond the cap.
+) -> list[EncodedAudio]:
+    """Generate `params` into `filenames` (one per take), encoded as `output` asks, then delete the
+    oldest files beyond the cap; each take counts as one file, and the new ones are never deleted.
 
     Raises MusicFileError (503 model or storage unavailable, 500 generation failed); on any
-    failure nothing is stored.
+    failure nothing is stored: takes saved before a failed save are deleted again.
     """
+    if len(filenames) != params.takes:
+        raise ValueError(f"{params.takes} takes need as many file names, {len(filenames)} given")
     generator = services.generator
     try:
         samples = generator.generate(params, on_progress)
@@ -49,28 +53,45 @@ def make_music_file(
         logger.exception("generation failed")
         raise MusicFileError(500, "Music generation failed") from exc
     try:
-        encoded = encode(samples[0], generator.sample_rate, output)
+        encoded = [encode(take, generator.sample_rate, output) for take in samples]
     except Exception as exc:
         logger.exception("encoding failed")
         raise MusicFileError(500, "Music generation failed") from exc
-    metadata = {
-        **asdict(params),
-        **asdict(output),
-        "loudness_lufs": None if encoded.loudness_lufs is None else round(encoded.loudness_lufs, 2),
-        "seconds": encoded.seconds,
-        "model_id": services.settings.model_id,
-        "sample_rate": generator.sample_rate,
-        "created_at": requested_at.isoformat(),
-    }
+    saved: list[str] = []
     try:
-        services.storage.save(filename, encoded.data, metadata)
+        for take, (filename, audio, seed) in enumerate(zip(filenames, encoded, params.seeds, strict=True)):
+            metadata = {
+                **asdict(params),
+                **asdict(output),
+                # The take's own seed; `take` and `takes` say where it stands among its request's.
+                "seed": seed,
+                "take": take,
+                "loudness_lufs": None if audio.loudness_lufs is None else round(audio.loudness_lufs, 2),
+                "seconds": audio.seconds,
+                "model_id": services.settings.model_id,
+                "sample_rate": generator.sample_rate,
+                "created_at": requested_at.isoformat(),
+            }
+            services.storage.save(filename, audio.data, metadata)
+            saved.append(filename)
     except StorageError as exc:
         logger.exception("storage write failed")
+        _delete_quietly(services, saved)
         raise MusicFileError(503, "Storage unavailable") from exc
     try:
-        pruned = prune(services.storage, services.settings.max_files, protect=filename)
+        pruned = prune(services.storage, services.settings.max_files, protect=saved)
         JobStore(services.storage).prune(services.settings.max_files, pruned)
     except Exception:
-        # The new file is safe; the next save prunes again.
+        # The new files are safe; the next save prunes again.
         logger.exception("pruning old files failed")
     return encoded
+
+
+def _delete_quietly(services: Services, filenames: list[str]) -> None:
+    """Delete the takes a failed request had saved: none of its files is kept (or counted) without the rest."""
+    if not filenames:
+        return
+    try:
+        services.storage.delete(filenames)
+    except StorageError:
+        logger.exception("could not delete the takes saved before a failure", extra={"files": filenames})

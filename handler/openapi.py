@@ -93,16 +93,25 @@ VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
 """FastAPI's own 422 body schemas: this API answers invalid input with 400 and ErrorResponse instead."""
 
 
-def install_openapi(app: FastAPI) -> None:
-    """Make `app`'s OpenAPI document say what the API does: no 422 (invalid input is 400, documented per route)."""
+def install_openapi(app: FastAPI, max_duration: int) -> None:
+    """Make `app`'s OpenAPI document say what the API does: no 422 (invalid input is 400, documented
+    per route), and the longest clip this deployment takes (`MAX_DURATION`)."""
     generate: Callable[[], dict[str, Any]] = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = without_validation_errors(generate())
+            app.openapi_schema = with_max_duration(without_validation_errors(generate()), max_duration)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def with_max_duration(document: dict[str, Any], max_duration: int) -> dict[str, Any]:
+    """`document` with the request body's `duration` capped at `max_duration` seconds: the model
+    admits any deployment's limit, the route checks this one's."""
+    duration = document["components"]["schemas"]["GenerateRequest"]["properties"]["duration"]
+    duration["maximum"] = max_duration
+    return document
 
 
 def without_validation_errors(document: dict[str, Any]) -> dict[str, Any]:

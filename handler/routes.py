@@ -2,12 +2,14 @@
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -46,8 +48,10 @@ from handler.schemas import (
     JobAccepted,
     JobResponse,
     ServedModel,
+    Take,
     request_fields,
 )
+from handler.settings import Settings
 from handler.storage import LocalFile
 
 logger = logging.getLogger(__name__)
@@ -56,6 +60,8 @@ router = APIRouter()
 
 API_GATEWAY_BUDGET_S = 27.0
 """API Gateway HTTP APIs end requests at 30 s; the rest is kept for storage and the response."""
+DEADLINE_MARGIN_S = 10.0
+"""Of a Lambda invocation's time, what is kept for encoding and storing the takes and answering."""
 MAX_RETRY_AFTER_S = 5
 
 FILE_NOT_FOUND = "File not found"
@@ -107,24 +113,30 @@ async def generate(
     request: Request,
     prefer: Annotated[str | None, Header(description="`respond-async` runs the generation as a job")] = None,
 ) -> Response | GenerateResponse:
-    """Generate music from a text description and store it in the format asked for (WAV by default).
+    """Generate music from a text description and store it in the format asked for (WAV by default):
+    `takes` clips of it at once, each its own file.
 
     With `Prefer: respond-async`, or when a request through API Gateway could not finish
-    within its 30 s limit, the answer is `202 Accepted` with the job to poll.
+    within its 30 s limit, the answer is `202 Accepted` with the job to poll. On Lambda, a clip
+    that could not finish within an invocation's time is refused at once (400).
     """
     params = body.to_params()
     output = body.to_output()
+    check_limits(params, services.settings)
+    estimate = services.generator.estimate_seconds(params.duration, params.takes)
+    check_deadline(request, params, estimate)
     now = datetime.now(UTC)
-    filename = new_filename(now, output.format)
+    filenames = new_filenames(now, output.format, params.takes)
+    filename = filenames[0]
     wants_async = prefers_async(prefer)
-    if wants_async or exceeds_gateway_budget(request, services, params.duration):
-        accepted = await run_in_threadpool(start_job, services, params, output, filename, now)
+    if wants_async or exceeds_gateway_budget(request, estimate):
+        accepted = await run_in_threadpool(start_job, services, params, output, filenames, now)
         headers = {"Location": accepted.status_url, "Retry-After": str(retry_after(accepted.eta_seconds))}
         if wants_async:
             headers["Preference-Applied"] = "respond-async"
         return JSONResponse(accepted.model_dump(), status_code=202, headers=headers)
     try:
-        encoded = await run_in_threadpool(make_music_file, services, params, output, filename, now)
+        encoded = await run_in_threadpool(make_music_file, services, params, output, filenames, now)
     except MusicFileError as exc:
         raise HTTPException(exc.status_code, exc.message) from exc
     return GenerateResponse(
@@ -138,8 +150,64 @@ async def generate(
         format=output.format,
         normalize=output.normalize,
         content_type=output.format.media_type,
-        loudness_lufs=encoded.loudness_lufs,
+        loudness_lufs=encoded[0].loudness_lufs,
+        takes=take_list(filenames, params),
     )
+
+
+def check_limits(params: GenerationParams, settings: Settings) -> None:
+    """Refuse, as invalid input (400), a clip longer than this deployment's `MAX_DURATION` or more
+    takes than it keeps files."""
+    errors = []
+    if params.duration > settings.max_duration:
+        message = f"Input should be less than or equal to {settings.max_duration} (this deployment's MAX_DURATION)"
+        errors.append({"loc": ("body", "duration"), "msg": message, "type": "less_than_equal"})
+    if params.takes > settings.max_files:
+        message = f"Input should be less than or equal to {settings.max_files} (the files this deployment keeps)"
+        errors.append({"loc": ("body", "takes"), "msg": message, "type": "less_than_equal"})
+    if errors:
+        raise RequestValidationError(errors)
+
+
+def invocation_seconds_left(request: Request) -> float | None:
+    """On Lambda, the time left in the invocation serving `request` (a job's own invocation gets
+    as long: the same function); None elsewhere, where nothing ends a generation."""
+    context = request.scope.get("aws.context")
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    return None if remaining is None else remaining() / 1000
+
+
+def check_deadline(request: Request, params: GenerationParams, estimate_s: float) -> None:
+    """Refuse (400) a generation expected to outlast a Lambda invocation, before anything starts,
+    rather than have it killed half-way."""
+    left = invocation_seconds_left(request)
+    if left is None or estimate_s <= left - DEADLINE_MARGIN_S:
+        return
+    takes = f" ({params.takes} takes)" if params.takes > 1 else ""
+    raise HTTPException(
+        400,
+        f"A {params.duration} s clip{takes} would take about {math.ceil(estimate_s)} s to make here, more than"
+        f" the {max(0, math.floor(left - DEADLINE_MARGIN_S))} s a request may run: ask for a shorter clip"
+        " or fewer takes",
+    )
+
+
+def new_filenames(now: datetime, audio_format: AudioFormat, takes: int) -> list[str]:
+    """A fresh name for each take's file, all distinct."""
+    names: list[str] = []
+    while len(names) < takes:
+        name = new_filename(now, audio_format)
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def take_list(filenames: Sequence[str], params: GenerationParams) -> list[Take]:
+    """Each take's file and seed, the first one first."""
+    return [
+        Take(file_url=file_url(name), filename=name, seed=seed)
+        for name, seed in zip(filenames, params.seeds, strict=True)
+    ]
 
 
 def prefers_async(prefer: str | None) -> bool:
@@ -149,13 +217,14 @@ def prefers_async(prefer: str | None) -> bool:
     return any(token.split(";")[0].strip().lower() == "respond-async" for token in prefer.split(","))
 
 
-def exceeds_gateway_budget(request: Request, services: Services, duration: int) -> bool:
-    """Whether this request came through API Gateway and is expected to outlast its 30 s limit."""
+def exceeds_gateway_budget(request: Request, estimate_s: float) -> bool:
+    """Whether this request came through API Gateway and is expected (`estimate_s`: every window
+    and take counted) to outlast its 30 s limit."""
     event = request.scope.get("aws.event")
     context = event.get("requestContext", {}) if isinstance(event, dict) else {}
     domain = str(context.get("domainName", ""))
     through_gateway = bool(context.get("apiId")) and ".lambda-url." not in domain
-    return through_gateway and services.generator.estimate_seconds(duration) > API_GATEWAY_BUDGET_S
+    return through_gateway and estimate_s > API_GATEWAY_BUDGET_S
 
 
 def retry_after(eta_seconds: float | None) -> int:
@@ -164,11 +233,12 @@ def retry_after(eta_seconds: float | None) -> int:
 
 
 def start_job(
-    services: Services, params: GenerationParams, output: AudioOutput, filename: str, now: datetime
+    services: Services, params: GenerationParams, output: AudioOutput, filenames: Sequence[str], now: datetime
 ) -> JobAccepted:
-    """Record a queued job for `filename` and hand it to a worker."""
+    """Record a queued job for `filenames` (one per take) and hand it to a worker."""
+    job_id, *more_takes = (job_id_for(name) for name in filenames)
     try:
-        record = submit_job(services, params, output, job_id_for(filename), now)
+        record = submit_job(services, params, output, job_id, now, more_takes)
     except QueueFullError as exc:
         retry = math.ceil(exc.retry_after_s)
         raise HTTPException(
@@ -180,8 +250,9 @@ def start_job(
         job_id=record.job_id,
         status=record.status.value,
         status_url=job_url(record.job_id),
-        file_url=file_url(filename),
+        file_url=file_url(record.filename),
         eta_seconds=record.eta_seconds,
+        takes=take_list(record.filenames, params),
     )
 
 
@@ -204,6 +275,7 @@ def get_job(job_id: str, services: ServicesDep, response: Response) -> JobRespon
         eta_seconds=eta,
         status_url=job_url(record.job_id),
         file_url=file_url(record.filename) if record.status is JobStatus.SUCCEEDED else None,
+        takes=take_list(record.filenames, record.params) if record.status is JobStatus.SUCCEEDED else None,
     )
 
 

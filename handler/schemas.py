@@ -13,7 +13,7 @@ from handler.audio.output import (
     AudioOutput,
     Normalization,
 )
-from handler.generation import MAX_SEED, GenerationParams, random_seed
+from handler.generation import DURATION_CEILING, MAX_SEED, MAX_TAKES, GenerationParams, random_seed
 
 MAX_PROMPT_CHARS = 500
 
@@ -47,9 +47,13 @@ def _integral_float_as_int(value: Any) -> Any:
     return value
 
 
-Duration = Annotated[int, Field(ge=1, le=30, strict=True), BeforeValidator(_integral_float_as_int)]
+Duration = Annotated[int, Field(ge=1, le=DURATION_CEILING, strict=True), BeforeValidator(_integral_float_as_int)]
 """Whole seconds: 14 and 14.0, not 14.5, "14" or true (strict otherwise). The validator comes after
-the constraints so that the JSON schema keeps `minimum`/`maximum`."""
+the constraints so that the JSON schema keeps `minimum`/`maximum`. The deployment's own limit
+(`MAX_DURATION`, 30 by default) is checked by the route and is the maximum its document shows."""
+
+Takes = Annotated[int, Field(ge=1, le=MAX_TAKES, strict=True), BeforeValidator(_integral_float_as_int)]
+"""How many clips of one request, taken like Duration."""
 
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED, strict=True), BeforeValidator(_integral_float_as_int)]
 """An unsigned 32-bit seed, taken like Duration."""
@@ -79,6 +83,13 @@ class GenerateRequest(BaseModel):
     normalize: Normalization = Field(
         default=Normalization.LOUDNESS, description=f"Level of the audio. {_choices(NORMALIZATION_DESCRIPTIONS)}."
     )
+    takes: Takes = Field(
+        default=1,
+        description=(
+            "How many clips to make of this request, in one batch: take j (from 0) has seed `seed + j`, and each"
+            " is stored as its own file. The response's first-take fields are take 0's; `takes` lists them all."
+        ),
+    )
 
     def to_params(self) -> GenerationParams:
         """The generation this body asks for; a random seed when it names none."""
@@ -88,6 +99,7 @@ class GenerateRequest(BaseModel):
             guidance_scale=self.guidance_scale,
             temperature=self.temperature,
             seed=self.seed if self.seed is not None else random_seed(),
+            takes=self.takes,
         )
 
     def to_output(self) -> AudioOutput:
@@ -96,10 +108,20 @@ class GenerateRequest(BaseModel):
 
 
 def request_fields(params: GenerationParams, output: AudioOutput) -> dict[str, Any]:
-    """`params` and `output` under the request body's names (the prompt as `text`), as a job's status repeats them."""
+    """`params` and `output` under the request body's names (the prompt as `text`), as a job's status
+    repeats them; how many takes, its `takes` list says."""
     fields = asdict(params) | asdict(output)
     fields["text"] = fields.pop("prompt")
+    del fields["takes"]
     return fields
+
+
+class Take(BaseModel):
+    """One clip of a request: its file and seed."""
+
+    file_url: str
+    filename: str
+    seed: int = Field(description="This take's seed: the request's seed plus its place, from 0")
 
 
 class GenerateResponse(BaseModel):
@@ -118,16 +140,18 @@ class GenerateResponse(BaseModel):
     loudness_lufs: float | None = Field(
         description="Integrated loudness reached (ITU-R BS.1770); null where it can't be measured (silence)"
     )
+    takes: list[Take] = Field(description="Every take, the first one first (the fields above are its own)")
 
 
 class JobAccepted(BaseModel):
-    """202 body: the job to poll and where its file will be."""
+    """202 body: the job to poll and where its files will be."""
 
     job_id: str
     status: str
     status_url: str
     file_url: str
     eta_seconds: float | None
+    takes: list[Take] = Field(description="Where each take will be, the first one first")
 
 
 class JobResponse(BaseModel):
@@ -149,6 +173,7 @@ class JobResponse(BaseModel):
     seed: int
     format: AudioFormat
     normalize: Normalization
+    takes: list[Take] | None = Field(description="Every take, the first one first; set once the job has succeeded")
 
 
 class FileInfo(BaseModel):

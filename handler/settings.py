@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from handler.generation import CONTRACT_MAX_DURATION, DURATION_CEILING
 from handler.security.keys import parse_digests
 
 Precision = Literal["int8", "int4", "bf16", "fp32"]
@@ -66,6 +67,15 @@ class Settings(BaseSettings):
     s3_bucket: str | None = Field(default=None, description="S3 bucket; when set, files are stored in S3.")
     s3_prefix: str = Field(default="", description="Key prefix for generated files in the bucket.")
     max_files: int = Field(default=100, ge=1, description="How many generated files are kept.")
+    max_duration: int = Field(
+        default=CONTRACT_MAX_DURATION,
+        ge=1,
+        le=DURATION_CEILING,
+        description=(
+            "Longest clip a request may ask for, in seconds: the contract's 30 by default. Past 30 s clips are"
+            " made in overlapping 30 s windows; a clip that can't finish within a Lambda invocation is refused."
+        ),
+    )
     presign_expiry_seconds: int = Field(
         default=300, ge=1, le=604800, description="Lifetime of presigned download URLs."
     )

@@ -240,7 +240,14 @@ def test_a_record_keeps_its_parameters_as_one_field(local_storage: LocalStorage)
     JobStore(local_storage).create("gen_20250528_134211_a1b2c3d4", params, datetime.now(UTC), 60, 5)
     stored = local_storage.get_job("gen_20250528_134211_a1b2c3d4")
     assert stored is not None
-    assert stored["params"] == {"prompt": "rain", "duration": 3, "guidance_scale": 2.5, "temperature": 0.7, "seed": 11}
+    assert stored["params"] == {
+        "prompt": "rain",
+        "duration": 3,
+        "guidance_scale": 2.5,
+        "temperature": 0.7,
+        "seed": 11,
+        "takes": 1,
+    }
     assert "text" not in stored
     loaded = JobStore(local_storage).get("gen_20250528_134211_a1b2c3d4")
     assert loaded is not None

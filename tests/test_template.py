@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
+from pydantic import ValidationError
 
 from handler.filenames import new_filename
 from handler.settings import Settings
@@ -57,6 +58,16 @@ def test_every_environment_value_is_a_valid_setting() -> None:
     assert settings.s3_bucket == "srocks-music-bucket"
     assert settings.max_files == TEMPLATE["Parameters"]["MaxFiles"]["Default"]
     assert str(settings.storage_dir).startswith("/tmp/")  # the only writable path on Lambda
+
+
+def test_max_duration_is_the_contracts_30_s_by_default_and_bounded_like_the_setting() -> None:
+    parameter = TEMPLATE["Parameters"]["MaxDuration"]
+    assert ENVIRONMENT["MAX_DURATION"] == {"Ref": "MaxDuration"}
+    assert parameter["Default"] == Settings().max_duration == 30
+    assert (parameter["MinValue"], parameter["MaxValue"]) == (1, 300)
+    Settings(max_duration=parameter["MaxValue"])
+    with pytest.raises(ValidationError):
+        Settings(max_duration=parameter["MaxValue"] + 1)
 
 
 def test_bucket_and_prefix_reach_the_app() -> None:

@@ -1,7 +1,7 @@
 """The interface every storage backend implements, the types it speaks in, and the file cap."""
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -125,18 +125,16 @@ def newest_first(files: list[StoredFile]) -> list[StoredFile]:
     return sorted(files, key=lambda f: f.filename, reverse=True)
 
 
-def prune(storage: Storage, keep: int, protect: str | None = None) -> list[str]:
+def prune(storage: Storage, keep: int, protect: Collection[str] = ()) -> list[str]:
     """Delete all but the newest `keep` files in one batch; returns the names deleted.
 
-    `protect` (the file just saved) is never among them, even when its name, given when its
-    request arrived, sorts older than files saved before it. Job records are pruned by their
-    store (`handler.job_records.JobStore.prune`), which knows which jobs have ended.
+    `protect` (the files just saved: a request's takes) are never among them, even when their names,
+    given when their request arrived, sort older than files saved before them. Job records are
+    pruned by their store (`handler.job_records.JobStore.prune`), which knows which jobs have ended.
     """
-    files = [f.filename for f in newest_first(storage.list_files())]
-    if protect in files:
-        files.remove(protect)
-        files.insert(0, protect)
-    excess = files[keep:]
+    listed = [f.filename for f in newest_first(storage.list_files())]
+    kept = [name for name in listed if name in protect]
+    excess = [name for name in listed if name not in protect][max(0, keep - len(kept)) :]
     if excess:
         storage.delete(excess)
     return excess

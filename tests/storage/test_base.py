@@ -49,8 +49,17 @@ def test_prune_deletes_the_oldest_in_one_batch(storage: Storage) -> None:
 
 def test_prune_never_deletes_the_file_just_saved(storage: Storage) -> None:
     older_name_saved_last, *others = fill(storage, 3)
-    assert prune(storage, keep=2, protect=older_name_saved_last) == [others[0]]
+    assert prune(storage, keep=2, protect=[older_name_saved_last]) == [others[0]]
     assert {f.filename for f in storage.list_files()} == {older_name_saved_last, others[1]}
+
+
+def test_prune_keeps_every_take_just_saved_and_counts_each(storage: Storage) -> None:
+    oldest, older, *others = fill(storage, 5)
+    # Two takes whose names sort older than files saved before them: each one file of the cap.
+    assert sorted(prune(storage, keep=3, protect=[oldest, older])) == sorted(others[:2])
+    assert {f.filename for f in storage.list_files()} == {oldest, older, others[2]}
+    # More takes than the cap: all of them stay.
+    assert sorted(prune(storage, keep=1, protect=[oldest, older])) == [others[2]]
 
 
 def test_job_records_round_trip(storage: Storage) -> None:
