@@ -5,6 +5,7 @@ import json
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,7 +27,7 @@ from handler.job_records import (
     job_id_from_event,
 )
 from handler.jobs import LocalJobQueue
-from handler.musicgen.generator import MusicgenGenerator
+from handler.musicgen.generator import MusicgenGenerator, SpeedMeter
 from handler.routes import prefers_async
 from handler.settings import Settings
 from handler.storage import LocalStorage, Storage
@@ -349,9 +350,9 @@ def capture_invocations(client: Any) -> list[dict[str, Any]]:
     return calls
 
 
-def generate_event(duration: int, function_url: bool = False) -> dict[str, Any]:
+def generate_event(duration: int, function_url: bool = False, **body: Any) -> dict[str, Any]:
     event = load_event("generate")
-    event["body"] = json.dumps({**json.loads(event["body"]), "duration": duration})
+    event["body"] = json.dumps({**json.loads(event["body"]), "duration": duration, **body})
     if function_url:
         domain = "abcdefghij.lambda-url.eu-west-1.on.aws"
         event["requestContext"]["domainName"] = event["headers"]["host"] = domain
@@ -528,3 +529,94 @@ def test_a_job_not_yet_ended_keeps_its_record_however_old(storage: Storage) -> N
     storage.put_job(job_ids[3], {"not": "a record"})
     assert sorted(JobStore(storage).prune(keep=1)) == [job_ids[1], job_ids[2]]
     assert sorted(storage.list_jobs()) == [job_ids[0], job_ids[3]]
+
+
+def test_an_async_job_of_several_takes_lists_each_when_it_has_succeeded(local_client: TestClient) -> None:
+    accepted = local_client.post(
+        "/generate/", json={"text": "rain", "duration": 2, "seed": 7, "takes": 2}, headers=ASYNC
+    ).json()
+    takes = accepted["takes"]
+    assert [take["seed"] for take in takes] == [7, 8]
+    assert (takes[0]["file_url"], takes[0]["filename"]) == (accepted["file_url"], f"{accepted['job_id']}.wav")
+    wait_for_jobs(local_client)
+    job = local_client.get(accepted["status_url"]).json()
+    assert job["status"] == "succeeded"
+    assert job["takes"] == takes
+    assert job["seed"] == 7
+    audio = [read_wav(download(local_client, take["file_url"])).samples for take in takes]
+    assert [len(samples) for samples in audio] == [2 * 32000, 2 * 32000]
+    assert audio[0].tobytes() != audio[1].tobytes()
+
+
+def test_a_job_not_yet_succeeded_lists_no_takes(
+    settings: Settings, local_storage: LocalStorage, generator: MusicgenGenerator
+) -> None:
+    gated = GatedGenerator(generator)
+    with serve(settings, local_storage, gated) as client:
+        accepted = client.post("/generate/", json={"text": "drums", "takes": 3}, headers=ASYNC).json()
+        assert len(accepted["takes"]) == 3
+        assert gated.started.wait(timeout=30)
+        assert client.get(accepted["status_url"]).json()["takes"] is None
+        gated.gate.set()
+        wait_for_jobs(client)
+        assert len(client.get(accepted["status_url"]).json()["takes"]) == 3
+
+
+def test_a_job_its_worker_could_not_finish_in_time_fails_before_it_starts(
+    settings: Settings, local_storage: LocalStorage, tiny_model_dir: Path
+) -> None:
+    from handler.jobs import TOO_LONG_ERROR, run_job
+
+    store = JobStore(local_storage)
+    store.create("gen_20250528_134211_a1b2c3d4", GenerationParams("x", 60, 3.0, 1.0, 1), datetime.now(UTC), 60, 5)
+    # 60 s at 50 ms a step is minutes; the worker has 5 s.
+    watched = GatedGenerator(MusicgenGenerator(str(tiny_model_dir), speed=SpeedMeter(0.05, 0.0)))
+    watched.gate.set()
+    with serve(settings, local_storage, watched) as client:
+        services = client.app.state.services  # type: ignore[attr-defined]
+        record = run_job(services, "gen_20250528_134211_a1b2c3d4", time_budget_s=5.0)
+    assert record is not None
+    assert (record.status, record.error) == (JobStatus.FAILED, TOO_LONG_ERROR)
+    assert not watched.started.is_set()
+    assert local_storage.list_files() == []
+    assert store.get("gen_20250528_134211_a1b2c3d4") == record
+
+
+@pytest.fixture
+def max_duration_300(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MAX_DURATION for the Lambda process `lambda_handler` starts after it."""
+    monkeypatch.setenv("MAX_DURATION", "300")
+
+
+@pytest.mark.usefixtures("max_duration_300")
+def test_on_lambda_a_clip_that_cannot_finish_within_an_invocation_is_refused_up_front(
+    lambda_handler: Handler, s3_objects: Callable[[], list[str]]
+) -> None:
+    invoker = lambda_app().state.services.jobs
+    calls = capture_invocations(invoker.client)
+    # Four takes of 300 s: past the 15 minutes a job's invocation has, at the speed assumed before measuring.
+    refused = lambda_handler(generate_event(300, takes=4), LambdaContext())
+    assert refused["statusCode"] == 400
+    detail = json.loads(refused["body"])["detail"]
+    assert detail.startswith("A 300 s clip (4 takes) would take about ")
+    assert "ask for a shorter clip or fewer takes" in detail
+    # A request run in its own invocation (a function URL) has what is left of it.
+    hurried = lambda_handler(generate_event(10, function_url=True), LambdaContext(remaining_ms=20_000))
+    assert hurried["statusCode"] == 400
+    assert "more than the 10 s a request may run" in json.loads(hurried["body"])["detail"]
+    assert calls == []
+    assert s3_objects() == []
+
+
+def test_the_gateway_budget_counts_every_take(lambda_handler: Handler) -> None:
+    invoker = lambda_app().state.services.jobs
+    stubber = Stubber(invoker.client)
+    stubber.add_response("invoke", {"StatusCode": 202})
+    # At the speed assumed before measuring: one take of 5 s fits in the budget, four do not.
+    with stubber:
+        four = lambda_handler(generate_event(5, takes=4), LambdaContext())
+        stubber.assert_no_pending_responses()
+    assert four["statusCode"] == 202
+    assert len(json.loads(four["body"])["takes"]) == 4
+    one = lambda_handler(generate_event(5), LambdaContext())
+    assert one["statusCode"] == 200

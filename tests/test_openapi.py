@@ -58,7 +58,7 @@ def test_the_document_has_no_422_and_documents_every_answer(fast_app: FastAPI) -
     }
     assert statuses == {
         ("/", "get"): {"200", "500"},
-        ("/generate/", "post"): {"200", "202", "400", "500", "503"},
+        ("/generate/", "post"): {"200", "202", "400", "413", "429", "500", "503"},
         ("/jobs/{job_id}", "get"): {"200", "404", "500", "503"},
         ("/files/", "get"): {"200", "400", "500", "503"},
         ("/files/{filename}/info", "get"): {"200", "404", "500", "503"},
@@ -75,6 +75,14 @@ def test_the_document_has_no_422_and_documents_every_answer(fast_app: FastAPI) -
     assert document["components"]["schemas"]["Normalization"]["enum"] == ["loudness", "peak", "none"]
     assert (body["format"]["default"], body["normalize"]["default"]) == ("wav", "loudness")
     assert (body["duration"]["type"], body["duration"]["minimum"], body["duration"]["maximum"]) == ("integer", 1, 30)
+    assert (body["takes"]["type"], body["takes"]["minimum"], body["takes"]["maximum"]) == ("integer", 1, 4)
+    assert body["takes"]["default"] == 1
+
+
+def test_the_documented_longest_clip_is_the_deployments_max_duration(settings: Settings, storage: Storage) -> None:
+    app = create_app(settings.model_copy(update={"max_duration": 120}), storage, ToneGenerator(), WaitableJobQueue())
+    document = TestClient(app).get("/openapi.json").json()
+    assert document["components"]["schemas"]["GenerateRequest"]["properties"]["duration"]["maximum"] == 120
 
 
 def test_a_method_no_route_answers_is_405_naming_every_method_the_path_has(fast_app: FastAPI) -> None:

@@ -19,6 +19,7 @@ from tests.support.api import PROMPT, download, generate
 from tests.support.app import serve
 from tests.support.audio import decode
 from tests.support.doubles import FailingGenerator, GatedGenerator
+from tests.support.storage import FailingSecondSave
 from tests.support.wav import read_wav
 
 
@@ -153,6 +154,10 @@ VALID_BOUNDS = [
     {"seed": 2**32 - 1},
     {"text": "x" * MAX_PROMPT_CHARS},
     {"text": "  lofi  "},
+    {"takes": 1},
+    {"takes": 4},
+    {"takes": 2.0},
+    {"duration": 300},  # the body admits any deployment's MAX_DURATION; the route checks this one's
 ]
 
 INVALID_BOUNDS = [
@@ -164,6 +169,12 @@ INVALID_BOUNDS = [
     ({"duration": "14"}, "duration"),
     ({"duration": True}, "duration"),
     ({"duration": 31.0}, "duration"),
+    ({"duration": 301}, "duration"),
+    ({"takes": 0}, "takes"),
+    ({"takes": 5}, "takes"),
+    ({"takes": 1.5}, "takes"),
+    ({"takes": "2"}, "takes"),
+    ({"takes": None}, "takes"),
     ({"seed": 1.5}, "seed"),
     ({"format": "aac"}, "format"),
     ({"format": "WAV"}, "format"),
@@ -388,3 +399,75 @@ def test_unexpected_error_is_a_clean_500_that_is_logged_and_tagged(
     logs = capsys.readouterr().out
     assert '"status": 500' in logs
     assert "secret internal detail" in logs, "the error is logged with its trace"
+
+
+@pytest.mark.parametrize("duration", [45, 75])
+def test_max_duration_admits_clips_past_30_s_exactly_that_long(
+    settings: Settings, local_storage: LocalStorage, generator: MusicgenGenerator, duration: int
+) -> None:
+    with serve(settings.model_copy(update={"max_duration": 90}), local_storage, generator) as client:
+        response = generate(client, duration=duration, seed=3)
+        assert response.status_code == 200, response.text
+        assert response.json()["duration"] == duration
+        wav = read_wav(download(client, response.json()["file_url"]))
+        assert (wav.sample_rate, len(wav.samples)) == (32000, duration * 32000)
+        refused = generate(client, duration=91)
+    assert refused.status_code == 400
+    assert refused.json()["errors"] == [
+        {"field": "duration", "message": "Input should be less than or equal to 90 (this deployment's MAX_DURATION)"}
+    ]
+    assert len(local_storage.list_files()) == 1
+
+
+def test_takes_are_each_stored_with_their_own_seed_and_listed(client: TestClient, storage: Storage) -> None:
+    response = generate(client, duration=2, seed=40, takes=3, format="flac")
+    assert response.status_code == 200
+    body = response.json()
+    takes = body["takes"]
+    assert [take["seed"] for take in takes] == [40, 41, 42]
+    # The contract's fields are the first take's.
+    assert (body["file_url"], body["filename"], body["seed"]) == (
+        takes[0]["file_url"],
+        takes[0]["filename"],
+        takes[0]["seed"],
+    )
+    assert len({take["filename"] for take in takes}) == 3
+    assert all(is_valid_filename(take["filename"]) and take["filename"].endswith(".flac") for take in takes)
+    assert all(take["file_url"] == f"/files/{take['filename']}" for take in takes)
+    audio = [decode(download(client, take["file_url"])).samples for take in takes]
+    assert all(len(samples) == 2 * 32000 for samples in audio)
+    assert len({samples.tobytes() for samples in audio}) == 3
+    listed = {entry["filename"]: entry for entry in client.get("/files/").json()}
+    assert {name: entry["seed"] for name, entry in listed.items()} == {take["filename"]: take["seed"] for take in takes}
+    assert {f.filename for f in storage.list_files()} == set(listed)
+
+    again = generate(client, duration=2, seed=40, takes=3, format="flac").json()["takes"]
+    assert [decode(download(client, take["file_url"])).samples.tobytes() for take in again] == [
+        samples.tobytes() for samples in audio
+    ]
+
+
+def test_each_take_counts_against_max_files(
+    settings: Settings, local_storage: LocalStorage, generator: MusicgenGenerator
+) -> None:
+    with serve(settings.model_copy(update={"max_files": 3}), local_storage, generator) as client:
+        older = [generate(client, seed=seed).json()["filename"] for seed in (1, 2)]
+        takes = [take["filename"] for take in generate(client, seed=3, takes=2).json()["takes"]]
+        assert {f.filename for f in local_storage.list_files()} == {older[1], *takes}
+        refused = generate(client, takes=4)
+    assert refused.status_code == 400
+    assert [error["field"] for error in refused.json()["errors"]] == ["takes"]
+    assert "the files this deployment keeps" in refused.json()["detail"]
+    assert {f.filename for f in local_storage.list_files()} == {older[1], *takes}
+
+
+def test_a_take_that_cannot_be_stored_leaves_none_of_its_request(
+    settings: Settings, tmp_path: Path, generator: MusicgenGenerator
+) -> None:
+    storage = FailingSecondSave(tmp_path / "generated")
+    with serve(settings, storage, generator) as client:
+        response = generate(client, takes=2)
+    assert response.status_code == 503
+    assert response.json() == {"detail": "Storage unavailable"}
+    assert storage.saved == 1
+    assert storage.list_files() == []

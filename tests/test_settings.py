@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from handler.settings import Settings
 
@@ -30,6 +31,17 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
         "generated/",
         7,
     )
+
+
+def test_max_duration_is_the_contracts_30_s_unless_set_up_to_300(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MAX_DURATION", raising=False)
+    assert Settings().max_duration == 30
+    monkeypatch.setenv("MAX_DURATION", "300")
+    assert Settings().max_duration == 300
+    for value in ("0", "301"):
+        monkeypatch.setenv("MAX_DURATION", value)
+        with pytest.raises(ValidationError):
+            Settings()
 
 
 def test_blank_bucket_means_local_storage(monkeypatch: pytest.MonkeyPatch) -> None:

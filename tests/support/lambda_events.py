@@ -22,10 +22,12 @@ class LambdaContext:
     invoked_function_arn: str = "arn:aws:lambda:eu-west-1:123456789012:function:MusicFunction"
     log_group_name: str = "/aws/lambda/MusicFunction"
     log_stream_name: str = "2026/11/24/[$LATEST]0123456789abcdef"
+    remaining_ms: int = 900_000
+    """Time left in the invocation: by default a full 15-minute budget."""
 
     def get_remaining_time_in_millis(self) -> int:
-        """Time left in the invocation: a full 15-minute budget."""
-        return 900_000
+        """Time left in the invocation."""
+        return self.remaining_ms
 
 
 def load_event(name: str) -> dict[str, Any]:
