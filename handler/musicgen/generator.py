@@ -71,7 +71,7 @@ class GenerationFailedError(RuntimeError):
 
 
 class MusicGenerator(Protocol):
-    """Turns a prompt into mono float audio of exactly the requested duration."""
+    """Turns a prompt into mono float audio of exactly the requested duration, one row per take."""
 
     @property
     def sample_rate(self) -> int: ...
@@ -96,7 +96,9 @@ class MusicGenerator(Protocol):
 
     def generate(
         self, params: GenerationParams, on_progress: ProgressCallback | None = None
-    ) -> npt.NDArray[np.float32]: ...
+    ) -> npt.NDArray[np.float32]:
+        """(params.takes, samples): take `j` seeded `params.seeds[j]`."""
+        ...
 
     def estimate_seconds(self, duration: int, takes: int = 1) -> float:
         """Expected wall time to generate `takes` takes of `duration` seconds now, loading included."""
