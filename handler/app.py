@@ -19,6 +19,7 @@ from handler.musicgen.generator import ModelUnavailableError, MusicGenerator, Mu
 from handler.openapi import install_openapi
 from handler.routes import router
 from handler.security import KeyRing, SecurityHeaders, install_guards
+from handler.security.auth import is_public
 from handler.settings import Settings, get_settings
 from handler.storage import (
     LocalStorage,
@@ -112,11 +113,16 @@ def create_app(
         services.jobs.runner = lambda job_id: run_job(services, job_id)
     app.state.services = services
     install_error_handlers(app)
-    install_guards(app, KeyRing(settings.api_key_digests), settings.cors_origin_list)
+    keys = KeyRing(settings.api_key_digests)
+    install_guards(app, keys, settings.cors_origin_list)
     app.middleware("http")(log_requests)
     app.add_middleware(SecurityHeaders)
     app.include_router(router)
-    install_openapi(app, settings.max_duration)
+    install_openapi(
+        app,
+        settings.max_duration,
+        key_required=(lambda method, path: not is_public(method, path)) if keys.enabled else None,
+    )
     return app
 
 

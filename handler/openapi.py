@@ -93,14 +93,33 @@ VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
 """FastAPI's own 422 body schemas: this API answers invalid input with 400 and ErrorResponse instead."""
 
 
-def install_openapi(app: FastAPI, max_duration: int) -> None:
+KeyRequired = Callable[[str, str], bool]
+"""Whether a request with this method and path needs an API key (`handler.security.auth`)."""
+
+UNAUTHORIZED = {
+    "description": "No accepted API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+    "headers": {"WWW-Authenticate": header("`Bearer`, with the API's realm", {"type": "string"})},
+}
+"""The 401 as the document itself spells it (added to the generated document, not to a route)."""
+SECURITY_SCHEMES = {
+    "bearerKey": {"type": "http", "scheme": "bearer", "description": "An API key as a bearer token"},
+    "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+}
+
+
+def install_openapi(app: FastAPI, max_duration: int, key_required: KeyRequired | None = None) -> None:
     """Make `app`'s OpenAPI document say what the API does: no 422 (invalid input is 400, documented
-    per route), and the longest clip this deployment takes (`MAX_DURATION`)."""
+    per route), the longest clip this deployment takes (`MAX_DURATION`), and where `key_required`
+    (API keys are on), the key each operation needs and its 401."""
     generate: Callable[[], dict[str, Any]] = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = with_max_duration(without_validation_errors(generate()), max_duration)
+            document = with_max_duration(without_validation_errors(generate()), max_duration)
+            if key_required is not None:
+                document = with_api_keys(document, key_required)
+            app.openapi_schema = document
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -111,6 +130,17 @@ def with_max_duration(document: dict[str, Any], max_duration: int) -> dict[str, 
     admits any deployment's limit, the route checks this one's."""
     duration = document["components"]["schemas"]["GenerateRequest"]["properties"]["duration"]
     duration["maximum"] = max_duration
+    return document
+
+
+def with_api_keys(document: dict[str, Any], key_required: KeyRequired) -> dict[str, Any]:
+    """`document` with the API-key schemes, and on each operation that needs a key, them and its 401."""
+    document.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+    for path, path_item in document.get("paths", {}).items():
+        for method, operation in path_item.items():
+            if key_required(method.upper(), path):
+                operation["security"] = [{name: []} for name in SECURITY_SCHEMES]
+                operation.setdefault("responses", {})["401"] = UNAUTHORIZED
     return document
 
 

@@ -7,8 +7,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from handler.app import create_app
+from handler.security.keys import key_digest, new_key
 from handler.settings import Settings
-from handler.storage import Storage
+from handler.storage import LocalStorage, Storage
 from tests.support.doubles import ToneGenerator
 from tests.support.fuzzing import fuzz
 from tests.support.jobs import WaitableJobQueue
@@ -39,6 +40,16 @@ def fast_app(settings: Settings, storage: Storage) -> Iterator[FastAPI]:
     jobs = WaitableJobQueue()
     app = create_app(settings, storage, ToneGenerator(), jobs)
     yield app
+    jobs.wait_until_idle()
+
+
+@pytest.fixture
+def keyed_app(settings: Settings, local_storage: LocalStorage) -> Iterator[tuple[FastAPI, str]]:
+    """The fast app with API keys on, and the key it accepts."""
+    key = new_key()
+    jobs = WaitableJobQueue()
+    keyed = settings.model_copy(update={"api_keys": key_digest(key)})
+    yield create_app(keyed, local_storage, ToneGenerator(), jobs), key
     jobs.wait_until_idle()
 
 
@@ -91,3 +102,22 @@ def test_a_method_no_route_answers_is_405_naming_every_method_the_path_has(fast_
     assert response.status_code == 405
     assert response.headers["allow"] == "DELETE, GET, HEAD"
     assert client.delete("/files/").headers["allow"] == "GET, HEAD"
+
+
+def test_with_api_keys_on_the_document_names_them_and_their_401_and_still_holds(
+    keyed_app: tuple[FastAPI, str],
+) -> None:
+    app, key = keyed_app
+    document = TestClient(app).get("/openapi.json").json()
+    assert set(document["components"]["securitySchemes"]) == {"bearerKey", "apiKeyHeader"}
+    operations = {(path, method): op for path, item in document["paths"].items() for method, op in item.items()}
+    assert "security" not in operations[("/", "get")]
+    assert "401" not in operations[("/", "get")]["responses"]
+    for where, operation in operations.items():
+        if where != ("/", "get"):
+            assert operation["security"] == [{"bearerKey": []}, {"apiKeyHeader": []}], where
+            assert "401" in operation["responses"], where
+    report = fuzz(app, max_examples=10, seed=15, headers={"Authorization": f"Bearer {key}"})
+    assert report.completed
+    assert report.failures == []
+    assert "ignored_auth" in report.checks_run

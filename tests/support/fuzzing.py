@@ -17,11 +17,12 @@ class FuzzReport:
     completed: bool = False
 
 
-def fuzz(app: FastAPI, max_examples: int, seed: int) -> FuzzReport:
+def fuzz(app: FastAPI, max_examples: int, seed: int, headers: dict[str, str] | None = None) -> FuzzReport:
     """Every phase (coverage, fuzzing, stateful) and every check against `app`'s own /openapi.json,
-    with at most `max_examples` examples an operation, reproducibly from `seed`."""
+    with at most `max_examples` examples an operation, reproducibly from `seed`; `headers` go with
+    every request (checks such as `ignored_auth` also try without them)."""
     config = SchemathesisConfig.from_dict(
-        {"seed": seed, "generation": {"max-examples": max_examples, "database": "none"}}
+        {"seed": seed, "generation": {"max-examples": max_examples, "database": "none"}, "headers": headers or {}}
     )
     config.projects.override.checks.update(included_check_names=["all"])
     schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=config)
