@@ -18,6 +18,7 @@ from handler.musicgen.generator import ModelUnavailableError, MusicGenerator, Mu
 from handler.routes import router
 from handler.settings import Settings, get_settings
 from handler.storage import LocalStorage, S3Storage, Storage, aws_region, s3_client
+from handler.studio import install_studio
 
 
 def storage_from_settings(settings: Settings) -> Storage:
@@ -80,6 +81,7 @@ def create_app(
     install_error_handlers(app)
     app.middleware("http")(log_requests)
     app.include_router(router)
+    install_studio(app)
     return app
 
 

@@ -77,3 +77,14 @@ def test_cap_keeps_the_newest_100_after_two_more_generations(client: TestClient,
     assert set(older[:2]).isdisjoint(remaining)
     assert remaining == new[::-1] + older[2:][::-1]
     assert storage.download(older[0]) is None
+
+
+def test_download_origin_is_where_downloads_point(storage: Storage) -> None:
+    [name] = fill(storage, 1)
+    target = storage.download(name)
+    if isinstance(target, LocalFile):
+        assert storage.download_origin is None
+    else:
+        assert isinstance(target, RemoteFile)
+        parts = httpx.URL(target.url)
+        assert storage.download_origin == f"{parts.scheme}://{parts.netloc.decode()}"

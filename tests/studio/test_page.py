@@ -1,0 +1,216 @@
+"""The studio page in headless Chromium against the real app over HTTP, with the tiny model."""
+
+from pathlib import Path
+
+from playwright.sync_api import Page, expect
+
+from tests.support.browser import ARTIFACTS_DIR, AUDIO_LOADED, AUDIO_PLAYING, PHONE, WAVEFORM_INK, PageFactory
+from tests.support.studio import PROMPT, StudioServer
+from tests.support.storage import fill
+
+JOB_TIMEOUT_MS = 120_000
+"""A generation on a busy machine: the tiny model's 1-2 s clips take a few seconds."""
+
+
+def make_clip(page: Page, prompt: str = PROMPT, duration: int = 1, seed: int | None = None) -> None:
+    """Fill the form as a user would, press Generate and wait until the clip is done."""
+    page.get_by_label("Prompt").fill(prompt)
+    page.get_by_label("Duration (seconds)").fill(str(duration))
+    if seed is not None:
+        page.get_by_label("Seed").fill(str(seed))
+    page.get_by_role("button", name="Generate").click()
+    expect(page.get_by_role("progressbar", name="Progress")).to_have_attribute("value", "100", timeout=JOB_TIMEOUT_MS)
+
+
+def clip_items(page: Page) -> list[str]:
+    """The library's clips as shown, by prompt."""
+    return page.locator("#library > li .clip-prompt").all_inner_texts()
+
+
+def test_make_hear_download_and_delete_a_clip(studio: StudioServer, pages: PageFactory) -> None:
+    page = pages.open(studio.page_url)
+    expect(page.get_by_text("No clips yet")).to_be_visible()
+
+    make_clip(page, duration=2, seed=11)
+    expect(page.locator("#server-status")).to_contain_text("ready")
+    expect(page.locator("#job-status")).to_have_text("Done: press play.")
+    page.wait_for_function(AUDIO_LOADED)
+    assert abs(page.eval_on_selector("#audio", "audio => audio.duration") - 2.0) < 0.1
+    assert page.evaluate(WAVEFORM_INK) > 0
+    [filename] = studio.filenames()
+
+    clip = page.get_by_role("listitem").filter(has_text=PROMPT)
+    expect(clip).to_have_count(1)
+    expect(clip).to_contain_text("2 s")
+    expect(clip).to_contain_text("seed 11")
+    expect(clip).to_have_attribute("aria-current", "true")
+
+    clip.get_by_role("button", name="Play").click()
+    page.wait_for_function(AUDIO_PLAYING)
+
+    with page.expect_download() as download:
+        clip.get_by_role("button", name="Download").click()
+    assert download.value.suggested_filename == filename
+    assert Path(download.value.path()).read_bytes() == studio.file_bytes(f"/files/{filename}")
+
+    with page.expect_download() as from_player:
+        page.get_by_role("link", name="Download").click()
+    assert Path(from_player.value.path()).read_bytes() == studio.file_bytes(f"/files/{filename}")
+
+    clip.get_by_role("button", name="Delete").click()
+    dialog = page.get_by_role("dialog", name="Delete this clip?")
+    expect(dialog).to_contain_text(filename)
+    dialog.get_by_role("button", name="Cancel").click()
+    expect(dialog).to_be_hidden()
+    assert studio.filenames() == [filename]
+
+    clip.get_by_role("button", name="Delete").click()
+    dialog.get_by_role("button", name="Delete").click()
+    expect(page.get_by_role("listitem").filter(has_text=PROMPT)).to_have_count(0)
+    expect(page.locator("#library-status")).to_contain_text("Deleted")
+    expect(page.locator("#player")).to_be_hidden()
+    assert studio.filenames() == []
+
+
+def test_a_clip_of_the_library_plays_after_a_reload(local_studio: StudioServer, pages: PageFactory) -> None:
+    page = pages.open(local_studio.page_url)
+    make_clip(page, prompt="first clip")
+    page.reload()
+    expect(page.locator("#player")).to_be_hidden()
+    page.get_by_role("listitem").filter(has_text="first clip").get_by_role("button", name="Play").click()
+    page.wait_for_function(AUDIO_PLAYING)
+    expect(page.locator("#player-title")).to_have_text("first clip")
+    assert page.evaluate(WAVEFORM_INK) > 0
+
+
+def test_use_these_settings_makes_the_clip_again(local_studio: StudioServer, pages: PageFactory) -> None:
+    made = local_studio.api.post(
+        "/generate/",
+        json={"text": "drum and bass", "duration": 2, "guidance_scale": 2.5, "temperature": 0.7, "seed": 42},
+    )
+    assert made.status_code == 200, made.text
+    page = pages.open(local_studio.page_url)
+    page.get_by_role("listitem").filter(has_text="drum and bass").get_by_role("button", name="Use these settings").click()
+    expect(page.get_by_label("Prompt")).to_be_focused()
+    expect(page.get_by_label("Prompt")).to_have_value("drum and bass")
+    expect(page.get_by_label("Duration (seconds)")).to_have_value("2")
+    expect(page.get_by_label("Guidance")).to_have_value("2.5")
+    expect(page.get_by_label("Temperature")).to_have_value("0.7")
+    expect(page.get_by_label("Seed")).to_have_value("42")
+
+    page.get_by_role("button", name="Generate").click()
+    expect(page.get_by_role("listitem").filter(has_text="drum and bass")).to_have_count(2, timeout=JOB_TIMEOUT_MS)
+    again, first = local_studio.filenames()
+    assert again != first
+    assert local_studio.file_bytes(f"/files/{again}") == local_studio.file_bytes(f"/files/{first}")
+
+
+def test_library_pages_with_limit_and_skip(local_studio: StudioServer, pages: PageFactory) -> None:
+    names = fill(local_studio.storage, 23)
+    page = pages.open(local_studio.page_url)
+    newer = page.get_by_role("button", name="Newer")
+    older = page.get_by_role("button", name="Older")
+    expect(page.locator("#library > li")).to_have_count(10)
+    assert clip_items(page) == names[::-1][:10]
+    expect(newer).to_be_disabled()
+
+    older.click()
+    expect(page.locator("#page-label")).to_have_text("Page 2")
+    assert clip_items(page) == names[::-1][10:20]
+    older.click()
+    expect(page.locator("#page-label")).to_have_text("Page 3")
+    assert clip_items(page) == names[::-1][20:]
+    expect(older).to_be_disabled()
+
+    newer.click()
+    expect(page.locator("#page-label")).to_have_text("Page 2")
+    assert clip_items(page) == names[::-1][10:20]
+
+
+def test_deleting_the_last_clip_of_a_page_steps_back(local_studio: StudioServer, pages: PageFactory) -> None:
+    names = fill(local_studio.storage, 11)
+    page = pages.open(local_studio.page_url)
+    page.get_by_role("button", name="Older").click()
+    expect(page.locator("#page-label")).to_have_text("Page 2")
+    page.get_by_role("listitem").filter(has_text=names[0]).get_by_role("button", name="Delete").click()
+    page.get_by_role("dialog").get_by_role("button", name="Delete").click()
+    expect(page.locator("#page-label")).to_have_text("Page 1")
+    expect(page.locator("#library > li")).to_have_count(10)
+    assert names[0] not in local_studio.filenames()
+
+
+def test_errors_are_the_apis_words(local_studio: StudioServer, pages: PageFactory) -> None:
+    page = pages.open(local_studio.page_url)
+    page.get_by_label("Prompt").fill("   ")
+    page.get_by_role("button", name="Generate").click()
+    alert = page.get_by_role("alert").first
+    expect(alert).to_contain_text("Invalid request: text:")
+    expect(alert).not_to_contain_text("Traceback")
+    expect(page.get_by_role("button", name="Generate")).to_be_enabled()
+    assert local_studio.filenames() == []
+
+
+def test_phone_width(local_studio: StudioServer, pages: PageFactory) -> None:
+    page = pages.open(local_studio.page_url, viewport=PHONE, is_mobile=True, has_touch=True)
+    make_clip(page, prompt="a phone-sized tune")
+    page.wait_for_function(AUDIO_LOADED)
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    clip = page.get_by_role("listitem").filter(has_text="a phone-sized tune")
+    for name in ("Play", "Download", "Use these settings", "Delete"):
+        button = clip.get_by_role("button", name=name)
+        button.scroll_into_view_if_needed()
+        box = button.bounding_box()
+        assert box is not None
+        assert box["x"] >= 0
+        assert box["x"] + box["width"] <= PHONE["width"]
+        assert box["height"] >= 40
+    clip.get_by_role("button", name="Play").tap()
+    page.wait_for_function(AUDIO_PLAYING)
+
+
+def test_keyboard_only(local_studio: StudioServer, pages: PageFactory) -> None:
+    page = pages.open(local_studio.page_url)
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Skip to the library")).to_be_focused()
+    page.keyboard.press("Tab")
+    expect(page.get_by_label("Prompt")).to_be_focused()
+    page.keyboard.type("typed without a mouse")
+    page.keyboard.press("Tab")
+    expect(page.get_by_label("Duration (seconds)")).to_be_focused()
+    page.keyboard.press("Control+A")
+    page.keyboard.type("1")
+    page.get_by_label("Prompt").focus()
+    page.keyboard.press("Control+Enter")
+    clip = page.get_by_role("listitem").filter(has_text="typed without a mouse")
+    expect(clip).to_have_count(1, timeout=JOB_TIMEOUT_MS)
+
+    clip.get_by_role("button", name="Delete").focus()
+    page.keyboard.press("Enter")
+    dialog = page.get_by_role("dialog", name="Delete this clip?")
+    expect(dialog.get_by_role("button", name="Cancel")).to_be_focused()
+    page.keyboard.press("Escape")
+    expect(dialog).to_be_hidden()
+    expect(clip.get_by_role("button", name="Delete")).to_be_focused()
+
+    page.keyboard.press("Enter")
+    page.keyboard.press("Tab")
+    expect(dialog.get_by_role("button", name="Delete")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(clip).to_have_count(0)
+    expect(page.get_by_role("heading", name="Library")).to_be_focused()
+
+
+def test_readme_screenshot(local_studio: StudioServer, pages: PageFactory) -> None:
+    """The studio as docs/studio.png shows it, saved to test-artifacts/studio/studio.png."""
+    for prompt in ("Ambient electronic music with synth pads", PROMPT):
+        made = local_studio.api.post("/generate/", json={"text": prompt, "duration": 2, "seed": 7})
+        assert made.status_code == 200, made.text
+    page = pages.open(local_studio.page_url, viewport={"width": 1100, "height": 760})
+    page.get_by_role("listitem").filter(has_text=PROMPT).get_by_role("button", name="Play").click()
+    page.wait_for_function(AUDIO_LOADED)
+    page.get_by_label("Prompt").fill("Upbeat funk with slap bass and brass stabs")
+    ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS_DIR / "studio.png"
+    page.screenshot(path=path)
+    assert page.evaluate(WAVEFORM_INK) > 0
+    assert path.stat().st_size > 0
