@@ -1,5 +1,6 @@
 """The studio page in headless Chromium against the real app over HTTP, with the tiny model."""
 
+import re
 from pathlib import Path
 
 from playwright.sync_api import Page, expect
@@ -19,7 +20,15 @@ def make_clip(page: Page, prompt: str = PROMPT, duration: int = 1, seed: int | N
     if seed is not None:
         page.get_by_label("Seed").fill(str(seed))
     page.get_by_role("button", name="Generate").click()
-    expect(page.get_by_role("progressbar", name="Progress")).to_have_attribute("value", "100", timeout=JOB_TIMEOUT_MS)
+    wait_for_the_job(page)
+
+
+def wait_for_the_job(page: Page) -> None:
+    """Wait until the page's job has ended, and check it made the clip."""
+    expect(page.locator("#job-status")).to_have_text(re.compile(r"^(Done|Not made)"), timeout=JOB_TIMEOUT_MS)
+    error = page.locator("#error")
+    assert error.is_hidden(), error.inner_text()
+    expect(page.get_by_role("progressbar", name="Progress")).to_have_attribute("value", "100")
 
 
 def clip_items(page: Page) -> list[str]:
