@@ -15,6 +15,7 @@ from handler.job_records import JobDispatcher, job_id_from_event
 from handler.jobs import LambdaJobInvoker, LocalJobQueue, run_job
 from handler.logs import configure_logging, log_requests, take_cold_start
 from handler.musicgen.generator import ModelUnavailableError, MusicGenerator, MusicgenGenerator
+from handler.openapi import install_openapi
 from handler.routes import router
 from handler.settings import Settings, get_settings
 from handler.storage import LocalStorage, S3Storage, Storage, aws_region, s3_client
@@ -82,6 +83,7 @@ def create_app(
     app.middleware("http")(log_requests)
     app.include_router(router)
     install_studio(app)
+    install_openapi(app)
     return app
 
 

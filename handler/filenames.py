@@ -4,13 +4,15 @@ import re
 import secrets
 from datetime import UTC, datetime
 
+from handler.audio.output import AudioFormat
+
 JOB_ID_PATTERN = re.compile(r"gen_(\d{8}_\d{6})_[0-9a-f]{8}")
-FILENAME_PATTERN = re.compile(JOB_ID_PATTERN.pattern + r"\.wav")
+FILENAME_PATTERN = re.compile(JOB_ID_PATTERN.pattern + r"\.(" + "|".join(f.value for f in AudioFormat) + ")")
 TIMESTAMP_FORMAT = "%Y%m%d_%H%M%S"
 
 
-def new_filename(now: datetime) -> str:
-    """A fresh `gen_YYYYMMDD_HHMMSS_<8 hex>.wav` name for a file made at `now` (UTC).
+def new_filename(now: datetime, audio_format: AudioFormat = AudioFormat.WAV) -> str:
+    """A fresh `gen_YYYYMMDD_HHMMSS_<8 hex>.<format>` name for a file made at `now` (UTC).
 
     The hex part starts with the fraction of the second (3 hex digits, 1/4096 s) and ends with
     5 random ones, so names sort in creation order even within one second: S3 listings only
@@ -18,7 +20,7 @@ def new_filename(now: datetime) -> str:
     """
     now = now.astimezone(UTC)
     fraction = now.microsecond * 4096 // 1_000_000
-    return f"gen_{now.strftime(TIMESTAMP_FORMAT)}_{fraction:03x}{secrets.token_hex(3)[:5]}.wav"
+    return f"gen_{now.strftime(TIMESTAMP_FORMAT)}_{fraction:03x}{secrets.token_hex(3)[:5]}{audio_format.extension}"
 
 
 def is_valid_filename(name: str) -> bool:
@@ -35,24 +37,33 @@ def _is_timestamp(text: str) -> bool:
     return True
 
 
-def created_at(name: str) -> datetime:
-    """The UTC creation time encoded in a valid generated file's name."""
+def _match(name: str) -> re.Match[str]:
     match = FILENAME_PATTERN.fullmatch(name)
     if match is None:
         raise ValueError(f"not a generated file name: {name!r}")
-    return datetime.strptime(match.group(1), TIMESTAMP_FORMAT).replace(tzinfo=UTC)
+    return match
+
+
+def created_at(name: str) -> datetime:
+    """The UTC creation time encoded in a valid generated file's name."""
+    return datetime.strptime(_match(name).group(1), TIMESTAMP_FORMAT).replace(tzinfo=UTC)
+
+
+def format_of(name: str) -> AudioFormat:
+    """The format of a valid generated file, from its extension."""
+    return AudioFormat(_match(name).group(2))
 
 
 def is_valid_job_id(job_id: str) -> bool:
-    """Whether `job_id` is exactly a job's id: the name of the file it makes, without `.wav`."""
+    """Whether `job_id` is exactly a job's id: the name of the file it makes, without its extension."""
     return is_valid_filename(filename_for(job_id))
 
 
 def job_id_for(filename: str) -> str:
-    """The id of the job that makes `filename`."""
-    return filename.removesuffix(".wav")
+    """The id of the job that makes `filename`: the name without its extension."""
+    return filename.partition(".")[0]
 
 
-def filename_for(job_id: str) -> str:
-    """The file the job `job_id` makes."""
-    return f"{job_id}.wav"
+def filename_for(job_id: str, audio_format: AudioFormat = AudioFormat.WAV) -> str:
+    """The file the job `job_id` makes in `audio_format`."""
+    return f"{job_id}{audio_format.extension}"

@@ -5,8 +5,10 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
-from pydantic import BaseModel, model_validator
+from pydantic import BaseModel, Field, model_validator
 
+from handler.audio.output import DEFAULT_OUTPUT, AudioFormat, AudioOutput, Normalization
+from handler.filenames import filename_for
 from handler.generation import GenerationParams
 from handler.storage import Storage
 
@@ -31,9 +33,12 @@ FINAL_STATES = {JobStatus.SUCCEEDED, JobStatus.FAILED}
 _FLAT_NAMES = {"prompt": "text"}
 """GenerationParams fields that records with flat parameters stored under another name."""
 
+OUTPUT_BEFORE_FORMATS = AudioOutput(AudioFormat.WAV, Normalization.PEAK)
+"""What every job made before a request could choose: records stored then have no `output`."""
+
 
 class JobRecord(BaseModel):
-    """One job as stored; its id is also the name of the file it makes, without `.wav`."""
+    """One job as stored; its id is also the name of the file it makes, without its extension."""
 
     job_id: str
     status: JobStatus
@@ -44,6 +49,7 @@ class JobRecord(BaseModel):
     deadline: datetime
     error: str | None = None
     params: GenerationParams
+    output: AudioOutput = Field(default=OUTPUT_BEFORE_FORMATS)
 
     @model_validator(mode="before")
     @classmethod
@@ -57,6 +63,11 @@ class JobRecord(BaseModel):
                 if _FLAT_NAMES.get(field.name, field.name) in data
             }
         return data
+
+    @property
+    def filename(self) -> str:
+        """The file this job makes."""
+        return filename_for(self.job_id, self.output.format)
 
     @property
     def final(self) -> bool:
@@ -85,8 +96,15 @@ class JobStore:
         self.storage = storage
 
     def create(
-        self, job_id: str, params: GenerationParams, now: datetime, queue_timeout_s: float, eta_s: float
+        self,
+        job_id: str,
+        params: GenerationParams,
+        now: datetime,
+        queue_timeout_s: float,
+        eta_s: float,
+        output: AudioOutput = DEFAULT_OUTPUT,
     ) -> JobRecord:
+        """Record a new queued job."""
         record = JobRecord(
             job_id=job_id,
             status=JobStatus.QUEUED,
@@ -95,6 +113,7 @@ class JobStore:
             updated_at=now,
             deadline=now + timedelta(seconds=queue_timeout_s),
             params=params,
+            output=output,
         )
         self.save(record)
         return record

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from handler.audio.output import AudioOutput
 from handler.dependencies import Services
-from handler.filenames import filename_for
 from handler.generation import GenerationParams
 from handler.job_records import JobRecord, JobStatus, JobStore, job_event
 from handler.music_files import MusicFileError, make_music_file
@@ -61,14 +61,16 @@ class ProgressWriter:
             logger.warning("could not write job progress", extra={"job_id": self.record.job_id})
 
 
-def submit_job(services: Services, params: GenerationParams, job_id: str, now: datetime) -> JobRecord:
+def submit_job(
+    services: Services, params: GenerationParams, output: AudioOutput, job_id: str, now: datetime
+) -> JobRecord:
     """Record a queued job and hand it to a worker; a job that cannot be handed over is recorded failed.
 
     Raises StorageError (the record could not be written) or JobDispatchError.
     """
     store = JobStore(services.storage)
     estimate = services.generator.estimate_seconds(params.duration)
-    record = store.create(job_id, params, now, services.settings.job_queue_timeout_seconds, estimate)
+    record = store.create(job_id, params, now, services.settings.job_queue_timeout_seconds, estimate, output)
     try:
         services.jobs.submit(job_id)
     except JobDispatchError:
@@ -105,7 +107,7 @@ def run_job(services: Services, job_id: str, time_budget_s: float | None = None)
     outcome: dict[str, object]
     try:
         store.save(record)
-        make_music_file(services, record.params, filename_for(job_id), record.created_at, progress)
+        make_music_file(services, record.params, record.output, record.filename, record.created_at, progress)
     except MusicFileError as exc:
         outcome = {"status": JobStatus.FAILED, "error": exc.message, "eta_seconds": None}
     except Exception:

@@ -4,7 +4,8 @@ import logging
 from dataclasses import asdict
 from datetime import datetime
 
-from handler.audio import encode_wav
+from handler.audio.encoding import EncodedAudio, encode
+from handler.audio.output import AudioOutput
 from handler.dependencies import Services
 from handler.generation import GenerationParams
 from handler.musicgen.generator import GenerationFailedError, ModelUnavailableError, ProgressCallback
@@ -25,11 +26,12 @@ class MusicFileError(RuntimeError):
 def make_music_file(
     services: Services,
     params: GenerationParams,
+    output: AudioOutput,
     filename: str,
     requested_at: datetime,
     on_progress: ProgressCallback | None = None,
-) -> None:
-    """Generate `params` into `filename`, then delete the oldest files beyond the cap.
+) -> EncodedAudio:
+    """Generate `params` into `filename`, encoded as `output` asks, then delete the oldest files beyond the cap.
 
     Raises MusicFileError (503 model or storage unavailable, 500 generation failed); on any
     failure nothing is stored.
@@ -45,14 +47,22 @@ def make_music_file(
     except Exception as exc:
         logger.exception("generation failed")
         raise MusicFileError(500, "Music generation failed") from exc
+    try:
+        encoded = encode(samples, generator.sample_rate, output)
+    except Exception as exc:
+        logger.exception("encoding failed")
+        raise MusicFileError(500, "Music generation failed") from exc
     metadata = {
         **asdict(params),
+        **asdict(output),
+        "loudness_lufs": None if encoded.loudness_lufs is None else round(encoded.loudness_lufs, 2),
+        "seconds": encoded.seconds,
         "model_id": services.settings.model_id,
         "sample_rate": generator.sample_rate,
         "created_at": requested_at.isoformat(),
     }
     try:
-        services.storage.save(filename, encode_wav(samples, generator.sample_rate), metadata)
+        services.storage.save(filename, encoded.data, metadata)
     except StorageError as exc:
         logger.exception("storage write failed")
         raise MusicFileError(503, "Storage unavailable") from exc
@@ -61,3 +71,4 @@ def make_music_file(
     except Exception:
         # The new file is safe; the next save prunes again.
         logger.exception("pruning old files failed")
+    return encoded

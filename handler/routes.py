@@ -7,15 +7,18 @@ from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Header, HTTPException, Path, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from handler import __version__
+from handler.audio.output import AudioFormat, AudioOutput
+from handler.catalog import FileBusyError, delete_file, file_entry, file_url, list_entries
 from handler.dependencies import Services, ServicesDep
 from handler.filenames import (
+    FILENAME_PATTERN,
     TIMESTAMP_FORMAT,
-    filename_for,
+    format_of,
     is_valid_filename,
     is_valid_job_id,
     job_id_for,
@@ -25,8 +28,17 @@ from handler.generation import GenerationParams
 from handler.job_records import JobStatus, JobStore
 from handler.jobs import JobDispatchError, submit_job
 from handler.music_files import MusicFileError, make_music_file
+from handler.openapi import (
+    DELETE_RESPONSES,
+    DOWNLOAD_RESPONSES,
+    GENERATE_RESPONSES,
+    HEALTH_RESPONSES,
+    INFO_RESPONSES,
+    JOB_RESPONSES,
+    LIST_RESPONSES,
+)
 from handler.schemas import (
-    ErrorResponse,
+    MAX_PROMPT_CHARS,
     FileInfo,
     GenerateRequest,
     GenerateResponse,
@@ -46,16 +58,16 @@ API_GATEWAY_BUDGET_S = 27.0
 """API Gateway HTTP APIs end requests at 30 s; the rest is kept for storage and the response."""
 MAX_RETRY_AFTER_S = 5
 
-ERRORS: dict[int | str, dict[str, object]] = {
-    400: {"model": ErrorResponse, "description": "Invalid parameters"},
-    500: {"model": ErrorResponse, "description": "Generation failed"},
-    503: {"model": ErrorResponse, "description": "Model or storage unavailable"},
-}
+FILE_NOT_FOUND = "File not found"
 
-
-def file_url(filename: str) -> str:
-    """The API path a generated file is downloaded from."""
-    return f"/files/{filename}"
+FilenamePath = Annotated[
+    str,
+    Path(
+        description="A generated file's name, `gen_YYYYMMDD_HHMMSS_xxxxxxxx.<format>`; any other is not found",
+        # Documented, not enforced: a name that can't be ours is simply not found (404), not invalid.
+        json_schema_extra={"pattern": f"^{FILENAME_PATTERN.pattern}$"},
+    ),
+]
 
 
 def job_url(job_id: str) -> str:
@@ -68,7 +80,7 @@ def model_name(model_id: str) -> str:
     return PurePosixPath(model_id.rstrip("/")).name or model_id
 
 
-@router.get("/", response_model=Health, summary="Health check")
+@router.get("/", response_model=Health, responses=HEALTH_RESPONSES, summary="Health check")
 def health(services: ServicesDep) -> Health:
     """Whether the API is up, which model it serves, and whether that model has loaded."""
     generator = services.generator
@@ -86,35 +98,31 @@ def health(services: ServicesDep) -> Health:
 
 
 @router.post("/generate", include_in_schema=False, response_model=GenerateResponse)
-@router.post(
-    "/generate/",
-    response_model=GenerateResponse,
-    responses={**ERRORS, 202: {"model": JobAccepted, "description": "Accepted as an asynchronous job"}},
-    summary="Generate music",
-)
+@router.post("/generate/", response_model=GenerateResponse, responses=GENERATE_RESPONSES, summary="Generate music")
 async def generate(
     body: GenerateRequest,
     services: ServicesDep,
     request: Request,
     prefer: Annotated[str | None, Header(description="`respond-async` runs the generation as a job")] = None,
 ) -> Response | GenerateResponse:
-    """Generate music from a text description and store it as a WAV file.
+    """Generate music from a text description and store it in the format asked for (WAV by default).
 
     With `Prefer: respond-async`, or when a request through API Gateway could not finish
     within its 30 s limit, the answer is `202 Accepted` with the job to poll.
     """
     params = body.to_params()
+    output = body.to_output()
     now = datetime.now(UTC)
-    filename = new_filename(now)
+    filename = new_filename(now, output.format)
     wants_async = prefers_async(prefer)
     if wants_async or exceeds_gateway_budget(request, services, params.duration):
-        accepted = await run_in_threadpool(start_job, services, params, filename, now)
+        accepted = await run_in_threadpool(start_job, services, params, output, filename, now)
         headers = {"Location": accepted.status_url, "Retry-After": str(retry_after(accepted.eta_seconds))}
         if wants_async:
             headers["Preference-Applied"] = "respond-async"
         return JSONResponse(accepted.model_dump(), status_code=202, headers=headers)
     try:
-        await run_in_threadpool(make_music_file, services, params, filename, now)
+        encoded = await run_in_threadpool(make_music_file, services, params, output, filename, now)
     except MusicFileError as exc:
         raise HTTPException(exc.status_code, exc.message) from exc
     return GenerateResponse(
@@ -125,6 +133,10 @@ async def generate(
         seed=params.seed,
         filename=filename,
         sample_rate=services.generator.sample_rate,
+        format=output.format,
+        normalize=output.normalize,
+        content_type=output.format.media_type,
+        loudness_lufs=encoded.loudness_lufs,
     )
 
 
@@ -149,10 +161,12 @@ def retry_after(eta_seconds: float | None) -> int:
     return max(1, min(MAX_RETRY_AFTER_S, math.ceil(eta_seconds or 1)))
 
 
-def start_job(services: Services, params: GenerationParams, filename: str, now: datetime) -> JobAccepted:
+def start_job(
+    services: Services, params: GenerationParams, output: AudioOutput, filename: str, now: datetime
+) -> JobAccepted:
     """Record a queued job for `filename` and hand it to a worker."""
     try:
-        record = submit_job(services, params, job_id_for(filename), now)
+        record = submit_job(services, params, output, job_id_for(filename), now)
     except JobDispatchError as exc:
         raise HTTPException(503, "Could not start the job") from exc
     return JobAccepted(
@@ -164,12 +178,7 @@ def start_job(services: Services, params: GenerationParams, filename: str, now: 
     )
 
 
-@router.get(
-    "/jobs/{job_id}",
-    response_model=JobResponse,
-    responses={404: {"model": ErrorResponse, "description": "No such job"}, 503: ERRORS[503]},
-    summary="Job status",
-)
+@router.get("/jobs/{job_id}", response_model=JobResponse, responses=JOB_RESPONSES, summary="Job status")
 def get_job(job_id: str, services: ServicesDep, response: Response) -> JobResponse:
     """A job's status, progress and ETA; `file_url` once it has succeeded."""
     if not is_valid_job_id(job_id):
@@ -183,52 +192,73 @@ def get_job(job_id: str, services: ServicesDep, response: Response) -> JobRespon
         response.headers["Retry-After"] = str(retry_after(eta))
     return JobResponse(
         **record.model_dump(exclude={"status", "eta_seconds", "deadline", "params"}),
-        **request_fields(record.params),
+        **request_fields(record.params, record.output),
         status=record.status.value,
         eta_seconds=eta,
         status_url=job_url(record.job_id),
-        file_url=file_url(filename_for(record.job_id)) if record.status is JobStatus.SUCCEEDED else None,
+        file_url=file_url(record.filename) if record.status is JobStatus.SUCCEEDED else None,
     )
 
 
 @router.get("/files", include_in_schema=False, response_model=list[FileInfo])
-@router.get("/files/", response_model=list[FileInfo], responses=ERRORS, summary="List generated files")
+@router.get("/files/", response_model=list[FileInfo], responses=LIST_RESPONSES, summary="List generated files")
 def list_files(
     services: ServicesDep,
     limit: Annotated[int, Query(ge=1, le=100, description="Maximum files to return")] = 50,
     skip: Annotated[int, Query(ge=0, description="Number of files to skip")] = 0,
+    audio_format: Annotated[AudioFormat | None, Query(alias="format", description="Only files of this format")] = None,
+    q: Annotated[
+        str | None,
+        Query(max_length=MAX_PROMPT_CHARS, description="Only files whose prompt contains this text, in any case"),
+    ] = None,
 ) -> list[FileInfo]:
-    """Generated files, newest first."""
-    files = services.storage.list_files()
-    return [
-        FileInfo(
-            filename=f.filename,
-            url=file_url(f.filename),
-            created_at=f.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-            size_kb=round(f.size_bytes / 1024, 1),
-        )
-        for f in files[skip : skip + limit]
-    ]
+    """Generated files, newest first, with what each one's sidecar knows (null where it knows nothing)."""
+    return list_entries(services.storage, limit, skip, audio_format, q)
+
+
+@router.get("/files/{filename}/info", response_model=FileInfo, responses=INFO_RESPONSES, summary="One file's entry")
+def file_info(filename: FilenamePath, services: ServicesDep) -> FileInfo:
+    """The file's entry, as `GET /files/` lists it."""
+    found = file_entry(services.storage, filename) if is_valid_filename(filename) else None
+    if found is None:
+        raise HTTPException(404, FILE_NOT_FOUND)
+    return found
 
 
 @router.get(
     "/files/{filename:path}",
-    responses={
-        200: {"content": {"audio/wav": {}}, "description": "The WAV file (local storage)"},
-        307: {"description": "Redirect to a presigned download URL (S3 storage)"},
-        400: {"model": ErrorResponse, "description": "Not a generated file name"},
-        404: {"model": ErrorResponse, "description": "No such file"},
-        503: {"model": ErrorResponse, "description": "Storage unavailable"},
-    },
+    response_class=Response,
+    responses=DOWNLOAD_RESPONSES,
     summary="Download a file",
 )
-def download_file(filename: str, services: ServicesDep) -> Response:
-    """The WAV itself (local storage) or a redirect to a short-lived presigned URL (S3)."""
+def download_file(filename: FilenamePath, services: ServicesDep) -> Response:
+    """The file itself (local storage) or a redirect to a short-lived presigned URL (S3).
+
+    A name that isn't a generated file's is not found, without asking the storage.
+    """
     if not is_valid_filename(filename):
-        raise HTTPException(400, "Invalid file name: expected gen_YYYYMMDD_HHMMSS_xxxxxxxx.wav")
+        raise HTTPException(404, FILE_NOT_FOUND)
     target = services.storage.download(filename)
     if target is None:
-        raise HTTPException(404, "File not found")
+        raise HTTPException(404, FILE_NOT_FOUND)
     if isinstance(target, LocalFile):
-        return FileResponse(target.path, media_type="audio/wav", filename=filename)
+        return FileResponse(target.path, media_type=format_of(filename).media_type, filename=filename)
     return RedirectResponse(target.url, status_code=307)
+
+
+@router.delete(
+    "/files/{filename:path}",
+    status_code=204,
+    response_class=Response,
+    responses=DELETE_RESPONSES,
+    summary="Delete a file",
+)
+def remove_file(filename: FilenamePath, services: ServicesDep) -> Response:
+    """Delete the file, its sidecar and its job record; refused while its job is still queued or running."""
+    try:
+        deleted = is_valid_filename(filename) and delete_file(services.storage, filename, datetime.now(UTC))
+    except FileBusyError as exc:
+        raise HTTPException(409, "The file's job is still running") from exc
+    if not deleted:
+        raise HTTPException(404, FILE_NOT_FOUND)
+    return Response(status_code=204)

@@ -4,13 +4,35 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
+from handler.audio.output import (
+    FORMAT_DESCRIPTIONS,
+    NORMALIZATION_DESCRIPTIONS,
+    AudioFormat,
+    AudioOutput,
+    Normalization,
+)
 from handler.generation import MAX_SEED, GenerationParams, random_seed
 
 MAX_PROMPT_CHARS = 500
 
 Prompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_PROMPT_CHARS)]
+
+
+def _integral_float_as_int(value: Any) -> Any:
+    """14.0 as 14: JSON Schema's `integer` includes integral numbers written with a fraction."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+WholeNumber = Annotated[int, BeforeValidator(_integral_float_as_int)]
+"""An integer field that takes 14 and 14.0, and refuses 14.5, "14" and true (it is strict otherwise)."""
+
+
+def _choices(descriptions: dict[Any, str]) -> str:
+    return "; ".join(f"`{choice.value}`: {text}" for choice, text in descriptions.items())
 
 
 class GenerateRequest(BaseModel):
@@ -19,7 +41,7 @@ class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     text: Prompt = Field(description="Description of the desired music.")
-    duration: int = Field(default=10, ge=1, le=30, strict=True, description="Length in seconds.")
+    duration: WholeNumber = Field(default=10, ge=1, le=30, strict=True, description="Length in seconds.")
     guidance_scale: float = Field(
         default=3.0,
         ge=0,
@@ -28,8 +50,12 @@ class GenerateRequest(BaseModel):
         description="Text adherence; 1 or less turns classifier-free guidance off.",
     )
     temperature: float = Field(default=1.0, ge=0, le=2, strict=True, description="Randomness; 0 means greedy decoding.")
-    seed: int | None = Field(
+    seed: WholeNumber | None = Field(
         default=None, ge=0, le=MAX_SEED, strict=True, description="Same seed and request give the same audio."
+    )
+    format: AudioFormat = Field(default=AudioFormat.WAV, description=f"File format. {_choices(FORMAT_DESCRIPTIONS)}.")
+    normalize: Normalization = Field(
+        default=Normalization.LOUDNESS, description=f"Level of the audio. {_choices(NORMALIZATION_DESCRIPTIONS)}."
     )
 
     def to_params(self) -> GenerationParams:
@@ -42,10 +68,14 @@ class GenerateRequest(BaseModel):
             seed=self.seed if self.seed is not None else random_seed(),
         )
 
+    def to_output(self) -> AudioOutput:
+        """The file this body asks for: its format and normalisation."""
+        return AudioOutput(format=self.format, normalize=self.normalize)
 
-def request_fields(params: GenerationParams) -> dict[str, Any]:
-    """`params` under the request body's names (the prompt as `text`), as a job's status repeats them."""
-    fields = asdict(params)
+
+def request_fields(params: GenerationParams, output: AudioOutput) -> dict[str, Any]:
+    """`params` and `output` under the request body's names (the prompt as `text`), as a job's status repeats them."""
+    fields = asdict(params) | asdict(output)
     fields["text"] = fields.pop("prompt")
     return fields
 
@@ -60,6 +90,12 @@ class GenerateResponse(BaseModel):
     seed: int
     filename: str
     sample_rate: int
+    format: AudioFormat
+    normalize: Normalization
+    content_type: str = Field(description="The download's Content-Type")
+    loudness_lufs: float | None = Field(
+        description="Integrated loudness reached (ITU-R BS.1770); null where it can't be measured (silence)"
+    )
 
 
 class JobAccepted(BaseModel):
@@ -89,15 +125,29 @@ class JobResponse(BaseModel):
     guidance_scale: float
     temperature: float
     seed: int
+    format: AudioFormat
+    normalize: Normalization
 
 
 class FileInfo(BaseModel):
-    """One entry of GET /files/."""
+    """One entry of GET /files/ and GET /files/{filename}/info: the file, and what its sidecar knows.
+
+    Files stored before sidecars kept these (or whose sidecar is lost) list with nulls.
+    """
 
     filename: str
     url: str
     created_at: str
     size_kb: float
+    format: AudioFormat = Field(description="From the file name's extension")
+    content_type: str = Field(description="The download's Content-Type")
+    prompt: str | None = None
+    duration: float | None = Field(default=None, description="Length in seconds")
+    seed: int | None = None
+    guidance_scale: float | None = None
+    temperature: float | None = None
+    normalize: Normalization | None = None
+    loudness_lufs: float | None = Field(default=None, description="Integrated loudness reached (ITU-R BS.1770)")
 
 
 class ServedModel(BaseModel):

@@ -6,6 +6,7 @@ import sys
 
 from fastapi.testclient import TestClient
 
+from handler.audio.output import AudioFormat, AudioOutput, Normalization
 from handler.generation import MAX_SEED, GenerationParams
 from handler.schemas import GenerateRequest, request_fields
 from handler.storage import LocalStorage, metadata_name
@@ -13,12 +14,29 @@ from tests.support.infra_files import ROOT
 
 
 def test_a_request_body_becomes_params_and_is_repeated_under_its_own_names() -> None:
-    body = {"text": "  rain on a tin roof ", "duration": 4, "guidance_scale": 2.5, "temperature": 0.5, "seed": 17}
-    params = GenerateRequest.model_validate(body).to_params()
+    body = {
+        "text": "  rain on a tin roof ",
+        "duration": 4,
+        "guidance_scale": 2.5,
+        "temperature": 0.5,
+        "seed": 17,
+        "format": "flac",
+        "normalize": "peak",
+    }
+    request = GenerateRequest.model_validate(body)
+    params = request.to_params()
+    output = request.to_output()
     assert params == GenerationParams(
         prompt="rain on a tin roof", duration=4, guidance_scale=2.5, temperature=0.5, seed=17
     )
-    assert request_fields(params) == {**body, "text": "rain on a tin roof"}
+    assert output == AudioOutput(AudioFormat.FLAC, Normalization.PEAK)
+    assert request_fields(params, output) == {**body, "text": "rain on a tin roof"}
+
+
+def test_a_request_naming_neither_format_nor_normalisation_gets_a_loudness_normalised_wav() -> None:
+    assert GenerateRequest.model_validate({"text": "rain"}).to_output() == AudioOutput(
+        AudioFormat.WAV, Normalization.LOUDNESS
+    )
 
 
 def test_a_request_without_a_seed_gets_a_fresh_one_in_range() -> None:

@@ -215,9 +215,13 @@ def test_unknown_file_is_404(client: TestClient) -> None:
         "/files/gen_20250528_134211_a1b2c3d4.wav.bak",
         "/files/x.wav",
         "/files/%00.wav",
+        "/files/nothing.wav",
+        "/files/0",
+        "/files/gen_20250528_134211_a1b2c3d4.aac",
+        "/files/gen_20251399_134211_a1b2c3d4.flac",
     ],
 )
-def test_odd_file_names_are_rejected_before_storage(
+def test_odd_file_names_are_not_found_without_touching_storage(
     settings: Settings, generator: MusicgenGenerator, tmp_path: Path, path: str
 ) -> None:
     touched: list[str] = []
@@ -227,11 +231,25 @@ def test_odd_file_names_are_rejected_before_storage(
             touched.append(filename)
             return super().download(filename)
 
-    app = create_app(settings, RecordingStorage(tmp_path), generator)
-    response = TestClient(app).get(path, follow_redirects=False)
-    assert response.status_code == 400
-    assert response.json()["detail"].startswith("Invalid file name")
+        def stat(self, filename: str) -> Any:
+            touched.append(filename)
+            return super().stat(filename)
+
+        def get_job(self, job_id: str) -> Any:
+            touched.append(job_id)
+            return super().get_job(job_id)
+
+    (tmp_path / "x.wav").write_bytes(b"RIFF")
+    client = TestClient(create_app(settings, RecordingStorage(tmp_path), generator))
+    for response in (
+        client.get(path, follow_redirects=False),
+        client.get(f"{path}/info"),
+        client.delete(path),
+    ):
+        assert response.status_code == 404, response.request
+        assert response.json()["detail"] in {"File not found", "Not Found"}
     assert touched == []
+    assert (tmp_path / "x.wav").exists()
 
 
 def test_sidecar_keeps_prompt_and_parameters(

@@ -64,12 +64,20 @@ class Storage(Protocol):
         """Every generated file, newest first."""
         ...
 
+    def stat(self, filename: str) -> StoredFile | None:
+        """One generated file as listed, or None if there is no such file."""
+        ...
+
+    def read_metadata(self, filenames: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The sidecars of `filenames`, by file name; files without a readable sidecar are left out."""
+        ...
+
     def download(self, filename: str) -> Download | None:
         """Where a client downloads `filename` from, or None if there is no such file."""
         ...
 
     def delete(self, filenames: Sequence[str]) -> None:
-        """Delete files and their sidecars."""
+        """Delete files and their sidecars; missing ones are skipped."""
         ...
 
     def put_job(self, job_id: str, record: Mapping[str, Any]) -> None:
@@ -90,8 +98,17 @@ class Storage(Protocol):
 
 
 def metadata_name(filename: str) -> str:
-    """The sidecar that keeps a file's prompt and parameters."""
-    return filename.removesuffix(".wav") + ".json"
+    """The sidecar that keeps a file's prompt, parameters and loudness: its name with `.json` for the extension."""
+    return job_id_for(filename) + ".json"
+
+
+def decode_json(data: bytes) -> dict[str, Any] | None:
+    """A stored sidecar or job record, or None if it is not a JSON object."""
+    try:
+        record = json.loads(data)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def job_record_name(job_id: str) -> str:

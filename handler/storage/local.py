@@ -2,7 +2,9 @@
 
 import contextlib
 import json
+import logging
 import os
+import stat
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,11 +17,14 @@ from handler.storage.base import (
     LocalFile,
     StorageError,
     StoredFile,
+    decode_json,
     encode_json,
     job_record_name,
     metadata_name,
     newest_first,
 )
+
+logger = logging.getLogger(__name__)
 
 
 class LocalStorage:
@@ -55,6 +60,35 @@ class LocalStorage:
         except OSError as exc:
             raise StorageError("could not list local storage") from exc
         return newest_first(files)
+
+    def stat(self, filename: str) -> StoredFile | None:
+        """The file as listed, or None if there is none."""
+        try:
+            info = (self.directory / filename).stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise StorageError("could not read local storage") from exc
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        return StoredFile(filename, info.st_size, created_at(filename))
+
+    def read_metadata(self, filenames: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The sidecars of `filenames` that exist and hold a JSON object."""
+        sidecars = {}
+        for filename in filenames:
+            try:
+                data = (self.directory / metadata_name(filename)).read_bytes()
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as exc:
+                raise StorageError("could not read a sidecar") from exc
+            sidecar = decode_json(data)
+            if sidecar is None:
+                logger.warning("sidecar is not a JSON object", extra={"filename": filename})
+            else:
+                sidecars[filename] = sidecar
+        return sidecars
 
     def download(self, filename: str) -> Download | None:
         """The file's path, served as it is."""

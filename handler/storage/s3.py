@@ -3,28 +3,34 @@
 import contextlib
 import functools
 import json
+import logging
 import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from handler.filenames import created_at, is_valid_filename, is_valid_job_id
+from handler.filenames import created_at, format_of, is_valid_filename, is_valid_job_id
 from handler.storage.base import (
     JOBS_FOLDER,
     Download,
     RemoteFile,
     StorageError,
     StoredFile,
+    decode_json,
     encode_json,
     job_record_name,
     metadata_name,
     newest_first,
 )
 
-WAV_CONTENT_TYPE = "audio/wav"
+logger = logging.getLogger(__name__)
+
 S3_ERRORS = (BotoCoreError, ClientError)
+SIDECAR_READERS = 16
+"""Sidecars read at once: a listing of the 100 files the cap keeps reads theirs in a few round trips."""
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
 
 
@@ -57,7 +63,9 @@ class S3Storage:
                 Body=encode_json(metadata),
                 ContentType="application/json; charset=utf-8",
             )
-            self.client.put_object(Bucket=self.bucket, Key=self._key(filename), Body=data, ContentType=WAV_CONTENT_TYPE)
+            self.client.put_object(
+                Bucket=self.bucket, Key=self._key(filename), Body=data, ContentType=format_of(filename).media_type
+            )
         except S3_ERRORS as exc:
             with contextlib.suppress(*S3_ERRORS):
                 self.client.delete_object(Bucket=self.bucket, Key=sidecar)
@@ -78,6 +86,53 @@ class S3Storage:
             raise StorageError("could not list S3 objects") from exc
         return newest_first(files)
 
+    def stat(self, filename: str) -> StoredFile | None:
+        """The file as listed, or None if there is none."""
+        found = self._find(self._key(filename))
+        return None if found is None else StoredFile(filename, int(found["Size"]), created_at(filename))
+
+    def read_metadata(self, filenames: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The sidecars of `filenames` that exist and hold a JSON object, read in parallel.
+
+        Which sidecars exist is asked as one listing first: a GET of a missing key answers 403, not
+        404, to a role whose ListBucket is limited to the prefix (see `_exists`).
+        """
+        if not filenames:
+            return {}
+        wanted = {self._key(metadata_name(filename)): filename for filename in filenames}
+        try:
+            paginator = self.client.get_paginator("list_objects_v2")
+            present = [
+                obj["Key"]
+                for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix, Delimiter="/")
+                for obj in page.get("Contents", [])
+                if obj["Key"] in wanted
+            ]
+        except S3_ERRORS as exc:
+            raise StorageError("could not list S3 objects") from exc
+        with ThreadPoolExecutor(max_workers=SIDECAR_READERS) as pool:
+            bodies = list(pool.map(self._read_sidecar, present))
+        sidecars = {}
+        for key, body in zip(present, bodies, strict=True):
+            sidecar = None if body is None else decode_json(body)
+            if sidecar is None:
+                logger.warning("sidecar is missing or not a JSON object", extra={"key": key})
+            else:
+                sidecars[wanted[key]] = sidecar
+        return sidecars
+
+    def _read_sidecar(self, key: str) -> bytes | None:
+        try:
+            body: bytes = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            # Deleted since the listing (by a prune or a DELETE): the file is going too.
+            if _is_not_found(exc) or _is_access_denied(exc):
+                return None
+            raise StorageError("could not read a sidecar") from exc
+        except BotoCoreError as exc:
+            raise StorageError("could not read a sidecar") from exc
+        return body
+
     def download(self, filename: str) -> Download | None:
         """A presigned GET URL that downloads the file as an attachment."""
         key = self._key(filename)
@@ -89,7 +144,7 @@ class S3Storage:
                 Params={
                     "Bucket": self.bucket,
                     "Key": key,
-                    "ResponseContentType": WAV_CONTENT_TYPE,
+                    "ResponseContentType": format_of(filename).media_type,
                     "ResponseContentDisposition": f'attachment; filename="{filename}"',
                 },
                 ExpiresIn=self.presign_expiry_seconds,
@@ -176,7 +231,11 @@ class S3Storage:
         return f"{self.prefix}{name}"
 
     def _exists(self, key: str) -> bool:
-        """Whether `key` exists, asked as a listing under the key itself.
+        """Whether `key` exists."""
+        return self._find(key) is not None
+
+    def _find(self, key: str) -> dict[str, Any] | None:
+        """The listing entry of `key`, or None if it doesn't exist, asked as a listing under the key itself.
 
         Not HeadObject: for a missing key S3 answers HeadObject with 404 only to callers allowed
         s3:ListBucket on the whole bucket, and 403 to a role whose ListBucket is limited to the
@@ -187,7 +246,8 @@ class S3Storage:
             response = self.client.list_objects_v2(Bucket=self.bucket, Prefix=key, MaxKeys=1)
         except S3_ERRORS as exc:
             raise StorageError("could not read from S3") from exc
-        return any(obj["Key"] == key for obj in response.get("Contents", []))
+        found: dict[str, Any] | None = next((obj for obj in response.get("Contents", []) if obj["Key"] == key), None)
+        return found
 
 
 def s3_client() -> Any:
