@@ -15,7 +15,7 @@ JOB_TIMEOUT_MS = 120_000
 
 def make_clip(page: Page, prompt: str = PROMPT, duration: int = 1, seed: int | None = None) -> None:
     """Fill the form as a user would, press Generate and wait until the clip is done."""
-    page.get_by_label("Prompt").fill(prompt)
+    page.get_by_label("Prompt", exact=True).fill(prompt)
     page.get_by_label("Duration (seconds)").fill(str(duration))
     if seed is not None:
         page.get_by_label("Seed").fill(str(seed))
@@ -38,7 +38,7 @@ def clip_items(page: Page) -> list[str]:
 
 def test_make_hear_download_and_delete_a_clip(studio: StudioServer, pages: PageFactory) -> None:
     page = pages.open(studio.page_url)
-    expect(page.get_by_text("No clips yet")).to_be_visible()
+    expect(page.get_by_text("No clips yet: make one.")).to_be_visible()
 
     make_clip(page, duration=2, seed=11)
     expect(page.locator("#server-status")).to_contain_text("ready")
@@ -95,22 +95,33 @@ def test_a_clip_of_the_library_plays_after_a_reload(local_studio: StudioServer, 
 def test_use_these_settings_makes_the_clip_again(local_studio: StudioServer, pages: PageFactory) -> None:
     made = local_studio.api.post(
         "/generate/",
-        json={"text": "drum and bass", "duration": 2, "guidance_scale": 2.5, "temperature": 0.7, "seed": 42},
+        json={
+            "text": "drum and bass",
+            "duration": 2,
+            "guidance_scale": 2.5,
+            "temperature": 0.7,
+            "seed": 42,
+            "format": "flac",
+            "normalize": "peak",
+        },
     )
     assert made.status_code == 200, made.text
     page = pages.open(local_studio.page_url)
     page.get_by_role("listitem").filter(has_text="drum and bass").get_by_role("button", name="Use these settings").click()
-    expect(page.get_by_label("Prompt")).to_be_focused()
-    expect(page.get_by_label("Prompt")).to_have_value("drum and bass")
+    expect(page.get_by_label("Prompt", exact=True)).to_be_focused()
+    expect(page.get_by_label("Prompt", exact=True)).to_have_value("drum and bass")
     expect(page.get_by_label("Duration (seconds)")).to_have_value("2")
     expect(page.get_by_label("Guidance")).to_have_value("2.5")
     expect(page.get_by_label("Temperature")).to_have_value("0.7")
     expect(page.get_by_label("Seed")).to_have_value("42")
+    expect(page.get_by_label("Format", exact=True)).to_have_value("flac")
+    expect(page.get_by_label("Normalisation")).to_have_value("peak")
 
     page.get_by_role("button", name="Generate").click()
     expect(page.get_by_role("listitem").filter(has_text="drum and bass")).to_have_count(2, timeout=JOB_TIMEOUT_MS)
     again, first = local_studio.filenames()
     assert again != first
+    assert again.endswith(".flac")
     assert local_studio.file_bytes(f"/files/{again}") == local_studio.file_bytes(f"/files/{first}")
 
 
@@ -136,6 +147,24 @@ def test_library_pages_with_limit_and_skip(local_studio: StudioServer, pages: Pa
     assert clip_items(page) == names[::-1][10:20]
 
 
+def test_library_search_and_format_filter(local_studio: StudioServer, pages: PageFactory) -> None:
+    names = fill(local_studio.storage, 3)
+    prompts = ["Rainy Jazz piano", "techno at dawn", "jazz trio, brushes"]
+    for name, prompt in zip(names, prompts, strict=True):
+        local_studio.storage.save(name, b"RIFF", {"prompt": prompt})
+    page = pages.open(local_studio.page_url)
+    expect(page.locator("#library > li")).to_have_count(3)
+
+    page.get_by_label("Search prompts").fill("JAZZ")
+    expect(page.locator("#library > li")).to_have_count(2)
+    assert clip_items(page) == ["jazz trio, brushes", "Rainy Jazz piano"]
+    page.get_by_label("Formats shown").select_option("mp3")
+    expect(page.get_by_text("No clip matches.")).to_be_visible()
+    page.get_by_label("Formats shown").select_option("wav")
+    page.get_by_label("Search prompts").fill("")
+    expect(page.locator("#library > li")).to_have_count(3)
+
+
 def test_deleting_the_last_clip_of_a_page_steps_back(local_studio: StudioServer, pages: PageFactory) -> None:
     names = fill(local_studio.storage, 11)
     page = pages.open(local_studio.page_url)
@@ -150,7 +179,7 @@ def test_deleting_the_last_clip_of_a_page_steps_back(local_studio: StudioServer,
 
 def test_errors_are_the_apis_words(local_studio: StudioServer, pages: PageFactory) -> None:
     page = pages.open(local_studio.page_url)
-    page.get_by_label("Prompt").fill("   ")
+    page.get_by_label("Prompt", exact=True).fill("   ")
     page.get_by_role("button", name="Generate").click()
     alert = page.get_by_role("alert").first
     expect(alert).to_contain_text("Invalid request: text:")
@@ -182,13 +211,13 @@ def test_keyboard_only(local_studio: StudioServer, pages: PageFactory) -> None:
     page.keyboard.press("Tab")
     expect(page.get_by_role("link", name="Skip to the library")).to_be_focused()
     page.keyboard.press("Tab")
-    expect(page.get_by_label("Prompt")).to_be_focused()
+    expect(page.get_by_label("Prompt", exact=True)).to_be_focused()
     page.keyboard.type("typed without a mouse")
     page.keyboard.press("Tab")
     expect(page.get_by_label("Duration (seconds)")).to_be_focused()
     page.keyboard.press("Control+A")
     page.keyboard.type("1")
-    page.get_by_label("Prompt").focus()
+    page.get_by_label("Prompt", exact=True).focus()
     page.keyboard.press("Control+Enter")
     clip = page.get_by_role("listitem").filter(has_text="typed without a mouse")
     expect(clip).to_have_count(1, timeout=JOB_TIMEOUT_MS)
@@ -214,10 +243,15 @@ def test_readme_screenshot(local_studio: StudioServer, pages: PageFactory) -> No
     for prompt in ("Ambient electronic music with synth pads", PROMPT):
         made = local_studio.api.post("/generate/", json={"text": prompt, "duration": 2, "seed": 7})
         assert made.status_code == 200, made.text
-    page = pages.open(local_studio.page_url, viewport={"width": 1100, "height": 760})
+    page = pages.open(local_studio.page_url, viewport={"width": 1100, "height": 820})
     page.get_by_role("listitem").filter(has_text=PROMPT).get_by_role("button", name="Play").click()
     page.wait_for_function(AUDIO_LOADED)
-    page.get_by_label("Prompt").fill("Upbeat funk with slap bass and brass stabs")
+    page.get_by_label("Prompt", exact=True).fill("Upbeat funk with slap bass and brass stabs")
+    waveform = page.get_by_role("img", name="Waveform of the clip")
+    box = waveform.bounding_box()
+    assert box is not None
+    waveform.click(position={"x": box["width"] * 0.4, "y": box["height"] / 2})
+    page.wait_for_function("() => document.getElementById('audio').currentTime > 0.5")
     ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS_DIR / "studio.png"
     page.screenshot(path=path)

@@ -11,6 +11,7 @@ const POLL_MAX_MS = 1000;
 const POLL_RETRIES = 3;
 const WAVE_SAMPLE_RATE = 8000;
 const WAVE_COLUMNS = 800;
+const SEARCH_DELAY_MS = 300;
 
 const element = (id) => document.getElementById(id);
 
@@ -40,6 +41,9 @@ const libraryHeading = element("library-heading");
 const libraryStatus = element("library-status");
 const libraryError = element("library-error");
 const clipTemplate = element("clip-template");
+const libraryFilter = element("library-filter");
+const searchInput = element("search");
+const formatFilter = element("format-filter");
 const newerButton = element("newer");
 const olderButton = element("older");
 const pageLabel = element("page-label");
@@ -410,6 +414,7 @@ audio.addEventListener("error", () => {
 
 let skip = 0;
 let entries = new Map();
+let libraryRequests = 0;
 
 function markCurrent() {
   for (const item of library.children) {
@@ -437,11 +442,17 @@ function clipItem(entry, index) {
 
 /** Shows the library page starting at `start`; a page emptied by deletes steps back. */
 async function refreshLibrary(start = skip) {
+  const request = ++libraryRequests;
   hideError(libraryError);
   library.setAttribute("aria-busy", "true");
   try {
-    const response = await expectOk(await api(`/files/?limit=${PAGE_SIZE + 1}&skip=${start}`));
+    const query = new URLSearchParams({ limit: String(PAGE_SIZE + 1), skip: String(start) });
+    if (searchInput.value.trim()) query.set("q", searchInput.value.trim());
+    if (formatFilter.value) query.set("format", formatFilter.value);
+    const response = await expectOk(await api(`/files/?${query}`));
     const page = await response.json();
+    // Only the newest request shows: a quick search sends several.
+    if (request !== libraryRequests) return;
     if (page.length === 0 && start > 0) return refreshLibrary(Math.max(0, start - PAGE_SIZE));
     skip = start;
     const shown = page.slice(0, PAGE_SIZE);
@@ -451,13 +462,16 @@ async function refreshLibrary(start = skip) {
     newerButton.disabled = skip === 0;
     olderButton.disabled = page.length <= PAGE_SIZE;
     pageLabel.textContent = `Page ${Math.floor(skip / PAGE_SIZE) + 1}`;
+    const filtered = Boolean(searchInput.value.trim() || formatFilter.value);
     libraryStatus.textContent = shown.length
-      ? `Clips ${skip + 1} to ${skip + shown.length}`
-      : "No clips yet: make one above.";
+      ? `Clips ${skip + 1} to ${skip + shown.length}${filtered ? " of those that match" : ""}`
+      : filtered
+        ? "No clip matches."
+        : "No clips yet: make one.";
   } catch (error) {
-    showError(libraryError, error);
+    if (request === libraryRequests) showError(libraryError, error);
   } finally {
-    library.removeAttribute("aria-busy");
+    if (request === libraryRequests) library.removeAttribute("aria-busy");
   }
 }
 
@@ -467,8 +481,11 @@ function useSettings(entry) {
   if (entry.guidance_scale != null) guidanceInput.value = String(entry.guidance_scale);
   if (entry.temperature != null) temperatureInput.value = String(entry.temperature);
   seedInput.value = entry.seed != null ? String(entry.seed) : "";
-  if (entry.format && [...formatSelect.options].some((option) => option.value === entry.format)) {
-    formatSelect.value = entry.format;
+  for (const [select, value] of [
+    [formatSelect, entry.format],
+    [normalizeSelect, entry.normalize],
+  ]) {
+    if (value && [...select.options].some((option) => option.value === value)) select.value = value;
   }
   formStatus.textContent = "Settings copied from the library: press Generate to make it again.";
   promptInput.focus();
@@ -535,6 +552,18 @@ library.addEventListener("click", async (event) => {
   } catch (error) {
     showError(libraryError, error);
   }
+});
+
+let searchTimer = null;
+searchInput.addEventListener("input", () => {
+  clearTimeout(searchTimer);
+  searchTimer = setTimeout(() => refreshLibrary(0), SEARCH_DELAY_MS);
+});
+formatFilter.addEventListener("change", () => refreshLibrary(0));
+libraryFilter.addEventListener("submit", (event) => {
+  event.preventDefault();
+  clearTimeout(searchTimer);
+  refreshLibrary(0);
 });
 
 newerButton.addEventListener("click", () => refreshLibrary(Math.max(0, skip - PAGE_SIZE)));
