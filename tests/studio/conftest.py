@@ -1,6 +1,6 @@
 """Fixtures of the studio's browser tests: Chromium, pages screenshotted when a test fails, served apps."""
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 import pytest
 from playwright.sync_api import Browser, sync_playwright
@@ -15,9 +15,11 @@ CALL_REPORT = pytest.StashKey[pytest.TestReport]()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """Keep each test's outcome on it, so its page fixture knows whether to take screenshots."""
-    report: pytest.TestReport = yield
+    report = yield
     if report.when == "call":
         item.stash[CALL_REPORT] = report
     return report
@@ -58,7 +60,9 @@ def studio(settings: Settings, storage: Storage, generator: MusicgenGenerator) -
 
 
 @pytest.fixture
-def local_studio(settings: Settings, local_storage: LocalStorage, generator: MusicgenGenerator) -> Iterator[StudioServer]:
+def local_studio(
+    settings: Settings, local_storage: LocalStorage, generator: MusicgenGenerator
+) -> Iterator[StudioServer]:
     """The app over uvicorn with local storage."""
     with serve_studio(settings, local_storage, generator) as server:
         yield server

@@ -5,10 +5,16 @@ from pathlib import Path
 
 from playwright.sync_api import Page, expect
 
+from handler.musicgen.generator import MusicgenGenerator
+from handler.settings import Settings
+from handler.storage import LocalStorage, Storage
+from tests.support.api_keys import RequireBearerKey
 from tests.support.browser import ARTIFACTS_DIR, AUDIO_LOADED, AUDIO_PLAYING, PHONE, WAVEFORM_INK, PageFactory
-from tests.support.studio import PROMPT, StudioServer
+from tests.support.doubles import FailingGenerator, GatedGenerator
 from tests.support.storage import fill
+from tests.support.studio import PROMPT, StudioServer, serve_studio
 
+API_KEY = "studio-test-key"
 JOB_TIMEOUT_MS = 120_000
 """A generation on a busy machine: the tiny model's 1-2 s clips take a few seconds."""
 
@@ -107,7 +113,8 @@ def test_use_these_settings_makes_the_clip_again(local_studio: StudioServer, pag
     )
     assert made.status_code == 200, made.text
     page = pages.open(local_studio.page_url)
-    page.get_by_role("listitem").filter(has_text="drum and bass").get_by_role("button", name="Use these settings").click()
+    clip = page.get_by_role("listitem").filter(has_text="drum and bass")
+    clip.get_by_role("button", name="Use these settings").click()
     expect(page.get_by_label("Prompt", exact=True)).to_be_focused()
     expect(page.get_by_label("Prompt", exact=True)).to_have_value("drum and bass")
     expect(page.get_by_label("Duration (seconds)")).to_have_value("2")
@@ -257,3 +264,93 @@ def test_readme_screenshot(local_studio: StudioServer, pages: PageFactory) -> No
     page.screenshot(path=path)
     assert page.evaluate(WAVEFORM_INK) > 0
     assert path.stat().st_size > 0
+
+
+def test_progress_and_eta_show_while_the_job_runs(
+    settings: Settings, local_storage: LocalStorage, generator: MusicgenGenerator, pages: PageFactory
+) -> None:
+    gated = GatedGenerator(generator)
+    with serve_studio(settings, local_storage, gated) as server:
+        page = pages.open(server.page_url)
+        page.get_by_label("Prompt", exact=True).fill("held at the start")
+        page.get_by_label("Duration (seconds)").fill("1")
+        page.get_by_role("button", name="Generate").click()
+        making = re.compile(r"^Making the clip: 0% · about \d+ (s|min \d+ s) left$")
+        expect(page.locator("#job-status")).to_have_text(making)
+        expect(page.get_by_role("button", name="Generate")).to_be_disabled()
+        gated.gate.set()
+        wait_for_the_job(page)
+        expect(page.get_by_role("button", name="Generate")).to_be_enabled()
+
+
+def test_a_failed_job_is_told_in_words(
+    settings: Settings, local_storage: LocalStorage, generator: MusicgenGenerator, pages: PageFactory
+) -> None:
+    with serve_studio(settings, local_storage, FailingGenerator(generator)) as server:
+        page = pages.open(server.page_url)
+        page.get_by_label("Prompt", exact=True).fill("this one fails")
+        page.get_by_role("button", name="Generate").click()
+        expect(page.locator("#job-status")).to_have_text("Not made.", timeout=JOB_TIMEOUT_MS)
+        expect(page.locator("#error")).to_have_text("Music generation failed")
+        assert server.filenames() == []
+
+
+def test_a_key_is_asked_for_once_and_kept(
+    settings: Settings, storage: Storage, generator: MusicgenGenerator, pages: PageFactory
+) -> None:
+    seen: list[str | None] = []
+    with serve_studio(
+        settings,
+        storage,
+        generator,
+        wrap=lambda app: RequireBearerKey(app, API_KEY, seen),
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    ) as server:
+        page = pages.open(server.page_url)
+        dialog = page.get_by_role("dialog", name="API key")
+        expect(dialog).to_be_visible()
+        page.keyboard.press("Escape")
+        expect(page.locator("#library-error")).to_have_text(re.compile("This API needs a key"))
+
+        page.get_by_role("button", name="Refresh").click()
+        expect(dialog).to_be_visible()
+        dialog.get_by_label("API key").fill(API_KEY)
+        dialog.get_by_role("button", name="Save key").click()
+        expect(page.get_by_text("No clips yet: make one.")).to_be_visible()
+        asked = len(seen)
+        make_clip(page, prompt="made with a key")
+        page.wait_for_function(AUDIO_LOADED)
+        assert seen[asked:]
+        assert all(sent == f"Bearer {API_KEY}" for sent in seen[asked:])
+
+        page.reload()
+        clip = page.get_by_role("listitem").filter(has_text="made with a key")
+        expect(clip).to_have_count(1)
+        expect(dialog).to_be_hidden()
+        [filename] = server.filenames()
+        with page.expect_download() as download:
+            clip.get_by_role("button", name="Download").click()
+        assert Path(download.value.path()).read_bytes() == server.file_bytes(f"/files/{filename}")
+
+        page.get_by_role("button", name="Forget the key").click()
+        assert page.evaluate("() => localStorage.length") == 0
+        page.reload()
+        expect(dialog).to_be_visible()
+
+
+def test_the_policy_refuses_inline_code(local_studio: StudioServer, pages: PageFactory) -> None:
+    page = pages.open(local_studio.page_url)
+    expect(page.get_by_text("No clips yet: make one.")).to_be_visible()
+    ran = page.evaluate(
+        """() => {
+          const script = document.createElement('script');
+          script.textContent = 'window.injected = true';
+          document.body.append(script);
+          return window.injected === true;
+        }"""
+    )
+    assert ran is False
+    [watched] = pages.pages
+    expect(page.locator("body")).to_be_visible()
+    assert any("inline script" in message for message in watched.refused)
+    watched.refused.clear()

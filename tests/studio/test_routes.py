@@ -97,9 +97,11 @@ def test_static_files_link_nothing_from_elsewhere() -> None:
 def bounds(field: str) -> tuple[float, float]:
     """The lowest and highest value GenerateRequest takes for `field`."""
     metadata = GenerateRequest.model_fields[field].metadata
-    [low] = [float(item.ge) for item in metadata if isinstance(item, annotated_types.Ge)]
-    [high] = [float(item.le) for item in metadata if isinstance(item, annotated_types.Le)]
-    return low, high
+    [low] = [item.ge for item in metadata if isinstance(item, annotated_types.Ge)]
+    [high] = [item.le for item in metadata if isinstance(item, annotated_types.Le)]
+    assert isinstance(low, int | float)
+    assert isinstance(high, int | float)
+    return float(low), float(high)
 
 
 @pytest.mark.parametrize(
