@@ -7,8 +7,9 @@ from playwright.sync_api import Browser, sync_playwright
 
 from handler.musicgen.generator import MusicgenGenerator
 from handler.settings import Settings
-from handler.storage import LocalStorage, Storage
+from handler.storage import LocalStorage, S3Storage, Storage
 from tests.support.browser import CHROMIUM, PageFactory
+from tests.support.infra_files import bucket_cors, load_template
 from tests.support.studio import StudioServer, serve_studio
 
 CALL_REPORT = pytest.StashKey[pytest.TestReport]()
@@ -53,9 +54,17 @@ def pages(browser: Browser, request: pytest.FixtureRequest) -> Iterator[PageFact
 
 
 @pytest.fixture
-def studio(settings: Settings, storage: Storage, generator: MusicgenGenerator) -> Iterator[StudioServer]:
+def deployed_storage(storage: Storage) -> Storage:
+    """Each backend as deployed: S3's bucket with template.yaml's CORS rules, which the page needs."""
+    if isinstance(storage, S3Storage):
+        storage.client.put_bucket_cors(Bucket=storage.bucket, CORSConfiguration=bucket_cors(load_template()))
+    return storage
+
+
+@pytest.fixture
+def studio(settings: Settings, deployed_storage: Storage, generator: MusicgenGenerator) -> Iterator[StudioServer]:
     """The app over uvicorn, once with local storage and once with S3 (moto) behind presigned redirects."""
-    with serve_studio(settings, storage, generator) as server:
+    with serve_studio(settings, deployed_storage, generator) as server:
         yield server
 
 

@@ -7,7 +7,7 @@ from playwright.sync_api import Page, expect
 
 from handler.musicgen.generator import MusicgenGenerator
 from handler.settings import Settings
-from handler.storage import LocalStorage, Storage
+from handler.storage import LocalStorage, S3Storage, Storage
 from tests.support.api_keys import RequireBearerKey
 from tests.support.browser import ARTIFACTS_DIR, AUDIO_LOADED, AUDIO_PLAYING, PHONE, WAVEFORM_INK, PageFactory
 from tests.support.doubles import FailingGenerator, GatedGenerator
@@ -32,6 +32,8 @@ def make_clip(page: Page, prompt: str = PROMPT, duration: int = 1, seed: int | N
 def wait_for_the_job(page: Page) -> None:
     """Wait until the page's job has ended, and check it made the clip."""
     expect(page.locator("#job-status")).to_have_text(re.compile(r"^(Done|Not made)"), timeout=JOB_TIMEOUT_MS)
+    # Enabled again once the clip is in the player too (or could not be).
+    expect(page.get_by_role("button", name="Generate")).to_be_enabled()
     error = page.locator("#error")
     assert error.is_hidden(), error.inner_text()
     expect(page.get_by_role("progressbar", name="Progress")).to_have_attribute("value", "100")
@@ -48,7 +50,7 @@ def test_make_hear_download_and_delete_a_clip(studio: StudioServer, pages: PageF
 
     make_clip(page, duration=2, seed=11)
     expect(page.locator("#server-status")).to_contain_text("ready")
-    expect(page.locator("#job-status")).to_have_text("Done: press play.")
+    expect(page.locator("#job-status")).to_have_text("Done.")
     page.wait_for_function(AUDIO_LOADED)
     assert abs(page.eval_on_selector("#audio", "audio => audio.duration") - 2.0) < 0.1
     assert page.evaluate(WAVEFORM_INK) > 0
@@ -296,12 +298,12 @@ def test_a_failed_job_is_told_in_words(
 
 
 def test_a_key_is_asked_for_once_and_kept(
-    settings: Settings, storage: Storage, generator: MusicgenGenerator, pages: PageFactory
+    settings: Settings, deployed_storage: Storage, generator: MusicgenGenerator, pages: PageFactory
 ) -> None:
     seen: list[str | None] = []
     with serve_studio(
         settings,
-        storage,
+        deployed_storage,
         generator,
         wrap=lambda app: RequireBearerKey(app, API_KEY, seen),
         headers={"Authorization": f"Bearer {API_KEY}"},
@@ -354,3 +356,16 @@ def test_the_policy_refuses_inline_code(local_studio: StudioServer, pages: PageF
     expect(page.locator("body")).to_be_visible()
     assert any("inline script" in message for message in watched.refused)
     watched.refused.clear()
+
+
+def test_without_the_buckets_cors_rule_the_page_cannot_read_s3_downloads(
+    settings: Settings, s3_storage: S3Storage, generator: MusicgenGenerator, pages: PageFactory
+) -> None:
+    """What template.yaml's CORS rule is for: without it the browser refuses the presigned download."""
+    with serve_studio(settings, s3_storage, generator) as server:
+        page = pages.open(server.page_url)
+        page.get_by_label("Prompt", exact=True).fill("no CORS here")
+        page.get_by_role("button", name="Generate").click()
+        expect(page.locator("#error")).to_contain_text("Could not download the clip", timeout=JOB_TIMEOUT_MS)
+        expect(page.locator("#job-status")).to_have_text("Done.")
+        assert len(server.filenames()) == 1

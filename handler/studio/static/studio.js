@@ -275,6 +275,21 @@ form.addEventListener("submit", async (event) => {
   setBusy(true);
   showProgress(0, "Sending…");
   try {
+    const fileUrl = await makeClip(request);
+    showProgress(100, "Done.");
+    const filename = fileUrl.split("/").pop();
+    await openClip({ ...request, prompt: request.text, url: fileUrl, filename, seed: request.seed ?? null });
+  } catch (error) {
+    showError(errorBox, error);
+  } finally {
+    setBusy(false);
+  }
+  await Promise.all([refreshLibrary(0), checkServer()]);
+});
+
+/** Asks for a clip as a job and follows it; the new file's URL, or a ShownError. */
+async function makeClip(request) {
+  try {
     const response = await expectOk(
       await api("/generate/", {
         method: "POST",
@@ -283,19 +298,13 @@ form.addEventListener("submit", async (event) => {
       }),
     );
     const answer = await response.json();
-    const fileUrl = response.status === 202 ? (await followJob(answer.status_url)).file_url : answer.file_url;
-    showProgress(100, "Done: press play.");
-    const filename = fileUrl.split("/").pop();
-    await openClip({ ...request, prompt: request.text, url: fileUrl, filename, seed: request.seed ?? null });
-    await refreshLibrary(0);
+    // 202 with the job to follow; a server that made the clip at once answers 200 with it.
+    return response.status === 202 ? (await followJob(answer.status_url)).file_url : answer.file_url;
   } catch (error) {
     jobStatus.textContent = "Not made.";
-    showError(errorBox, error);
-  } finally {
-    setBusy(false);
+    throw error;
   }
-  checkServer();
-});
+}
 
 promptInput.addEventListener("keydown", (event) => {
   if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
@@ -315,8 +324,15 @@ let currentFile = null;
 let peaks = null;
 
 async function clipBlob(clip) {
-  const response = await expectOk(await api(clip.url));
-  return response.blob();
+  let response;
+  try {
+    response = await api(clip.url);
+  } catch (error) {
+    if (!(error instanceof TypeError)) throw error;
+    // With S3 the request is redirected to the bucket, which must allow this page (template.yaml's CORS rule).
+    throw new ShownError("Could not download the clip: the connection failed, or the storage refused this page.");
+  }
+  return (await expectOk(response)).blob();
 }
 
 /** Loads a clip into the player (and draws it); plays it when asked. */
