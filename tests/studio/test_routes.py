@@ -1,5 +1,11 @@
 """The studio's routes over HTTP: the page, its files and their headers, on both storage backends."""
 
+import base64
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 import annotated_types
 import pytest
 from fastapi.testclient import TestClient
@@ -7,9 +13,12 @@ from fastapi.testclient import TestClient
 from handler.audio.output import AudioFormat, Normalization
 from handler.schemas import MAX_PROMPT_CHARS, GenerateRequest
 from handler.storage import Storage
-from handler.studio import STATIC_DIR
+from handler.studio import PAGE, STATIC_DIR
 from handler.studio.security import content_security_policy
 from tests.support.html_page import PageMarkup, parse_page
+from tests.support.lambda_events import LambdaContext, load_event
+
+Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 
 ASSETS = {
     "studio.js": "text/javascript",
@@ -146,3 +155,28 @@ def test_choices_are_the_apis(select: str, choices: list[str], default: str, pag
 def test_library_filter_offers_every_format(page: PageMarkup) -> None:
     values = [option.attrs["value"] for option in page.options_of("format-filter")]
     assert values == ["", *(str(choice) for choice in AudioFormat)]
+
+
+@pytest.mark.parametrize(
+    ("path", "source"),
+    [
+        ("/studio", PAGE),
+        ("/studio/static/studio.js", STATIC_DIR / "studio.js"),
+        ("/studio/static/favicon.svg", STATIC_DIR / "favicon.svg"),
+    ],
+)
+def test_through_api_gateway_and_lambda(
+    path: str, source: Path, lambda_handler: Handler, lambda_context: LambdaContext
+) -> None:
+    """The page and its files as the HTTP API's and the Function URL's events reach them, with S3 storage."""
+    event = load_event("health")
+    event["rawPath"] = event["requestContext"]["http"]["path"] = path
+    response = lambda_handler(event, lambda_context)
+    assert response["statusCode"] == 200
+    body = response["body"]
+    content = base64.b64decode(body) if response["isBase64Encoded"] else body.encode()
+    assert content == source.read_bytes()
+    if path == "/studio":
+        policy = response["headers"]["content-security-policy"]
+        [connect] = [part.split() for part in policy.split(";") if part.split()[0] == "connect-src"]
+        assert connect == ["connect-src", "'self'", os.environ["AWS_ENDPOINT_URL_S3"]]
