@@ -116,27 +116,26 @@ function askForKey(refused) {
       ? "The API refused the key this browser kept. Enter the right one: the studio keeps it here and sends it with each request."
       : "This API needs a key. Enter it once: the studio keeps it in this browser and sends it with each request.";
     keyInput.value = "";
+    keyDialog.returnValue = "";
     keyDialog.showModal();
   }
   return keyRequest;
 }
 
-function finishKey(key) {
-  if (keyDialog.open) keyDialog.close();
-  const settle = settleKey;
-  keyRequest = settleKey = null;
-  settle?.(key);
-}
-
 keyForm.addEventListener("submit", (event) => {
   event.preventDefault();
   const key = keyInput.value.trim();
-  if (!key) return;
-  keepKey(key);
-  finishKey(key);
+  if (key) keyDialog.close(key);
 });
-element("key-cancel").addEventListener("click", () => finishKey(null));
-keyDialog.addEventListener("close", () => finishKey(null));
+element("key-cancel").addEventListener("click", () => keyDialog.close(""));
+// Every way the dialog ends (Save, Cancel, Escape) ends here, with the key or without one.
+keyDialog.addEventListener("close", () => {
+  const key = keyDialog.returnValue || null;
+  if (key !== null) keepKey(key);
+  const settle = settleKey;
+  keyRequest = settleKey = null;
+  settle?.(key);
+});
 forgetKeyButton.addEventListener("click", () => keepKey(null));
 
 /** The API's words for a failed response (`detail`; a gateway's `message`), else its status. */
