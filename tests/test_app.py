@@ -105,9 +105,7 @@ def test_download_of_missing_file_event_is_404(lambda_handler: Handler, lambda_c
     assert body_of(response) == {"detail": "File not found"}
 
 
-def test_download_with_traversal_name_event_is_not_found(
-    lambda_handler: Handler, lambda_context: LambdaContext
-) -> None:
+def test_download_with_traversal_name_is_not_found(lambda_handler: Handler, lambda_context: LambdaContext) -> None:
     response = lambda_handler(load_event("download_invalid_name"), lambda_context)
     assert response["statusCode"] == 404
     assert body_of(response) == {"detail": "File not found"}

@@ -4,7 +4,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import httpx
 import httpx2
 import numpy as np
 import pytest
@@ -16,31 +15,11 @@ from handler.musicgen.generator import MusicgenGenerator
 from handler.schemas import MAX_PROMPT_CHARS
 from handler.settings import Settings
 from handler.storage import LocalStorage, Storage
+from tests.support.api import PROMPT, download, generate
 from tests.support.app import serve
+from tests.support.audio import decode
 from tests.support.doubles import FailingGenerator, GatedGenerator
 from tests.support.wav import read_wav
-
-PROMPT = "A lofi hip hop beat with smooth jazz piano and rain sounds"
-
-
-def generate(client: TestClient, path: str = "/generate/", **body: Any) -> httpx2.Response:
-    return client.post(path, json={"text": PROMPT, "duration": 1, **body})
-
-
-def download(client: TestClient, file_url: str) -> bytes:
-    """The file's bytes, following a presigned-URL redirect with a real HTTP client."""
-    response = client.get(file_url, follow_redirects=False)
-    if response.status_code == 307:
-        location = response.headers["location"]
-        s3_response = httpx.get(location)
-        assert s3_response.status_code == 200
-        assert s3_response.headers["content-type"] == "audio/wav"
-        assert "attachment" in s3_response.headers["content-disposition"]
-        assert file_url.rsplit("/", 1)[1] in s3_response.headers["content-disposition"]
-        return s3_response.content
-    assert response.status_code == 200
-    assert response.headers["content-type"] == "audio/wav"
-    return response.content
 
 
 def test_health_reports_the_spec_fields(client: TestClient, tiny_model_dir: Path) -> None:
@@ -86,6 +65,49 @@ def test_files_answers_on_both_paths_without_redirect(client: TestClient, path: 
     assert response.json() == []
 
 
+@pytest.mark.parametrize("audio_format", ["wav", "flac", "ogg", "mp3"])
+def test_each_format_is_stored_under_its_extension_and_decodes_at_32_khz(client: TestClient, audio_format: str) -> None:
+    response = generate(client, duration=2, seed=3, format=audio_format)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["filename"].endswith(f".{audio_format}")
+    assert is_valid_filename(body["filename"])
+    assert body["file_url"] == f"/files/{body['filename']}"
+    assert (body["format"], body["normalize"]) == (audio_format, "loudness")
+    assert (
+        body["content_type"]
+        == {"wav": "audio/wav", "flac": "audio/flac", "ogg": "audio/ogg", "mp3": "audio/mpeg"}[audio_format]
+    )
+    decoded = decode(download(client, body["file_url"]))
+    assert (decoded.sample_rate, decoded.channels, len(decoded.samples)) == (32000, 1, 2 * 32000)
+
+
+def test_same_seed_gives_the_same_audio_in_every_format(local_client: TestClient) -> None:
+    def pcm(audio_format: str) -> Any:
+        body = generate(local_client, seed=1234, format=audio_format).json()
+        return decode(download(local_client, body["file_url"])).pcm
+
+    wav = pcm("wav")
+    assert np.array_equal(pcm("flac"), wav)
+    for lossy in ("ogg", "mp3"):
+        first = pcm(lossy)
+        assert np.array_equal(pcm(lossy), first)
+        residual = first.astype(np.float64) - wav
+        assert 10 * np.log10(np.sum(wav.astype(np.float64) ** 2) / np.sum(residual**2)) > 10
+
+
+def test_each_normalisation_sets_the_level_and_reports_the_loudness(local_client: TestClient) -> None:
+    bodies = {mode: generate(local_client, seed=8, normalize=mode).json() for mode in ("loudness", "peak", "none")}
+    peaks = {
+        mode: int(np.max(np.abs(decode(download(local_client, body["file_url"])).pcm.astype(np.int32))))
+        for mode, body in bodies.items()
+    }
+    assert bodies["loudness"]["loudness_lufs"] == pytest.approx(-14.0, abs=0.5)
+    assert peaks["peak"] == round(0.98 * 32767)
+    assert bodies["none"]["loudness_lufs"] < bodies["loudness"]["loudness_lufs"], "the tiny model is quiet"
+    assert peaks["none"] < peaks["loudness"]
+
+
 def test_same_seed_gives_identical_wav(client: TestClient) -> None:
     first = generate(client, seed=1234).json()
     second = generate(client, seed=1234).json()
@@ -119,6 +141,10 @@ def test_greedy_decoding_ignores_the_seed(client: TestClient) -> None:
 VALID_BOUNDS = [
     {"duration": 1},
     {"duration": 30},
+    {"duration": 14.0},
+    {"seed": 5.0},
+    {"format": "mp3"},
+    {"normalize": "none"},
     {"guidance_scale": 0},
     {"guidance_scale": 10},
     {"temperature": 0},
@@ -134,6 +160,15 @@ INVALID_BOUNDS = [
     ({"duration": 31}, "duration"),
     ({"duration": 2.5}, "duration"),
     ({"duration": "10"}, "duration"),
+    ({"duration": 14.5}, "duration"),
+    ({"duration": "14"}, "duration"),
+    ({"duration": True}, "duration"),
+    ({"duration": 31.0}, "duration"),
+    ({"seed": 1.5}, "seed"),
+    ({"format": "aac"}, "format"),
+    ({"format": "WAV"}, "format"),
+    ({"format": None}, "format"),
+    ({"normalize": "lufs"}, "normalize"),
     ({"guidance_scale": -0.01}, "guidance_scale"),
     ({"guidance_scale": 10.01}, "guidance_scale"),
     ({"guidance_scale": True}, "guidance_scale"),
@@ -167,6 +202,14 @@ def test_invalid_input_is_400_naming_the_field_and_changes_nothing(
     assert field in {error["field"] for error in body["errors"]}
     assert field in body["detail"]
     assert storage.list_files() == []
+
+
+def test_an_integral_float_duration_is_taken_as_that_many_seconds(local_client: TestClient) -> None:
+    response = generate(local_client, duration=2.0)
+    assert response.status_code == 200
+    assert response.json()["duration"] == 2
+    assert isinstance(response.json()["duration"], int)
+    assert len(decode(download(local_client, response.json()["file_url"])).samples) == 2 * 32000
 
 
 def test_missing_text_and_malformed_json_are_400(client: TestClient) -> None:

@@ -20,8 +20,9 @@ TRUE_PEAK_CEILING_DBTP = -1.0
 the streaming services' -1 dBTP). A clip that would pass it gets less gain, and stays quieter than
 the target, rather than being limited or clipped."""
 
-TRUE_PEAK_OVERSAMPLING = 4
-"""BS.1770's true-peak meter: the peak of the signal upsampled 4x, which finds the peaks between samples."""
+TRUE_PEAK_RATE = 192000
+"""BS.1770's true-peak meter looks at the signal upsampled to at least 192 kHz (4x at 48 kHz), where
+the peaks between samples show: 6x at MusicGen's 32 kHz."""
 
 PEAK = 0.98
 """Peak level of `peak` normalisation: just under full scale so 16-bit rounding never clips."""
@@ -65,7 +66,7 @@ def loudness_gain(audio: npt.NDArray[np.float64], sample_rate: int) -> float:
     if loudness is None:
         return 1.0
     gain = decibels_to_gain(TARGET_LUFS - loudness)
-    peak = true_peak(audio)
+    peak = true_peak(audio, sample_rate)
     ceiling = decibels_to_gain(TRUE_PEAK_CEILING_DBTP)
     if peak * gain > ceiling:
         gain = ceiling / peak
@@ -87,11 +88,11 @@ def integrated_loudness(audio: npt.NDArray[np.float64], sample_rate: int) -> flo
     return loudness if math.isfinite(loudness) else None
 
 
-def true_peak(audio: npt.NDArray[np.float64]) -> float:
-    """BS.1770's true peak (linear, 1.0 is full scale): the highest magnitude of the 4x-oversampled signal."""
+def true_peak(audio: npt.NDArray[np.float64], sample_rate: int) -> float:
+    """BS.1770's true peak (linear, 1.0 is full scale): the highest magnitude of the signal oversampled to 192 kHz."""
     if not audio.size:
         return 0.0
-    oversampled = resample_poly(audio, TRUE_PEAK_OVERSAMPLING, 1)
+    oversampled = resample_poly(audio, math.ceil(TRUE_PEAK_RATE / sample_rate), 1)
     return float(max(np.max(np.abs(oversampled)), np.max(np.abs(audio))))
 
 

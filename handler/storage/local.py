@@ -85,7 +85,7 @@ class LocalStorage:
                 raise StorageError("could not read a sidecar") from exc
             sidecar = decode_json(data)
             if sidecar is None:
-                logger.warning("sidecar is not a JSON object", extra={"filename": filename})
+                logger.warning("sidecar is not a JSON object", extra={"file": filename})
             else:
                 sidecars[filename] = sidecar
         return sidecars

@@ -4,11 +4,15 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
 
-from handler.filenames import new_filename
-from handler.storage import LocalFile, RemoteFile, Storage, prune
+from handler.audio.output import AudioFormat
+from handler.filenames import job_id_for, new_filename
+from handler.storage import LocalFile, RemoteFile, Storage, StoredFile, metadata_name, prune
 from tests.support.storage import START, fill
+
+EVERY_FORMAT = tuple(AudioFormat)
 
 
 def test_saved_file_is_listed_and_downloadable(storage: Storage) -> None:
@@ -77,6 +81,51 @@ def test_cap_keeps_the_newest_100_after_two_more_generations(client: TestClient,
     assert set(older[:2]).isdisjoint(remaining)
     assert remaining == new[::-1] + older[2:][::-1]
     assert storage.download(older[0]) is None
+
+
+def test_files_of_every_format_list_together_newest_first(storage: Storage) -> None:
+    names = fill(storage, 8, EVERY_FORMAT)
+    assert [f.filename for f in storage.list_files()] == names[::-1]
+    assert {name.rsplit(".", 1)[1] for name in names} == {"wav", "flac", "ogg", "mp3"}
+
+
+def test_the_cap_counts_files_of_every_format_together(storage: Storage) -> None:
+    names = fill(storage, 6, EVERY_FORMAT)
+    assert prune(storage, keep=4) == names[:2][::-1]
+    assert [f.filename for f in storage.list_files()] == names[2:][::-1]
+    assert storage.read_metadata(names[:2]) == {}
+
+
+def test_stat_is_the_listing_entry_of_one_file(storage: Storage) -> None:
+    names = fill(storage, 2, (AudioFormat.FLAC, AudioFormat.MP3))
+    for name in names:
+        [listed] = [f for f in storage.list_files() if f.filename == name]
+        assert storage.stat(name) == listed == StoredFile(name, len(b"RIFF" + name.encode()), listed.created_at)
+    assert storage.stat(new_filename(START, AudioFormat.OGG)) is None
+    assert storage.stat(names[0].replace(".flac", ".wav")) is None
+
+
+def test_read_metadata_returns_the_sidecars_that_exist(storage: Storage) -> None:
+    with_sidecars = fill(storage, 3, EVERY_FORMAT)
+    without = new_filename(START + timedelta(hours=1), AudioFormat.OGG)
+    storage.save(without, b"OggS", {})
+    sidecars = storage.read_metadata([*with_sidecars, without, new_filename(START, AudioFormat.MP3)])
+    assert sidecars == {name: {"prompt": name} for name in with_sidecars} | {without: {}}
+    assert storage.read_metadata([]) == {}
+
+
+@pytest.mark.parametrize("audio_format", EVERY_FORMAT)
+def test_a_sidecar_is_named_after_its_file_whatever_the_format(audio_format: AudioFormat) -> None:
+    name = new_filename(START, audio_format)
+    assert metadata_name(name) == f"{job_id_for(name)}.json"
+
+
+def test_delete_removes_files_of_any_format_and_their_sidecars(storage: Storage) -> None:
+    names = fill(storage, 4, EVERY_FORMAT)
+    storage.delete(names[1:3])
+    assert [f.filename for f in storage.list_files()] == [names[3], names[0]]
+    assert set(storage.read_metadata(names)) == {names[0], names[3]}
+    assert storage.download(names[1]) is None
 
 
 def test_download_origin_is_where_downloads_point(storage: Storage) -> None:

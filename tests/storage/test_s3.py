@@ -7,8 +7,9 @@ import boto3
 import httpx
 import pytest
 
+from handler.audio.output import AudioFormat
 from handler.filenames import new_filename
-from handler.storage import RemoteFile, S3Storage, StorageError, s3_client
+from handler.storage import RemoteFile, S3Storage, StorageError, metadata_name, s3_client
 from tests.support.storage import START, fill
 
 
@@ -75,3 +76,31 @@ def test_unreachable_s3_raises_storage_error(aws_env: str, monkeypatch: pytest.M
         storage.save(new_filename(START), b"x", {})
     with pytest.raises(StorageError):
         storage.download(new_filename(START))
+
+
+@pytest.mark.parametrize("audio_format", list(AudioFormat))
+def test_s3_objects_and_downloads_carry_the_formats_content_type(
+    s3_storage: S3Storage, s3_bucket: str, audio_format: AudioFormat
+) -> None:
+    [name] = fill(s3_storage, 1, (audio_format,))
+    head = boto3.client("s3").head_object(Bucket=s3_bucket, Key=f"generated/{name}")
+    assert head["ContentType"] == audio_format.media_type
+    target = s3_storage.download(name)
+    assert isinstance(target, RemoteFile)
+    assert parse_qs(urlparse(target.url).query)["response-content-type"] == [audio_format.media_type]
+    assert httpx.get(target.url).headers["content-type"] == audio_format.media_type
+
+
+def test_s3_sidecar_that_is_not_a_json_object_reads_as_missing(s3_storage: S3Storage, s3_bucket: str) -> None:
+    names = fill(s3_storage, 2)
+    boto3.client("s3").put_object(Bucket=s3_bucket, Key=f"generated/{metadata_name(names[0])}", Body=b"{truncated")
+    assert s3_storage.read_metadata(names) == {names[1]: {"prompt": names[1]}}
+
+
+def test_s3_read_metadata_and_stat_fail_as_storage_errors(aws_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")
+    storage = S3Storage(s3_client(), "bucket")
+    with pytest.raises(StorageError):
+        storage.read_metadata([new_filename(START)])
+    with pytest.raises(StorageError):
+        storage.stat(new_filename(START))

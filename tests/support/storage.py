@@ -2,6 +2,7 @@
 
 from datetime import UTC, datetime, timedelta
 
+from handler.audio.output import AudioFormat
 from handler.filenames import new_filename
 from handler.storage import Storage
 
@@ -9,9 +10,9 @@ START = datetime(2025, 5, 28, 13, 42, 11, tzinfo=UTC)
 """When the first file of `fill` was made."""
 
 
-def fill(storage: Storage, count: int) -> list[str]:
-    """`count` files one minute apart, oldest first."""
-    names = [new_filename(START + timedelta(minutes=i)) for i in range(count)]
+def fill(storage: Storage, count: int, formats: tuple[AudioFormat, ...] = (AudioFormat.WAV,)) -> list[str]:
+    """`count` files one minute apart, oldest first, taking `formats` in turn; each sidecar's prompt is its name."""
+    names = [new_filename(START + timedelta(minutes=i), formats[i % len(formats)]) for i in range(count)]
     for name in names:
         storage.save(name, b"RIFF" + name.encode(), {"prompt": name})
     return names
