@@ -26,9 +26,10 @@ def pytest_runtest_makereport(
     return report
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """Headless Chromium: the system's (Debian's `chromium` package)."""
+    """Headless Chromium: the system's (Debian's `chromium` package). Module-scoped: Playwright's
+    synchronous API runs its event loop in the main thread, which later tests' own loops need."""
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM)
         yield chromium
