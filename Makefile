@@ -8,7 +8,7 @@ PIP_INSTALL := $(BIN)/python -m pip install --disable-pip-version-check -q $(if 
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup setup-dev kernels run test lint arm64-tools browser-tools
+.PHONY: setup setup-dev kernels run test lint arm64-tools browser-tools api-key
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ kernels: handler/native/.built
 handler/native/.built: $(KERNEL_SOURCES) | $(VENV)/.runtime
 	$(BIN)/python -m handler.native.build
 	touch $@
+
+# A new API key for clients and the SHA-256 digest to put in API_KEYS (or the stack's ApiKeyDigests).
+api-key: $(VENV)/.runtime
+	@$(BIN)/python -m handler.security new
 
 run: setup
 	$(BIN)/uvicorn handler.app:app --host $(HOST) --port $(PORT)

@@ -245,15 +245,16 @@ def measure_encodec(directory: Path, seconds: int) -> dict[str, Any]:
 
     dtypes = [torch.float32, torch.bfloat16] if cpu_has_bf16() else [torch.float32]
     frames = 50 * seconds
-    codes = torch.randint(0, 2048, (1, 1, 4, frames), generator=torch.Generator().manual_seed(0))
     result: dict[str, Any] = {}
     for dtype, native_lstm in [*((dtype, True) for dtype in dtypes), (torch.float32, False)]:
         model = load_artifact(Path(directory) / artifact_dir_name("int8")).model
+        codebooks, codebook_size, _ = model.audio_decoder.codebooks.shape
+        codes = torch.randint(0, codebook_size, (1, 1, codebooks, frames), generator=torch.Generator().manual_seed(0))
         model.audio_decoder.prepare_to_serve(dtype)  # as MusicgenModel.prepare_to_serve, in this dtype
         if native_lstm:
             model.run_lstms_natively()
 
-        def best_of_three(model: Any = model) -> float:
+        def best_of_three(model: Any = model, codes: Any = codes) -> float:
             times = []
             with torch.inference_mode():
                 for _ in range(3):

@@ -1,5 +1,6 @@
 """The ASGI app (`handler.app:app`) and the Lambda entry point (`handler.app.handler`)."""
 
+import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -12,20 +13,38 @@ from handler import __version__
 from handler.dependencies import Services
 from handler.errors import install_error_handlers
 from handler.job_records import JobDispatcher, job_id_from_event
-from handler.jobs import LambdaJobInvoker, LocalJobQueue, run_job
+from handler.jobs import LambdaJobInvoker, LocalJobQueue, fail_abandoned_jobs, run_job
 from handler.logs import configure_logging, log_requests, take_cold_start
 from handler.musicgen.generator import ModelUnavailableError, MusicGenerator, MusicgenGenerator
 from handler.openapi import install_openapi
 from handler.routes import router
+from handler.security import KeyRing, SecurityHeaders, install_guards
+from handler.security.auth import is_public
 from handler.settings import Settings, get_settings
-from handler.storage import LocalStorage, S3Storage, Storage, aws_region, s3_client
+from handler.storage import (
+    LocalStorage,
+    S3Storage,
+    Storage,
+    StorageError,
+    aws_client_config,
+    aws_region,
+    s3_client,
+)
+
 from handler.studio import install_studio
+
+logger = logging.getLogger(__name__)
 
 
 def storage_from_settings(settings: Settings) -> Storage:
     """S3 when a bucket is configured, else the local directory."""
     if settings.s3_bucket:
-        return S3Storage(s3_client(), settings.s3_bucket, settings.s3_prefix, settings.presign_expiry_seconds)
+        client = s3_client(
+            settings.boto_connect_timeout_seconds,
+            settings.boto_read_timeout_seconds,
+            settings.boto_max_attempts,
+        )
+        return S3Storage(client, settings.s3_bucket, settings.s3_prefix, settings.presign_expiry_seconds)
     return LocalStorage(settings.storage_dir)
 
 
@@ -34,17 +53,33 @@ def jobs_from_settings(settings: Settings) -> JobDispatcher:
     if settings.aws_lambda_function_name:
         import boto3
 
-        return LambdaJobInvoker(boto3.client("lambda", region_name=aws_region()), settings.aws_lambda_function_name)
-    return LocalJobQueue()
+        config = aws_client_config(
+            settings.boto_connect_timeout_seconds,
+            settings.boto_read_timeout_seconds,
+            settings.boto_max_attempts,
+        )
+        client = boto3.client("lambda", region_name=aws_region(), config=config)
+        return LambdaJobInvoker(client, settings.aws_lambda_function_name)
+    return LocalJobQueue(settings.max_queued_jobs, settings.job_queue_timeout_seconds)
 
 
 @asynccontextmanager
-async def load_model_at_startup(app: FastAPI) -> AsyncIterator[None]:
+async def start_serving(app: FastAPI) -> AsyncIterator[None]:
     """Under a server that runs the lifespan (uvicorn, as `make run` starts it; Mangum's is off),
     the model starts loading, or baking its artifact at a first start, as the server starts
-    rather than at the first request. `GET /` says when it is ready (`served_model`)."""
-    generator: MusicGenerator = app.state.services.generator
-    threading.Thread(target=_load_quietly, args=(generator,), name="model-load", daemon=True).start()
+    rather than at the first request. `GET /` says when it is ready (`served_model`).
+
+    Where jobs run in this process, what an earlier server killed mid-job left is settled first:
+    its unfinished jobs are recorded failed and its half-written temporary files removed.
+    """
+    services: Services = app.state.services
+    if services.jobs.worker is not None:
+        try:
+            services.storage.remove_leftovers()
+            fail_abandoned_jobs(services)
+        except StorageError:
+            logger.exception("could not settle an earlier server's jobs")
+    threading.Thread(target=_load_quietly, args=(services.generator,), name="model-load", daemon=True).start()
     yield
 
 
@@ -67,7 +102,7 @@ def create_app(
         version=__version__,
         description="Generate music from text with Meta's MusicGen.",
         redirect_slashes=False,
-        lifespan=load_model_at_startup,
+        lifespan=start_serving,
     )
     services = Services(
         settings=settings,
@@ -80,10 +115,13 @@ def create_app(
         services.jobs.runner = lambda job_id: run_job(services, job_id)
     app.state.services = services
     install_error_handlers(app)
+    keys = KeyRing(settings.api_key_digests)
+    install_guards(app, keys, settings.cors_origin_list)
     app.middleware("http")(log_requests)
+    app.add_middleware(SecurityHeaders)
     app.include_router(router)
     install_studio(app)
-    install_openapi(app)
+    install_openapi(app, key_required=(lambda method, path: not is_public(method, path)) if keys.enabled else None)
     return app
 
 

@@ -6,8 +6,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
-from starlette.routing import Match, Route
 
+from handler.openapi import documented_methods
 from handler.schemas import ErrorDetail, ErrorResponse
 from handler.storage import StorageError
 
@@ -41,21 +41,12 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     if exc.headers:
         response.headers.update(exc.headers)
     if exc.status_code == 405:
-        response.headers["Allow"] = ", ".join(allowed_methods(request))
+        # Starlette's `Allow` names the methods of the first route matching the path only, and
+        # /files/{filename} has one route for GET and another for DELETE.
+        methods = {m.strip() for m in (exc.headers or {}).get("Allow", "").split(",") if m.strip()}
+        methods |= documented_methods(request.app, request.url.path)
+        response.headers["Allow"] = ", ".join(sorted(methods))
     return response
-
-
-def allowed_methods(request: Request) -> list[str]:
-    """Every method some route answers at the request's path.
-
-    Starlette's own `Allow` names the methods of the first route that matches the path only, and
-    a path such as /files/{filename} has a route for GET and another for DELETE.
-    """
-    methods: set[str] = set()
-    for route in request.app.routes:
-        if isinstance(route, Route) and route.methods and route.matches(request.scope)[0] is not Match.NONE:
-            methods |= route.methods
-    return sorted(methods)
 
 
 async def _storage_error(request: Request, exc: Exception) -> JSONResponse:

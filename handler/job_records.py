@@ -13,6 +13,7 @@ from handler.generation import GenerationParams
 from handler.storage import Storage
 
 EXPIRED_ERROR = "The job's worker did not finish before its deadline"
+ABANDONED_ERROR = "The server stopped before the job finished"
 
 JOB_EVENT_KEY = "srocks_music_job"
 """The key that marks a Lambda event as a job to run rather than an HTTP request."""
@@ -50,6 +51,8 @@ class JobRecord(BaseModel):
     error: str | None = None
     params: GenerationParams
     output: AudioOutput = Field(default=OUTPUT_BEFORE_FORMATS)
+    worker: str | None = None
+    """The process holding the job (`handler.processes.current_worker`), where jobs run locally."""
 
     @model_validator(mode="before")
     @classmethod
@@ -86,7 +89,29 @@ class JobRecord(BaseModel):
 class JobDispatcher(Protocol):
     """Starts a recorded job somewhere: a local worker thread or an asynchronous Lambda invocation."""
 
+    @property
+    def worker(self) -> str | None:
+        """The process its jobs run in, when that is this one (None: each in its own invocation)."""
+        ...
+
+    def reserve(self, job_id: str, estimate_s: float) -> float:
+        """Hold a place for a job expected to take `estimate_s`, before it is recorded; returns the
+        expected wait before it starts. Raises QueueFullError when it should not wait at all."""
+        ...
+
+    def release(self, job_id: str) -> None:
+        """Give back a place held for a job that was never recorded."""
+        ...
+
     def submit(self, job_id: str) -> None: ...
+
+
+class QueueFullError(RuntimeError):
+    """No place for another job now; `retry_after_s` is when one is expected."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(f"job queue full: retry in {retry_after_s:.0f} s")
+        self.retry_after_s = retry_after_s
 
 
 class JobStore:
@@ -103,9 +128,11 @@ class JobStore:
         queue_timeout_s: float,
         eta_s: float,
         output: AudioOutput = DEFAULT_OUTPUT,
+        worker: str | None = None,
     ) -> JobRecord:
-        """Record a new queued job."""
+        """Record a queued job; `eta_s` counts the wait for the jobs ahead of it."""
         record = JobRecord(
+            worker=worker,
             job_id=job_id,
             status=JobStatus.QUEUED,
             eta_seconds=round(eta_s, 1),

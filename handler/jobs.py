@@ -14,8 +14,9 @@ from typing import Any
 from handler.audio.output import AudioOutput
 from handler.dependencies import Services
 from handler.generation import GenerationParams
-from handler.job_records import JobRecord, JobStatus, JobStore, job_event
+from handler.job_records import ABANDONED_ERROR, JobRecord, JobStatus, JobStore, QueueFullError, job_event
 from handler.music_files import MusicFileError, make_music_file
+from handler.processes import current_worker, worker_is_gone
 from handler.storage import StorageError
 
 logger = logging.getLogger(__name__)
@@ -66,11 +67,25 @@ def submit_job(
 ) -> JobRecord:
     """Record a queued job and hand it to a worker; a job that cannot be handed over is recorded failed.
 
-    Raises StorageError (the record could not be written) or JobDispatchError.
+    Raises QueueFullError (nothing recorded), StorageError (the record could not be written) or
+    JobDispatchError.
     """
     store = JobStore(services.storage)
     estimate = services.generator.estimate_seconds(params.duration)
-    record = store.create(job_id, params, now, services.settings.job_queue_timeout_seconds, estimate, output)
+    wait = services.jobs.reserve(job_id, estimate)
+    try:
+        record = store.create(
+            job_id,
+            params,
+            now,
+            services.settings.job_queue_timeout_seconds,
+            wait + estimate,
+            output,
+            services.jobs.worker,
+        )
+    except BaseException:
+        services.jobs.release(job_id)
+        raise
     try:
         services.jobs.submit(job_id)
     except JobDispatchError:
@@ -80,6 +95,31 @@ def submit_job(
             store.save(failed)
         raise
     return record
+
+
+def fail_abandoned_jobs(services: Services) -> list[str]:
+    """Record as failed the unfinished jobs whose worker process on this host has ended (killed,
+    crashed), so a restarted server answers for them at once rather than at their deadlines;
+    returns their ids."""
+    store = JobStore(services.storage)
+    abandoned = []
+    for job_id in services.storage.list_jobs():
+        record = store.get(job_id)
+        if record is None or record.final or record.worker is None or not worker_is_gone(record.worker):
+            continue
+        failed = record.model_copy(
+            update={
+                "status": JobStatus.FAILED,
+                "error": ABANDONED_ERROR,
+                "eta_seconds": None,
+                "updated_at": datetime.now(UTC),
+            }
+        )
+        store.save(failed)
+        abandoned.append(job_id)
+    if abandoned:
+        logger.warning("jobs abandoned by a stopped server recorded failed", extra={"job_ids": abandoned})
+    return abandoned
 
 
 def run_job(services: Services, job_id: str, time_budget_s: float | None = None) -> JobRecord | None:
@@ -101,6 +141,7 @@ def run_job(services: Services, job_id: str, time_budget_s: float | None = None)
             "updated_at": now,
             "deadline": now + timedelta(seconds=budget),
             "eta_seconds": round(estimate, 1),
+            "worker": services.jobs.worker,
         }
     )
     progress = ProgressWriter(store, record)
@@ -126,17 +167,44 @@ def run_job(services: Services, job_id: str, time_budget_s: float | None = None)
 
 
 class LocalJobQueue:
-    """Runs jobs in this process, in order, one at a time, on a background thread."""
+    """Runs jobs in this process, in order, one at a time, on a background thread.
 
-    def __init__(self) -> None:
+    At most `max_waiting` jobs wait, and none is taken whose expected wait passes `max_wait_s`:
+    beyond either, the client is told to come back (QueueFullError) rather than queued for a
+    result that would expire before it runs.
+    """
+
+    def __init__(self, max_waiting: int = 8, max_wait_s: float = math.inf) -> None:
+        self.worker: str | None = current_worker()
         self.runner: Callable[[str], Any] | None = None
+        self.max_waiting = max_waiting
+        self.max_wait_s = max_wait_s
         self._queue: queue.Queue[str] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._waiting: dict[str, float] = {}
+        self._running_until: float | None = None
+
+    def reserve(self, job_id: str, estimate_s: float) -> float:
+        with self._lock:
+            now = time.monotonic()
+            running_left = 0.0 if self._running_until is None else max(0.0, self._running_until - now)
+            wait = running_left + sum(self._waiting.values())
+            if len(self._waiting) >= self.max_waiting:
+                raise QueueFullError(max(1.0, running_left))
+            if wait > self.max_wait_s:
+                raise QueueFullError(max(1.0, wait - self.max_wait_s))
+            self._waiting[job_id] = estimate_s
+            return wait
+
+    def release(self, job_id: str) -> None:
+        with self._lock:
+            self._waiting.pop(job_id, None)
 
     def submit(self, job_id: str) -> None:
         """Queue the job; the worker thread starts with the first."""
         with self._lock:
+            self._waiting.setdefault(job_id, 0.0)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name="music-jobs", daemon=True)
                 self._thread.start()
@@ -145,19 +213,34 @@ class LocalJobQueue:
     def _work(self) -> None:
         while True:
             job_id = self._queue.get()
+            with self._lock:
+                self._running_until = time.monotonic() + self._waiting.pop(job_id, 0.0)
             try:
                 if self.runner is not None:
                     self.runner(job_id)
             except Exception:
                 logger.exception("job crashed", extra={"job_id": job_id})
+            finally:
+                with self._lock:
+                    self._running_until = None
 
 
 class LambdaJobInvoker:
     """Runs each job in a fresh asynchronous invocation of this same function."""
 
+    worker: str | None = None
+
     def __init__(self, client: Any, function_name: str) -> None:
         self.client = client
         self.function_name = function_name
+
+    def reserve(self, job_id: str, estimate_s: float) -> float:
+        """Lambda runs each job in its own invocation: none waits for another (the function's
+        reserved concurrency, where set, bounds them)."""
+        return 0.0
+
+    def release(self, job_id: str) -> None:
+        pass
 
     def submit(self, job_id: str) -> None:
         from botocore.exceptions import BotoCoreError, ClientError

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.routing import compile_path
 
 from handler.audio.output import FORMAT_DESCRIPTIONS, AudioFormat
 from handler.schemas import ErrorResponse, JobAccepted
@@ -45,6 +46,11 @@ GENERATE_RESPONSES: Responses = {
         },
     },
     400: INVALID,
+    413: error("Request body over 64 KiB (refused before it is read whole)"),
+    429: {
+        **error("Too many jobs waiting: the local queue is full, or this job would wait past its timeout"),
+        "headers": {"Retry-After": header("Seconds to wait before trying again", {"type": "integer", "minimum": 1})},
+    },
     500: error("Generation failed"),
     503: error("Model or storage unavailable, or the job could not be started"),
 }
@@ -87,16 +93,46 @@ VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
 """FastAPI's own 422 body schemas: this API answers invalid input with 400 and ErrorResponse instead."""
 
 
-def install_openapi(app: FastAPI) -> None:
-    """Make `app`'s OpenAPI document say what the API does: no 422 (invalid input is 400, documented per route)."""
+KeyRequired = Callable[[str, str], bool]
+"""Whether a request with this method and path needs an API key (`handler.security.auth`)."""
+
+UNAUTHORIZED = {
+    "description": "No accepted API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+    "headers": {"WWW-Authenticate": header("`Bearer`, with the API's realm", {"type": "string"})},
+}
+"""The 401 as the document itself spells it (added to the generated document, not to a route)."""
+SECURITY_SCHEMES = {
+    "bearerKey": {"type": "http", "scheme": "bearer", "description": "An API key as a bearer token"},
+    "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+}
+
+
+def install_openapi(app: FastAPI, key_required: KeyRequired | None = None) -> None:
+    """Make `app`'s OpenAPI document say what the API does: no 422 (invalid input is 400, documented
+    per route), and where `key_required` (API keys are on), the key each operation needs and its 401."""
     generate: Callable[[], dict[str, Any]] = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = without_validation_errors(generate())
+            document = without_validation_errors(generate())
+            if key_required is not None:
+                document = with_api_keys(document, key_required)
+            app.openapi_schema = document
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def with_api_keys(document: dict[str, Any], key_required: KeyRequired) -> dict[str, Any]:
+    """`document` with the API-key schemes, and on each operation that needs a key, them and its 401."""
+    document.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+    for path, path_item in document.get("paths", {}).items():
+        for method, operation in path_item.items():
+            if key_required(method.upper(), path):
+                operation["security"] = [{name: []} for name in SECURITY_SCHEMES]
+                operation.setdefault("responses", {})["401"] = UNAUTHORIZED
+    return document
 
 
 def without_validation_errors(document: dict[str, Any]) -> dict[str, Any]:
@@ -108,3 +144,15 @@ def without_validation_errors(document: dict[str, Any]) -> dict[str, Any]:
     for name in VALIDATION_SCHEMAS:
         schemas.pop(name, None)
     return document
+
+
+def documented_methods(app: FastAPI, path: str) -> set[str]:
+    """The methods `app`'s OpenAPI document gives the path `path` (HEAD wherever GET is)."""
+    methods: set[str] = set()
+    for template, operations in app.openapi()["paths"].items():
+        pattern, _, _ = compile_path(template)
+        if pattern.match(path):
+            methods |= {method.upper() for method in operations}
+    if "GET" in methods:
+        methods.add("HEAD")
+    return methods

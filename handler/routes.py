@@ -25,7 +25,7 @@ from handler.filenames import (
     new_filename,
 )
 from handler.generation import GenerationParams
-from handler.job_records import JobStatus, JobStore
+from handler.job_records import JobStatus, JobStore, QueueFullError
 from handler.jobs import JobDispatchError, submit_job
 from handler.music_files import MusicFileError, make_music_file
 from handler.openapi import (
@@ -92,8 +92,10 @@ def health(services: ServicesDep) -> Health:
         model_id=services.settings.model_id,
         model_loaded=generator.loaded,
         model_error=generator.load_error,
+        model_retry_in_seconds=None if generator.load_retry_in is None else round(generator.load_retry_in, 1),
         served_model=None if generator.artifact is None else ServedModel(**asdict(generator.artifact)),
         storage=services.storage.backend,
+        auth="api_key" if services.settings.api_key_digests else "none",
     )
 
 
@@ -167,6 +169,11 @@ def start_job(
     """Record a queued job for `filename` and hand it to a worker."""
     try:
         record = submit_job(services, params, output, job_id_for(filename), now)
+    except QueueFullError as exc:
+        retry = math.ceil(exc.retry_after_s)
+        raise HTTPException(
+            429, f"Too many jobs waiting: try again in {retry} s", headers={"Retry-After": str(retry)}
+        ) from exc
     except JobDispatchError as exc:
         raise HTTPException(503, "Could not start the job") from exc
     return JobAccepted(
@@ -226,7 +233,7 @@ def file_info(filename: FilenamePath, services: ServicesDep) -> FileInfo:
 
 
 @router.get(
-    "/files/{filename:path}",
+    "/files/{filename}",
     response_class=Response,
     responses=DOWNLOAD_RESPONSES,
     summary="Download a file",
@@ -247,7 +254,7 @@ def download_file(filename: FilenamePath, services: ServicesDep) -> Response:
 
 
 @router.delete(
-    "/files/{filename:path}",
+    "/files/{filename}",
     status_code=204,
     response_class=Response,
     responses=DELETE_RESPONSES,

@@ -2,9 +2,9 @@
 
 from dataclasses import asdict
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from handler.audio.output import (
     FORMAT_DESCRIPTIONS,
@@ -17,7 +17,27 @@ from handler.generation import MAX_SEED, GenerationParams, random_seed
 
 MAX_PROMPT_CHARS = 500
 
-Prompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_PROMPT_CHARS)]
+WHITESPACE = "".join(chr(code) for code in range(0x110000) if chr(code).isspace())
+"""What `str.strip` removes: the prompt must hold something else."""
+
+NOT_BLANK = "[^" + "".join(f"\\u{ord(char):04x}" for char in WHITESPACE) + "]"
+"""The documented pattern of a prompt: a character that is not whitespace to Python (spelled out,
+as regex engines disagree on what `\\s` is). `_stripped` enforces it with a clearer message."""
+
+
+def _stripped(text: str) -> str:
+    stripped = text.strip()
+    if not stripped:
+        raise ValueError("must not be blank")
+    return stripped
+
+
+Prompt = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_PROMPT_CHARS, json_schema_extra={"pattern": NOT_BLANK}),
+    AfterValidator(_stripped),
+]
+"""The prompt as sent (at most MAX_PROMPT_CHARS, not blank), used without its surrounding whitespace."""
 
 
 def _integral_float_as_int(value: Any) -> Any:
@@ -27,8 +47,12 @@ def _integral_float_as_int(value: Any) -> Any:
     return value
 
 
-WholeNumber = Annotated[int, BeforeValidator(_integral_float_as_int)]
-"""An integer field that takes 14 and 14.0, and refuses 14.5, "14" and true (it is strict otherwise)."""
+Duration = Annotated[int, Field(ge=1, le=30, strict=True), BeforeValidator(_integral_float_as_int)]
+"""Whole seconds: 14 and 14.0, not 14.5, "14" or true (strict otherwise). The validator comes after
+the constraints so that the JSON schema keeps `minimum`/`maximum`."""
+
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED, strict=True), BeforeValidator(_integral_float_as_int)]
+"""An unsigned 32-bit seed, taken like Duration."""
 
 
 def _choices(descriptions: dict[Any, str]) -> str:
@@ -41,7 +65,7 @@ class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     text: Prompt = Field(description="Description of the desired music.")
-    duration: WholeNumber = Field(default=10, ge=1, le=30, strict=True, description="Length in seconds.")
+    duration: Duration = Field(default=10, description="Length in seconds.")
     guidance_scale: float = Field(
         default=3.0,
         ge=0,
@@ -50,9 +74,7 @@ class GenerateRequest(BaseModel):
         description="Text adherence; 1 or less turns classifier-free guidance off.",
     )
     temperature: float = Field(default=1.0, ge=0, le=2, strict=True, description="Randomness; 0 means greedy decoding.")
-    seed: WholeNumber | None = Field(
-        default=None, ge=0, le=MAX_SEED, strict=True, description="Same seed and request give the same audio."
-    )
+    seed: Seed | None = Field(default=None, description="Same seed and request give the same audio.")
     format: AudioFormat = Field(default=AudioFormat.WAV, description=f"File format. {_choices(FORMAT_DESCRIPTIONS)}.")
     normalize: Normalization = Field(
         default=Normalization.LOUDNESS, description=f"Level of the audio. {_choices(NORMALIZATION_DESCRIPTIONS)}."
@@ -174,8 +196,15 @@ class Health(BaseModel):
     model_id: str
     model_loaded: bool
     model_error: str | None
+    model_retry_in_seconds: float | None = Field(
+        default=None, description="After a failed load: seconds until it is tried again (requests meanwhile get 503)"
+    )
     served_model: ServedModel | None = None
     storage: str
+    auth: Literal["none", "api_key"] = Field(
+        default="none",
+        description="'api_key': every request but this one, the docs and the page needs `Authorization: Bearer <key>`",
+    )
 
 
 class ErrorDetail(BaseModel):

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from handler.security.keys import parse_digests
+
 Precision = Literal["int8", "int4", "bf16", "fp32"]
 """Weights of the decoder's Linear layers."""
 
@@ -26,7 +28,8 @@ def default_cache_dir() -> Path:
 class Settings(BaseSettings):
     """Every setting the app reads; names match the environment variables."""
 
-    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+    # Inputs stay out of error messages: a key pasted where its digest belongs must not be logged.
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", hide_input_in_errors=True)
 
     model_id: str = Field(
         default="facebook/musicgen-small",
@@ -69,6 +72,33 @@ class Settings(BaseSettings):
     job_queue_timeout_seconds: int = Field(
         default=900, ge=60, description="How long a job may wait for a worker before it counts as failed."
     )
+    max_queued_jobs: int = Field(
+        default=8,
+        ge=1,
+        description=(
+            "Jobs that may wait for this process's worker (local mode); more, or a wait past"
+            " JOB_QUEUE_TIMEOUT_SECONDS, are refused with 429 and a Retry-After."
+        ),
+    )
+    api_keys: str = Field(
+        default="",
+        description=(
+            "Comma-separated SHA-256 hex digests of the accepted API keys (`make api-key` makes one);"
+            " empty: the API is open."
+        ),
+    )
+    cors_origins: str = Field(
+        default="", description="Comma-separated origins allowed to call the API from a browser; empty: none."
+    )
+    boto_connect_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="How long a connection to S3 or Lambda may take before the call is retried."
+    )
+    boto_read_timeout_seconds: float = Field(
+        default=20.0, gt=0, description="How long S3 or Lambda may be silent before the call is retried."
+    )
+    boto_max_attempts: int = Field(
+        default=3, ge=1, le=10, description="Attempts per S3 or Lambda call (botocore's standard retry mode)."
+    )
     aws_lambda_function_name: str | None = Field(
         default=None, description="Set by Lambda itself: jobs then run in asynchronous self-invocations."
     )
@@ -77,6 +107,22 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_bucket_is_none(cls, value: object) -> object:
         return value or None
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_are_digests(cls, value: str) -> str:
+        parse_digests(value)
+        return value
+
+    @property
+    def api_key_digests(self) -> frozenset[str]:
+        """The digests in `api_keys`."""
+        return parse_digests(self.api_keys)
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        """The origins in `cors_origins`."""
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
     @field_validator("s3_prefix")
     @classmethod

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import load
 from benchmarks.speed import main
 from handler.cpu import cpu_has_bf16
 from handler.native import runtime
@@ -61,3 +62,22 @@ def test_smoke_benchmark_measures_baseline_engine_http_and_quality(
     assert "int8, NATIVE_KERNELS=plain:" in printed
     assert "int4 vs fp32 next-token KL" in printed
     assert "from a plain directory: first start (bakes)" in printed
+
+
+def test_smoke_load_benchmark_reports_latencies_and_no_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "load.json"
+    result = load.main(
+        ["--smoke", "--clients", "20", "--seconds", "2", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
+    )
+    assert json.loads(out.read_text()) == result
+    assert result["errors"] == []
+    for route in ("/", "/files/"):
+        figures = result["routes"][route]
+        assert figures["requests"] > 0
+        assert 0 < figures["p50_ms"] <= figures["p99_ms"] <= figures["max_ms"]
+    printed = capsys.readouterr().out
+    assert "Load: 20 clients for 2 s while a generation runs; CPU" in printed
+    assert "GET /: p50" in printed
+    assert "errors: 0" in printed

@@ -12,6 +12,7 @@ import pytest
 from botocore.stub import ANY, Stubber
 from fastapi.testclient import TestClient
 
+from handler.audio.output import AudioFormat, AudioOutput, Normalization
 from handler.generation import GenerationParams
 from handler.job_records import (
     EXPIRED_ERROR,
@@ -19,6 +20,7 @@ from handler.job_records import (
     JobRecord,
     JobStatus,
     JobStore,
+    QueueFullError,
     job_event,
     job_id_from_event,
 )
@@ -27,8 +29,10 @@ from handler.musicgen.generator import MusicgenGenerator
 from handler.routes import prefers_async
 from handler.settings import Settings
 from handler.storage import LocalStorage, Storage
+from tests.support.api import download
 from tests.support.app import serve
-from tests.support.doubles import FailingGenerator, GatedGenerator
+from tests.support.audio import decode
+from tests.support.doubles import FailingGenerator, GatedGenerator, SlowGatedGenerator
 from tests.support.jobs import WaitableJobQueue
 from tests.support.lambda_events import LambdaContext, load_event
 from tests.support.wav import read_wav
@@ -117,6 +121,24 @@ def test_async_job_runs_locally_to_success_with_rising_progress(
     assert any(0 < value < 1 for value in progress), "progress is written during generation"
 
 
+@pytest.mark.parametrize("audio_format", ["flac", "mp3"])
+def test_an_async_job_makes_the_format_and_normalisation_asked_for(client: TestClient, audio_format: str) -> None:
+    body = client.post(
+        "/generate/",
+        json={"text": "rain", "duration": 2, "format": audio_format, "normalize": "none", "seed": 4},
+        headers=ASYNC,
+    ).json()
+    assert body["file_url"] == f"/files/{body['job_id']}.{audio_format}"
+    wait_for_jobs(client)
+    job = client.get(body["status_url"]).json()
+    assert (job["status"], job["format"], job["normalize"]) == ("succeeded", audio_format, "none")
+    assert job["file_url"] == body["file_url"]
+    decoded = decode(download(client, body["file_url"]))
+    assert (decoded.sample_rate, len(decoded.samples)) == (32000, 2 * 32000)
+    [listed] = client.get("/files/").json()
+    assert (listed["format"], listed["normalize"], listed["seed"]) == (audio_format, "none", 4)
+
+
 def test_running_job_reports_running_with_retry_after(
     settings: Settings, local_storage: LocalStorage, generator: MusicgenGenerator
 ) -> None:
@@ -195,9 +217,13 @@ def test_a_record_stored_with_flat_parameters_still_loads_and_is_served(client: 
     assert record.status is JobStatus.SUCCEEDED
     assert record.created_at == datetime(2025, 5, 28, 13, 42, 11, 250000, tzinfo=UTC)
 
+    assert record.output == AudioOutput(AudioFormat.WAV, Normalization.PEAK), "what every job made then"
+
     storage.put_job(OLD_RECORD["job_id"], OLD_RECORD)  # type: ignore[arg-type]
     job = client.get("/jobs/gen_20250528_134211_a1b2c3d4").json()
     assert job["status"] == "succeeded"
+    assert job["file_url"] == "/files/gen_20250528_134211_a1b2c3d4.wav"
+    assert (job["format"], job["normalize"]) == ("wav", "peak")
     assert (job["text"], job["duration"], job["guidance_scale"], job["temperature"], job["seed"]) == (
         "雨 on a tin roof",
         2,
@@ -403,3 +429,60 @@ def test_job_that_cannot_be_dispatched_is_503_and_recorded_failed(
     assert record is not None
     assert record.status is JobStatus.FAILED
     assert record.error == "Could not start the job"
+
+
+def test_the_local_queue_holds_at_most_its_bound_of_waiting_jobs() -> None:
+    queue = LocalJobQueue(max_waiting=2)
+    assert queue.reserve("a", 10.0) == 0.0
+    assert queue.reserve("b", 10.0) == 10.0  # the wait counts the job ahead
+    with pytest.raises(QueueFullError):
+        queue.reserve("c", 10.0)
+    queue.release("a")
+    assert queue.reserve("c", 10.0) == 10.0
+
+
+def test_the_local_queue_takes_no_job_whose_wait_passes_its_bound() -> None:
+    queue = LocalJobQueue(max_waiting=8, max_wait_s=15.0)
+    queue.reserve("a", 10.0)
+    queue.reserve("b", 10.0)
+    with pytest.raises(QueueFullError) as raised:
+        queue.reserve("c", 10.0)
+    assert raised.value.retry_after_s == pytest.approx(5.0)
+
+
+def test_a_job_past_the_queue_bound_is_refused_with_429_and_nothing_recorded(
+    settings: Settings, local_storage: LocalStorage, generator: MusicgenGenerator
+) -> None:
+    gated = SlowGatedGenerator(generator, estimate_s=40.0)
+    with serve(settings, local_storage, gated, jobs=WaitableJobQueue(max_waiting=1)) as client:
+        first = client.post("/generate/", json={"text": "one", "duration": 1}, headers=ASYNC)
+        assert first.status_code == 202, first.text
+        assert gated.started.wait(timeout=30)  # the first runs; the second waits behind it
+        second = client.post("/generate/", json={"text": "two", "duration": 1}, headers=ASYNC)
+        assert second.status_code == 202
+        assert second.json()["eta_seconds"] > first.json()["eta_seconds"] + 30  # the job ahead counts
+        refused = client.post("/generate/", json={"text": "three", "duration": 1}, headers=ASYNC)
+        assert refused.status_code == 429
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert "Too many jobs" in refused.json()["detail"]
+        assert len(local_storage.list_jobs()) == 2
+        gated.gate.set()
+        wait_for_jobs(client)
+        statuses = [client.get(f"/jobs/{r.json()['job_id']}").json()["status"] for r in (first, second)]
+        assert statuses == ["succeeded", "succeeded"]
+        assert len(local_storage.list_files()) == 2
+
+
+def test_a_job_that_would_wait_past_the_queue_timeout_is_refused(
+    settings: Settings, local_storage: LocalStorage, generator: MusicgenGenerator
+) -> None:
+    gated = SlowGatedGenerator(generator, estimate_s=40.0)
+    queue = WaitableJobQueue(max_waiting=8, max_wait_s=60.0)
+    with serve(settings, local_storage, gated, jobs=queue) as client:
+        assert client.post("/generate/", json={"text": "one", "duration": 1}, headers=ASYNC).status_code == 202
+        assert gated.started.wait(timeout=30)
+        assert client.post("/generate/", json={"text": "two", "duration": 1}, headers=ASYNC).status_code == 202
+        refused = client.post("/generate/", json={"text": "three", "duration": 1}, headers=ASYNC)
+        assert refused.status_code == 429
+        assert 15 <= int(refused.headers["Retry-After"]) <= 21  # about 80 s of wait against 60
+        gated.gate.set()

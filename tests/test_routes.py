@@ -343,6 +343,8 @@ def test_model_that_cannot_load_is_503_and_health_says_why(
         assert health["status"] == "degraded"
         assert health["model_loaded"] is False
         assert "could not be loaded" in health["model_error"]
+        assert 0 < health["model_retry_in_seconds"] <= MusicgenGenerator.LOAD_RETRY_FIRST_S
+        assert "next try in" in generate(client).json()["detail"]  # not loaded again at once
         assert local_storage.list_files() == []
 
 

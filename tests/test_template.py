@@ -1,6 +1,9 @@
 """template.yaml and infra/Dockerfile, held to the code they deploy."""
 
 import importlib
+import re
+import subprocess
+import sys
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from typing import Any
@@ -179,6 +182,8 @@ def exercise(storage: S3Storage) -> None:
     for name in names:
         storage.save(name, b"RIFF", {"prompt": "x"})
     storage.list_files()
+    assert storage.stat(names[0]) is not None
+    assert storage.read_metadata(names) == {name: {"prompt": "x"} for name in names}
     assert storage.download(names[0]) is not None
     assert storage.download(new_filename(datetime(2020, 1, 1, tzinfo=UTC))) is None
     job_id = names[0].removesuffix(".wav")
@@ -310,3 +315,15 @@ def test_image_builds_the_native_kernels_and_ships_only_the_libraries() -> None:
     assert any("runtime.best() is not None" in run for run in FINAL_STAGE.run_commands())
     # Libraries built on a developer's machine never reach the build context.
     assert "**/*.so" in DOCKERIGNORE.read_text().splitlines()
+
+
+def test_image_proves_libsndfile_encodes_every_format() -> None:
+    [check] = [
+        command
+        for run in FINAL_STAGE.run_commands()
+        for command in re.findall(r'python -c "([^"]*)"', run)
+        if "handler.audio.encoding" in command
+    ]
+    assert "for f in AudioFormat" in check
+    done = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]

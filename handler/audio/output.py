@@ -33,7 +33,7 @@ MEDIA_TYPES: dict[AudioFormat, str] = {
 
 FORMAT_DESCRIPTIONS: dict[AudioFormat, str] = {
     AudioFormat.WAV: "16-bit PCM WAV (the default)",
-    AudioFormat.FLAC: "16-bit FLAC, lossless: the same samples as the WAV in about half the bytes",
+    AudioFormat.FLAC: "16-bit FLAC, lossless: the same samples as the WAV in fewer bytes",
     AudioFormat.OGG: "Ogg Vorbis (not Opus: Opus has no 32 kHz mode, and resampling would change the audio)",
     AudioFormat.MP3: "MP3 (MPEG-1 Layer III)",
 }

@@ -1,6 +1,7 @@
 """The generation engine: MusicGen loaded once per process, one generation at a time."""
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -73,6 +74,11 @@ class MusicGenerator(Protocol):
     def load_error(self) -> str | None: ...
 
     @property
+    def load_retry_in(self) -> float | None:
+        """Seconds until a failed load is tried again (None: not waiting to retry)."""
+        ...
+
+    @property
     def artifact(self) -> "ArtifactInfo | None":
         """Which model serves, once loaded."""
         ...
@@ -135,7 +141,14 @@ class _LoadedModel:
 class MusicgenGenerator:
     """MusicGen from `model_id` (hub id or directory), loaded on first use with its decoder's
     Linear layers in `precision`: from a baked artifact where there is one, else converted from
-    the checkpoint and, for the quantized precisions, baked into `cache_dir` for later starts."""
+    the checkpoint and, for the quantized precisions, baked into `cache_dir` for later starts.
+
+    A failed load is not tried again by every request: the next try waits `LOAD_RETRY_FIRST_S`,
+    doubling after each failure up to `LOAD_RETRY_MAX_S` (a missing or broken model rarely
+    mends itself within seconds, and each try costs the full load)."""
+
+    LOAD_RETRY_FIRST_S = 10.0
+    LOAD_RETRY_MAX_S = 300.0
 
     def __init__(
         self,
@@ -144,6 +157,7 @@ class MusicgenGenerator:
         cache_dir: Path | None = None,
         default_sample_rate: int = 32000,
         speed: SpeedMeter | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.model_id = model_id
         self.cache_dir = cache_dir or default_cache_dir()
@@ -152,6 +166,9 @@ class MusicgenGenerator:
         self.speed = speed or SpeedMeter(DEFAULT_STEP_SECONDS, DEFAULT_LOAD_SECONDS)
         self._loaded: _LoadedModel | None = None
         self._load_error: str | None = None
+        self._clock = clock
+        self._load_failures = 0
+        self._retry_at = -math.inf
 
     @property
     def sample_rate(self) -> int:
@@ -166,6 +183,12 @@ class MusicgenGenerator:
         return self._load_error
 
     @property
+    def load_retry_in(self) -> float | None:
+        if self._loaded is not None or self._load_error is None:
+            return None
+        return max(0.0, self._retry_at - self._clock())
+
+    @property
     def artifact(self) -> "ArtifactInfo | None":
         return self._loaded.info if self._loaded else None
 
@@ -177,14 +200,22 @@ class MusicgenGenerator:
     def _load_once(self) -> _LoadedModel:
         if self._loaded is not None:  # loaded by a call queued before this one
             return self._loaded
+        if self._load_error is not None and self._clock() < self._retry_at:
+            raise ModelUnavailableError(
+                f"{self._load_error}; next try in {math.ceil(self._retry_at - self._clock())} s"
+            )
         started = time.perf_counter()
         try:
             self._loaded = _load(self.model_id, self.precision, self.cache_dir)
             self._load_error = None
+            self._load_failures = 0
             self.speed.record_load(time.perf_counter() - started)
             return self._loaded
         except Exception as exc:
             logger.exception("model load failed", extra={"model_id": self.model_id})
+            self._load_failures += 1
+            delay = min(self.LOAD_RETRY_MAX_S, self.LOAD_RETRY_FIRST_S * 2 ** (self._load_failures - 1))
+            self._retry_at = self._clock() + delay
             self._load_error = f"model '{self.model_id}' could not be loaded ({type(exc).__name__})"
             raise ModelUnavailableError(self._load_error) from exc
 

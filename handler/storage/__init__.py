@@ -11,7 +11,7 @@ from handler.storage.base import (
     prune,
 )
 from handler.storage.local import LocalStorage
-from handler.storage.s3 import S3Storage, aws_region, s3_client
+from handler.storage.s3 import S3Storage, aws_client_config, aws_region, s3_client
 
 __all__ = [
     "Download",
@@ -22,6 +22,7 @@ __all__ = [
     "Storage",
     "StorageError",
     "StoredFile",
+    "aws_client_config",
     "aws_region",
     "metadata_name",
     "prune",

@@ -72,6 +72,10 @@ class Storage(Protocol):
         """The sidecars of `filenames`, by file name; files without a readable sidecar are left out."""
         ...
 
+    def remove_leftovers(self) -> None:
+        """Remove what writers killed mid-write left behind (never a live writer's work)."""
+        ...
+
     def download(self, filename: str) -> Download | None:
         """Where a client downloads `filename` from, or None if there is no such file."""
         ...

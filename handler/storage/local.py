@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from handler.filenames import created_at, is_valid_filename, is_valid_job_id
+from handler.processes import pid_is_alive
 from handler.storage.base import (
     JOBS_FOLDER,
     Download,
@@ -25,6 +26,13 @@ from handler.storage.base import (
 )
 
 logger = logging.getLogger(__name__)
+
+TEMPORARY_PREFIX = ".tmp-"
+
+
+def _temporary_file_pid(name: str) -> int | None:
+    pid, dash, _ = name.removeprefix(TEMPORARY_PREFIX).partition("-")
+    return int(pid) if name.startswith(TEMPORARY_PREFIX) and dash and pid.isdigit() else None
 
 
 class LocalStorage:
@@ -140,8 +148,19 @@ class LocalStorage:
         except OSError as exc:
             raise StorageError("could not delete job records") from exc
 
+    def remove_leftovers(self) -> None:
+        """Remove the temporary files of writers that were killed mid-write (their process is gone)."""
+        for folder in (self.directory, self.directory / JOBS_FOLDER):
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                for entry in os.scandir(folder):
+                    pid = _temporary_file_pid(entry.name)
+                    if pid is not None and pid != os.getpid() and not pid_is_alive(pid):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(entry.path)
+
     def _write_atomic(self, path: Path, data: bytes) -> None:
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        # The writer's pid in the name tells a killed writer's leftovers from a live one's work.
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMPORARY_PREFIX}{os.getpid()}-")
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)

@@ -169,6 +169,9 @@ class S3Storage:
         """Delete files and their sidecars, up to 1000 keys a request."""
         self._delete_keys([self._key(name) for f in filenames for name in (f, metadata_name(f))])
 
+    def remove_leftovers(self) -> None:
+        """Nothing to do: each object is written whole by one PUT or not at all."""
+
     def put_job(self, job_id: str, record: Mapping[str, Any]) -> None:
         """Write a job record, replacing any before it."""
         try:
@@ -250,19 +253,37 @@ class S3Storage:
         return found
 
 
-def s3_client() -> Any:
-    """An S3 client whose presigned URLs work in any region.
+def s3_client(connect_timeout_s: float = 5.0, read_timeout_s: float = 20.0, max_attempts: int = 3) -> Any:
+    """An S3 client whose presigned URLs work in any region and whose calls end.
 
     SigV4 with the Lambda's own region (boto3 reads only AWS_DEFAULT_REGION; AWS_REGION is
     honoured first here) and virtual-hosted regional URLs: the legacy global endpoint redirects
     for buckets outside us-east-1, which breaks presigned URLs. AWS_ENDPOINT_URL_S3 is read by
-    boto3 itself.
+    boto3 itself. Explicit timeouts and the standard retry mode, so a stalled S3 fails a call
+    (a 503) within about `max_attempts` x (`connect_timeout_s` or `read_timeout_s`) rather than
+    holding a request for botocore's default minute per attempt.
     """
     import boto3
+
+    config = aws_client_config(connect_timeout_s, read_timeout_s, max_attempts).merge(_s3_addressing())
+    return boto3.client("s3", region_name=aws_region(), config=config)
+
+
+def aws_client_config(connect_timeout_s: float, read_timeout_s: float, max_attempts: int) -> Any:
+    """botocore's settings for a client whose calls end: timeouts and the standard retry mode."""
     from botocore.config import Config
 
-    config = Config(signature_version="s3v4", s3={"addressing_style": "virtual"})
-    return boto3.client("s3", region_name=aws_region(), config=config)
+    return Config(
+        connect_timeout=connect_timeout_s,
+        read_timeout=read_timeout_s,
+        retries={"mode": "standard", "total_max_attempts": max_attempts},
+    )
+
+
+def _s3_addressing() -> Any:
+    from botocore.config import Config
+
+    return Config(signature_version="s3v4", s3={"addressing_style": "virtual"})
 
 
 def aws_region() -> str | None:

@@ -1,7 +1,9 @@
 """The transformers engine over the tiny model."""
 
 import math
+import shutil
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -73,6 +75,41 @@ def test_missing_model_raises_a_clean_error(tmp_path: object) -> None:
         engine.load()
     assert engine.load_error is not None
     assert not engine.loaded
+
+
+class FakeClock:
+    """Monotonic seconds that move only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_failed_load_is_tried_again_only_after_a_growing_wait(tiny_model_dir: Path, tmp_path: Path) -> None:
+    model_dir = tmp_path / "model"
+    clock = FakeClock()
+    engine = MusicgenGenerator(str(model_dir), clock=clock)
+    with pytest.raises(ModelUnavailableError, match="could not be loaded"):
+        engine.load()
+    assert engine.load_retry_in == MusicgenGenerator.LOAD_RETRY_FIRST_S
+    shutil.copytree(tiny_model_dir, model_dir)  # the model appears, but the engine waits its turn
+    clock.now += MusicgenGenerator.LOAD_RETRY_FIRST_S - 1
+    with pytest.raises(ModelUnavailableError, match="next try in 1 s"):
+        engine.load()
+    assert not engine.loaded
+    shutil.rmtree(model_dir)  # a second failure doubles the wait
+    clock.now += 1
+    with pytest.raises(ModelUnavailableError, match="could not be loaded"):
+        engine.load()
+    assert engine.load_retry_in == 2 * MusicgenGenerator.LOAD_RETRY_FIRST_S
+    shutil.copytree(tiny_model_dir, model_dir)
+    clock.now += 2 * MusicgenGenerator.LOAD_RETRY_FIRST_S
+    engine.load()
+    assert engine.loaded
+    assert engine.load_error is None
+    assert engine.load_retry_in is None
 
 
 def test_generations_asked_from_any_thread_run_on_the_one_engine_thread(

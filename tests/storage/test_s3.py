@@ -1,15 +1,21 @@
 """The S3 backend, against moto's S3 server."""
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from urllib.parse import parse_qs, urlparse
 
 import boto3
 import httpx
 import pytest
 
+from handler.app import storage_from_settings
 from handler.audio.output import AudioFormat
 from handler.filenames import new_filename
+from handler.musicgen.generator import MusicgenGenerator
+from handler.settings import Settings
 from handler.storage import RemoteFile, S3Storage, StorageError, metadata_name, s3_client
+from tests.support.app import serve
+from tests.support.s3 import StalledServer
 from tests.support.storage import START, fill
 
 
@@ -104,3 +110,32 @@ def test_s3_read_metadata_and_stat_fail_as_storage_errors(aws_env: str, monkeypa
         storage.read_metadata([new_filename(START)])
     with pytest.raises(StorageError):
         storage.stat(new_filename(START))
+
+
+@pytest.fixture
+def stalled_s3(aws_env: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[StalledServer]:
+    server = StalledServer()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", server.endpoint)
+    yield server
+    server.close()
+
+
+def test_a_stalled_s3_ends_the_call_with_a_storage_error_after_its_attempts(stalled_s3: StalledServer) -> None:
+    storage = S3Storage(s3_client(connect_timeout_s=1, read_timeout_s=0.5, max_attempts=2), "bucket")
+    started = time.monotonic()
+    with pytest.raises(StorageError):
+        storage.list_files()
+    assert time.monotonic() - started < 30  # ended by the read timeout, not botocore's 60 s default
+    assert stalled_s3.connections == 2  # the standard retry mode tried once more
+
+
+def test_a_stalled_s3_answers_503_through_the_api(
+    stalled_s3: StalledServer, settings: Settings, generator: MusicgenGenerator
+) -> None:
+    stalled = settings.model_copy(
+        update={"s3_bucket": "bucket", "boto_read_timeout_seconds": 0.5, "boto_max_attempts": 1}
+    )
+    with serve(stalled, storage_from_settings(stalled), generator) as client:
+        response = client.get("/files/")
+    assert response.status_code == 503
+    assert response.json() == {"detail": "Storage unavailable"}

@@ -14,10 +14,14 @@ from tests.support.jobs import WaitableJobQueue
 
 @contextmanager
 def serve(
-    settings: Settings, storage: Storage, generator: MusicGenerator, raise_server_exceptions: bool = True
+    settings: Settings,
+    storage: Storage,
+    generator: MusicGenerator,
+    raise_server_exceptions: bool = True,
+    jobs: WaitableJobQueue | None = None,
 ) -> Iterator[TestClient]:
     """A test client over a fresh app; on exit, waits for the app's background jobs to finish."""
-    jobs = WaitableJobQueue()
+    jobs = jobs or WaitableJobQueue()
     app = create_app(settings, storage, generator, jobs)
     with TestClient(app, raise_server_exceptions=raise_server_exceptions) as test_client:
         yield test_client

@@ -64,7 +64,7 @@ def _download_file(event: dict[str, Any], response: dict[str, Any]) -> None:
 def _download_invalid_name(event: dict[str, Any], response: dict[str, Any]) -> None:
     # A name that can't be a generated file's is simply not found (the contract's 404).
     assert response["statusCode"] == 404
-    assert body_of(response) == {"detail": "File not found"}
+    assert set(body_of(response)) == {"detail"}
 
 
 EXPECTED: dict[str, Callable[[dict[str, Any], dict[str, Any]], None]] = {

@@ -1,5 +1,6 @@
 """The app's local job queue, made waitable: tests end only once the jobs they started have run."""
 
+import math
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -16,11 +17,11 @@ class WaitableJobQueue(LocalJobQueue):
     however it ends. A job submitted while no runner is set is never counted done.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_waiting: int = 8, max_wait_s: float = math.inf) -> None:
         self._unfinished = 0
         self._changed = threading.Condition()
         self._runner: Runner | None = None
-        super().__init__()
+        super().__init__(max_waiting, max_wait_s)
 
     @property
     def runner(self) -> Runner | None:

@@ -1,0 +1,66 @@
+"""The app as `make run` serves it, in a process of its own: uvicorn on 127.0.0.1, killable."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ServerProcess:
+    """A running server: its base URL and its process."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no cleanup, as a crash or the OOM killer ends it."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+
+@contextmanager
+def server_process(env: Mapping[str, str]) -> Iterator[ServerProcess]:
+    """Serve `handler.app:app` with `env` added to this process's environment.
+
+    The socket listens before uvicorn starts (it is handed over with `--fd`), so a request made at
+    once waits in the backlog instead of being refused: nothing waits for the server to come up.
+    """
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.listen(64)
+    host, port = listener.getsockname()[:2]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "handler.app:app", "--fd", str(listener.fileno()), "--log-level", "warning"],
+        env={**os.environ, **env},
+        pass_fds=[listener.fileno()],
+    )
+    listener.close()
+    try:
+        yield ServerProcess(f"http://{host}:{port}", process)
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def poll_until(read: Callable[[], T], done: Callable[[T], bool], timeout_s: float = 120.0) -> T:
+    """Read until `done` holds: another process's state can't be awaited as an event, only read."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = read()
+        if done(value):
+            return value
+        assert time.monotonic() < deadline, f"still {value!r} after {timeout_s} s"
+        time.sleep(0.02)
