@@ -30,7 +30,6 @@ from handler.storage import (
     aws_region,
     s3_client,
 )
-
 from handler.studio import install_studio
 
 logger = logging.getLogger(__name__)

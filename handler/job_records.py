@@ -1,5 +1,6 @@
 """Job records: what an asynchronous generation is, kept in the storage backend."""
 
+from collections.abc import Iterable
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -8,7 +9,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, Field, model_validator
 
 from handler.audio.output import DEFAULT_OUTPUT, AudioFormat, AudioOutput, Normalization
-from handler.filenames import filename_for
+from handler.filenames import filename_for, job_id_for
 from handler.generation import GenerationParams
 from handler.storage import Storage
 
@@ -144,6 +145,25 @@ class JobStore:
         )
         self.save(record)
         return record
+
+    def prune(self, keep: int, pruned_files: Iterable[str] = ()) -> list[str]:
+        """Delete the records of ended jobs beyond the newest `keep` and of the files pruned, in one
+        batch; returns their ids. A job not yet ended keeps its record whatever its age: another
+        server may be about to run it, and its client is still polling."""
+        pruned_jobs = {job_id_for(name) for name in pruned_files}
+        job_ids = sorted(self.storage.list_jobs(), reverse=True)
+        candidates = [job_id for index, job_id in enumerate(job_ids) if index >= keep or job_id in pruned_jobs]
+        ended = [job_id for job_id in candidates if self._has_ended(job_id)]
+        if ended:
+            self.storage.delete_jobs(ended)
+        return ended
+
+    def _has_ended(self, job_id: str) -> bool:
+        try:
+            record = self.get(job_id)
+        except ValueError:  # not a record this code can read: nothing to keep it for
+            return True
+        return record is None or record.final
 
     def save(self, record: JobRecord) -> None:
         self.storage.put_job(record.job_id, record.model_dump(mode="json"))

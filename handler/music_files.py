@@ -8,6 +8,7 @@ from handler.audio.encoding import EncodedAudio, encode
 from handler.audio.output import AudioOutput
 from handler.dependencies import Services
 from handler.generation import GenerationParams
+from handler.job_records import JobStore
 from handler.musicgen.generator import GenerationFailedError, ModelUnavailableError, ProgressCallback
 from handler.storage import StorageError, prune
 
@@ -67,7 +68,8 @@ def make_music_file(
         logger.exception("storage write failed")
         raise MusicFileError(503, "Storage unavailable") from exc
     try:
-        prune(services.storage, services.settings.max_files, protect=filename)
+        pruned = prune(services.storage, services.settings.max_files, protect=filename)
+        JobStore(services.storage).prune(services.settings.max_files, pruned)
     except Exception:
         # The new file is safe; the next save prunes again.
         logger.exception("pruning old files failed")

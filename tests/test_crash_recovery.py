@@ -16,7 +16,7 @@ def test_a_server_killed_mid_job_leaves_a_failed_job_and_nothing_half_written(
 ) -> None:
     storage_dir = tmp_path / "generated"
     env = {"MODEL_ID": str(tiny_model_dir), "STORAGE_DIR": str(storage_dir)}
-    with server_process(env) as first:
+    with server_process(env, tmp_path / "first.log") as first:
         accepted = httpx.post(
             f"{first.url}/generate/", json={"text": "rain", "duration": 30}, headers=ASYNC, timeout=60
         )
@@ -30,7 +30,7 @@ def test_a_server_killed_mid_job_leaves_a_failed_job_and_nothing_half_written(
         live_writers_file.write_bytes(b"being written")
         first.kill()
 
-    with server_process(env) as second:
+    with server_process(env, tmp_path / "second.log") as second:
         job = httpx.get(f"{second.url}/jobs/{accepted.json()['job_id']}", timeout=60).json()
         assert job["status"] == "failed"
         assert job["error"] == ABANDONED_ERROR

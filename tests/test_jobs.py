@@ -13,6 +13,7 @@ from botocore.stub import ANY, Stubber
 from fastapi.testclient import TestClient
 
 from handler.audio.output import AudioFormat, AudioOutput, Normalization
+from handler.filenames import new_filename
 from handler.generation import GenerationParams
 from handler.job_records import (
     EXPIRED_ERROR,
@@ -35,6 +36,7 @@ from tests.support.audio import decode
 from tests.support.doubles import FailingGenerator, GatedGenerator, SlowGatedGenerator
 from tests.support.jobs import WaitableJobQueue
 from tests.support.lambda_events import LambdaContext, load_event
+from tests.support.storage import START
 from tests.support.wav import read_wav
 
 ASYNC = {"Prefer": "respond-async"}
@@ -486,3 +488,36 @@ def test_a_job_that_would_wait_past_the_queue_timeout_is_refused(
         assert refused.status_code == 429
         assert 15 <= int(refused.headers["Retry-After"]) <= 21  # about 80 s of wait against 60
         gated.gate.set()
+
+
+def stored_record(storage: Storage, job_id: str, status: JobStatus, deadline_in_s: float = 600) -> None:
+    now = datetime.now(UTC)
+    record = JobRecord(
+        job_id=job_id,
+        status=status,
+        created_at=now,
+        updated_at=now,
+        deadline=now + timedelta(seconds=deadline_in_s),
+        params=GenerationParams("rain", 1, 3.0, 1.0, 1),
+    )
+    JobStore(storage).save(record)
+
+
+def test_records_of_ended_jobs_beyond_the_cap_and_of_pruned_files_are_pruned(storage: Storage) -> None:
+    job_ids = [new_filename(START + timedelta(minutes=i)).removesuffix(".wav") for i in range(5)]
+    for job_id in job_ids:
+        stored_record(storage, job_id, JobStatus.SUCCEEDED)
+    pruned = JobStore(storage).prune(keep=3, pruned_files=[f"{job_ids[4]}.wav"])
+    assert sorted(pruned) == [job_ids[0], job_ids[1], job_ids[4]]
+    assert sorted(storage.list_jobs()) == job_ids[2:4]
+
+
+def test_a_job_not_yet_ended_keeps_its_record_however_old(storage: Storage) -> None:
+    job_ids = [new_filename(START + timedelta(minutes=i)).removesuffix(".wav") for i in range(4)]
+    stored_record(storage, job_ids[0], JobStatus.QUEUED)  # another server may be about to run it
+    stored_record(storage, job_ids[1], JobStatus.RUNNING, deadline_in_s=-1)  # its worker died: expired
+    for job_id in job_ids[2:]:
+        stored_record(storage, job_id, JobStatus.FAILED)
+    storage.put_job(job_ids[3], {"not": "a record"})
+    assert sorted(JobStore(storage).prune(keep=1)) == [job_ids[1], job_ids[2]]
+    assert sorted(storage.list_jobs()) == [job_ids[0], job_ids[3]]

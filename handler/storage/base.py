@@ -131,11 +131,11 @@ def newest_first(files: list[StoredFile]) -> list[StoredFile]:
 
 
 def prune(storage: Storage, keep: int, protect: str | None = None) -> list[str]:
-    """Delete all but the newest `keep` files, and of job records, each in one batch.
+    """Delete all but the newest `keep` files in one batch; returns the names deleted.
 
-    Returns the file names deleted. `protect` (the file just saved) is never among them, even
-    when its name, given when its request arrived, sorts older than files saved before it.
-    Job records go with their files; job ids sort in creation order like file names.
+    `protect` (the file just saved) is never among them, even when its name, given when its
+    request arrived, sorts older than files saved before it. Job records are pruned by their
+    store (`handler.job_records.JobStore.prune`), which knows which jobs have ended.
     """
     files = [f.filename for f in newest_first(storage.list_files())]
     if protect in files:
@@ -144,9 +144,4 @@ def prune(storage: Storage, keep: int, protect: str | None = None) -> list[str]:
     excess = files[keep:]
     if excess:
         storage.delete(excess)
-    pruned_jobs = {job_id_for(name) for name in excess}
-    job_ids = sorted(storage.list_jobs(), reverse=True)
-    old_jobs = [job_id for index, job_id in enumerate(job_ids) if index >= keep or job_id in pruned_jobs]
-    if old_jobs:
-        storage.delete_jobs(old_jobs)
     return excess

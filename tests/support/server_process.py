@@ -1,5 +1,6 @@
 """The app as `make run` serves it, in a process of its own: uvicorn on 127.0.0.1, killable."""
 
+import json
 import os
 import signal
 import socket
@@ -9,7 +10,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -20,10 +22,17 @@ class ServerProcess:
 
     url: str
     process: subprocess.Popen[bytes]
+    log: Path
+    """Where its standard output (the app's JSON log lines) goes."""
 
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    def log_records(self) -> list[dict[str, Any]]:
+        """The JSON log lines written so far."""
+        lines = self.log.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no cleanup, as a crash or the OOM killer ends it."""
@@ -32,8 +41,8 @@ class ServerProcess:
 
 
 @contextmanager
-def server_process(env: Mapping[str, str]) -> Iterator[ServerProcess]:
-    """Serve `handler.app:app` with `env` added to this process's environment.
+def server_process(env: Mapping[str, str], log: Path) -> Iterator[ServerProcess]:
+    """Serve `handler.app:app` with `env` added to this process's environment, logging to `log`.
 
     The socket listens before uvicorn starts (it is handed over with `--fd`), so a request made at
     once waits in the backlog instead of being refused: nothing waits for the server to come up.
@@ -41,14 +50,25 @@ def server_process(env: Mapping[str, str]) -> Iterator[ServerProcess]:
     listener = socket.create_server(("127.0.0.1", 0))
     listener.listen(64)
     host, port = listener.getsockname()[:2]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "handler.app:app", "--fd", str(listener.fileno()), "--log-level", "warning"],
-        env={**os.environ, **env},
-        pass_fds=[listener.fileno()],
-    )
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "handler.app:app",
+                "--fd",
+                str(listener.fileno()),
+                "--log-level",
+                "warning",
+            ],
+            env={**os.environ, **env},
+            pass_fds=[listener.fileno()],
+            stdout=output,
+        )
     listener.close()
     try:
-        yield ServerProcess(f"http://{host}:{port}", process)
+        yield ServerProcess(f"http://{host}:{port}", process, log)
     finally:
         if process.poll() is None:
             process.terminate()
