@@ -1,11 +1,10 @@
 """The studio under test: the real app over real HTTP, and the API beside it for checks."""
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import httpx
-from starlette.types import ASGIApp
 
 from handler.app import create_app
 from handler.musicgen.generator import MusicGenerator
@@ -48,14 +47,11 @@ def serve_studio(
     settings: Settings,
     storage: Storage,
     generator: MusicGenerator,
-    wrap: Callable[[ASGIApp], ASGIApp] | None = None,
     headers: dict[str, str] | None = None,
 ) -> Iterator[StudioServer]:
-    """The app over uvicorn on 127.0.0.1 (optionally inside the ASGI middleware `wrap`); on exit, its jobs finished."""
+    """The app over uvicorn on 127.0.0.1; `headers` go with the test's own API calls. On exit, its jobs finished."""
     jobs = WaitableJobQueue()
-    app: ASGIApp = create_app(settings, storage, generator, jobs)
-    if wrap is not None:
-        app = wrap(app)
+    app = create_app(settings, storage, generator, jobs)
     with live_server(app) as base_url, httpx.Client(base_url=base_url, headers=headers, timeout=60) as client:
         yield StudioServer(base_url, storage, client)
         jobs.wait_until_idle()
