@@ -198,7 +198,7 @@ def get_job(job_id: str, services: ServicesDep, response: Response) -> JobRespon
     if not record.final:
         response.headers["Retry-After"] = str(retry_after(eta))
     return JobResponse(
-        **record.model_dump(exclude={"status", "eta_seconds", "deadline", "params"}),
+        **record.model_dump(exclude={"status", "eta_seconds", "deadline", "params", "output"}),
         **request_fields(record.params, record.output),
         status=record.status.value,
         eta_seconds=eta,

@@ -1,8 +1,8 @@
 """Two server processes sharing one bucket, generating past the file cap at once."""
 
-import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -43,7 +43,7 @@ def test_two_servers_on_one_bucket_keep_exactly_the_cap_and_every_listed_file_do
         with ThreadPoolExecutor(GENERATIONS) as pool:
             status_urls = list(pool.map(generate, range(GENERATIONS)))
         # A job's record goes once it has ended and is past the cap: its end is then in its server's log.
-        finals = [poll_until(functools.partial(httpx.get, url), has_ended) for url in status_urls]
+        finals = [poll_until(partial(httpx.get, url), has_ended) for url in status_urls]
         finished = {
             record["job_id"]: record["status"]
             for server in (first, second)
