@@ -39,6 +39,7 @@ class LocalStorage:
     """Files in a local directory; each write is atomic (temporary file, then rename)."""
 
     backend = "local"
+    download_origin = None
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
