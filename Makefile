@@ -8,7 +8,7 @@ PIP_INSTALL := $(BIN)/python -m pip install --disable-pip-version-check -q $(if 
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup setup-dev kernels run test lint arm64-tools api-key
+.PHONY: setup setup-dev kernels run test lint arm64-tools browser-tools api-key
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,21 +48,35 @@ lint: setup-dev
 	$(BIN)/mypy
 	$(BIN)/cfn-lint template.yaml --append-rules cfn_lint_serverless.rules
 
+# $(call apt-install,PACKAGES,WHAT NEEDS THEM): apt-get install as root, or through sudo; where
+# neither works, says what to install.
+define apt-install
+if ! command -v apt-get >/dev/null; then \
+  echo "no apt-get: install $(1) (or their equivalents) for $(2)"; \
+elif [ "$$(id -u)" -eq 0 ]; then \
+  apt-get update -qq && apt-get install -y -qq $(1); \
+elif command -v sudo >/dev/null; then \
+  sudo apt-get update -qq && sudo apt-get install -y -qq $(1); \
+else \
+  echo "not root and no sudo: install $(1) for $(2)"; \
+fi
+endef
+
 # The arm64 kernels' test (tests/native/test_arm64.py) cross-compiles them and runs them under qemu:
-# the tools are installed with apt-get where they are missing (as root, or through sudo).
+# the tools are installed with apt-get where they are missing.
 ARM64_TOOLS := gcc-aarch64-linux-gnu qemu-user-static
 arm64-tools:
 	@if ! command -v aarch64-linux-gnu-gcc >/dev/null || ! command -v qemu-aarch64-static >/dev/null; then \
-	  if ! command -v apt-get >/dev/null; then \
-	    echo "no apt-get: install $(ARM64_TOOLS) (or their equivalents) for tests/native/test_arm64.py"; \
-	  elif [ "$$(id -u)" -eq 0 ]; then \
-	    apt-get update -qq && apt-get install -y -qq $(ARM64_TOOLS); \
-	  elif command -v sudo >/dev/null; then \
-	    sudo apt-get update -qq && sudo apt-get install -y -qq $(ARM64_TOOLS); \
-	  else \
-	    echo "not root and no sudo: install $(ARM64_TOOLS) for tests/native/test_arm64.py"; \
-	  fi; \
+	  $(call apt-install,$(ARM64_TOOLS),tests/native/test_arm64.py); \
 	fi
 
-test: lint arm64-tools
+# The studio's browser tests (tests/studio) drive the system's Chromium through Playwright (its own
+# browser download is not used): Debian's `chromium` is installed with apt-get where it is missing.
+# CHROMIUM=/path/to/chromium names another binary.
+browser-tools:
+	@if [ -z "$$CHROMIUM" ] && ! command -v chromium >/dev/null; then \
+	  $(call apt-install,chromium,the browser tests in tests/studio); \
+	fi
+
+test: lint arm64-tools browser-tools
 	$(BIN)/python -m pytest

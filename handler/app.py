@@ -30,6 +30,7 @@ from handler.storage import (
     aws_region,
     s3_client,
 )
+from handler.studio import install_studio
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ def create_app(
     app.middleware("http")(log_requests)
     app.add_middleware(SecurityHeaders)
     app.include_router(router)
+    install_studio(app)
     install_openapi(
         app,
         settings.max_duration,

@@ -16,6 +16,7 @@ from typing import Any
 import boto3
 import pytest
 from fastapi.testclient import TestClient
+from moto.moto_server import werkzeug_app as moto_werkzeug_app
 from moto.server import ThreadedMotoServer
 
 from benchmarks.random_models import build_tiny_model
@@ -53,12 +54,15 @@ def generator(tiny_model_dir: Path) -> MusicgenGenerator:
 
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
-    """moto's S3 server on 127.0.0.1: real HTTP for real boto3."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    """moto's S3 server on 127.0.0.1: real HTTP for real boto3. Browsers get CORS headers only where a
+    bucket's own CORS rules allow, as from S3 (moto's blanket CORS for every request is off)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(moto_werkzeug_app, "DISABLE_GLOBAL_CORS", True)
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        yield f"http://{host}:{port}"
+        server.stop()
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import load
+from benchmarks import fuzz, load
 from benchmarks.speed import main
 from handler.cpu import cpu_has_bf16
 from handler.native import runtime
@@ -90,3 +90,16 @@ def test_smoke_load_benchmark_reports_latencies_and_no_errors(
     assert "Load: 20 clients for 2 s while a generation runs; CPU" in printed
     assert "GET /: p50" in printed
     assert "errors: 0" in printed
+
+
+def test_short_fuzz_run_finds_nothing_holds_the_cap_and_touches_nothing_outside(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = fuzz.main(["--max-examples", "3", "--out", str(tmp_path / "fuzz.json")])
+    assert result["completed"]
+    assert result["requests"] > 100
+    assert result["failures"] == []
+    assert result["server_errors"] == 0
+    assert result["files_at_rest"] <= result["max_files"]
+    assert result["outside_untouched"]
+    assert f"Fuzz: {result['requests']} requests, 0 failures, 0 server errors" in capsys.readouterr().out

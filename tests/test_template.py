@@ -19,6 +19,7 @@ from tests.support.infra_files import (
     DOCKERFILE,
     DOCKERIGNORE,
     ROOT,
+    bucket_cors,
     dockerfile_stages,
     load_template,
     parameter_defaults,
@@ -160,6 +161,15 @@ def test_bucket_is_private_encrypted_tls_only_and_cleans_up() -> None:
     assert (deny["Effect"], deny["Condition"]) == ("Deny", {"Bool": {"aws:SecureTransport": "false"}})
     rules = bucket["LifecycleConfiguration"]["Rules"]
     assert any("AbortIncompleteMultipartUpload" in rule for rule in rules)
+
+
+def test_bucket_lets_browsers_read_downloads_and_nothing_else() -> None:
+    """The studio page reads presigned downloads cross-origin (tests/studio drive it against this rule)."""
+    [rule] = bucket_cors(TEMPLATE)["CORSRules"]
+    assert sorted(rule["AllowedMethods"]) == ["GET", "HEAD"]
+    assert rule["AllowedOrigins"] == ["*"]
+    assert "AllowedHeaders" not in rule
+    assert "ExposedHeaders" not in rule
 
 
 def test_http_api_function_url_and_outputs() -> None:

@@ -51,6 +51,11 @@ class Storage(Protocol):
         """The backend's name, as GET / reports it."""
         ...
 
+    @property
+    def download_origin(self) -> str | None:
+        """The origin (scheme://host[:port]) downloads are redirected to; None when the app serves them."""
+        ...
+
     def save(self, filename: str, data: bytes, metadata: Mapping[str, Any]) -> None:
         """Store a file and its JSON sidecar; on failure neither is listed."""
         ...

@@ -39,6 +39,7 @@ class LocalStorage:
     """Files in a local directory; each write is atomic (temporary file, then rename)."""
 
     backend = "local"
+    download_origin = None
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -149,13 +150,16 @@ class LocalStorage:
 
     def remove_leftovers(self) -> None:
         """Remove the temporary files of writers that were killed mid-write (their process is gone)."""
-        for folder in (self.directory, self.directory / JOBS_FOLDER):
-            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-                for entry in os.scandir(folder):
-                    pid = _temporary_file_pid(entry.name)
-                    if pid is not None and pid != os.getpid() and not pid_is_alive(pid):
-                        with contextlib.suppress(FileNotFoundError):
-                            os.unlink(entry.path)
+        try:
+            for folder in (self.directory, self.directory / JOBS_FOLDER):
+                with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                    for entry in os.scandir(folder):
+                        pid = _temporary_file_pid(entry.name)
+                        if pid is not None and pid != os.getpid() and not pid_is_alive(pid):
+                            with contextlib.suppress(FileNotFoundError):
+                                os.unlink(entry.path)
+        except OSError as exc:
+            raise StorageError("could not clean up local storage") from exc
 
     def _write_atomic(self, path: Path, data: bytes) -> None:
         # The writer's pid in the name tells a killed writer's leftovers from a live one's work.

@@ -1,12 +1,14 @@
 """The S3 backend: files as objects under a prefix of a bucket, downloads as presigned URLs."""
 
 import contextlib
+import functools
 import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -150,6 +152,18 @@ class S3Storage:
         except S3_ERRORS as exc:
             raise StorageError("could not sign a download URL") from exc
         return RemoteFile(url)
+
+    @functools.cached_property
+    def download_origin(self) -> str:
+        """Where presigned downloads point: the origin of a URL signed (locally, no request) for a key here."""
+        try:
+            url = self.client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": self._key("origin")}, ExpiresIn=1
+            )
+        except S3_ERRORS as exc:
+            raise StorageError("could not sign a download URL") from exc
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.netloc}"
 
     def delete(self, filenames: Sequence[str]) -> None:
         """Delete files and their sidecars, up to 1000 keys a request."""

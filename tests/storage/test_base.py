@@ -126,3 +126,14 @@ def test_delete_removes_files_of_any_format_and_their_sidecars(storage: Storage)
     assert [f.filename for f in storage.list_files()] == [names[3], names[0]]
     assert set(storage.read_metadata(names)) == {names[0], names[3]}
     assert storage.download(names[1]) is None
+
+
+def test_download_origin_is_where_downloads_point(storage: Storage) -> None:
+    [name] = fill(storage, 1)
+    target = storage.download(name)
+    if isinstance(target, LocalFile):
+        assert storage.download_origin is None
+    else:
+        assert isinstance(target, RemoteFile)
+        parts = httpx.URL(target.url)
+        assert storage.download_origin == f"{parts.scheme}://{parts.netloc.decode()}"

@@ -60,6 +60,19 @@ def test_s3_outside_us_east_1_without_endpoint_override_uses_the_regional_host(
     assert "ap-southeast-2" in parse_qs(url.query)["X-Amz-Credential"][0]
 
 
+def test_download_origin_on_aws_is_the_buckets_regional_host(aws_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The origin a page reading downloads must be allowed to connect to; signing asks S3 nothing."""
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
+    monkeypatch.setenv("AWS_REGION", "ap-southeast-2")
+    storage = S3Storage(s3_client(), "my-bucket", "generated/")
+    assert storage.download_origin == "https://my-bucket.s3.ap-southeast-2.amazonaws.com"
+
+
+def test_download_origin_that_cannot_be_signed_is_a_storage_error(aws_env: str) -> None:
+    with pytest.raises(StorageError):
+        _ = S3Storage(s3_client(), "not/a/bucket").download_origin
+
+
 def test_unreachable_s3_raises_storage_error(aws_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")
     storage = S3Storage(s3_client(), "bucket")

@@ -15,6 +15,8 @@ class FuzzReport:
     failures: list[str] = field(default_factory=list)
     checks_run: set[str] = field(default_factory=set)
     completed: bool = False
+    requests: int = 0
+    server_errors: int = 0
 
 
 def fuzz(app: FastAPI, max_examples: int, seed: int, headers: dict[str, str] | None = None) -> FuzzReport:
@@ -43,6 +45,10 @@ def fuzz(app: FastAPI, max_examples: int, seed: int, headers: dict[str, str] | N
 def record_checks(report: FuzzReport, event: events.ScenarioFinished) -> None:
     """Add a scenario's checks to `report`, each failure with the request and response it came from."""
     recorder = event.recorder
+    for exchanged in recorder.interactions.values():
+        report.requests += 1
+        if exchanged.response is not None and exchanged.response.status_code >= 500:
+            report.server_errors += 1
     for case_id, checks in recorder.checks.items():
         for check in checks:
             report.checks_run.add(check.name)

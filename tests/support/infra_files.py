@@ -47,6 +47,13 @@ def parameter_defaults(template: dict[str, Any]) -> dict[str, str]:
     return {name: str(spec["Default"]) for name, spec in template["Parameters"].items() if "Default" in spec}
 
 
+def bucket_cors(template: dict[str, Any]) -> dict[str, Any]:
+    """The music bucket's CORS rules, as boto3's `put_bucket_cors` takes them."""
+    rules = template["Resources"]["MusicBucket"]["Properties"]["CorsConfiguration"]["CorsRules"]
+    names = {"Id": "ID", "MaxAge": "MaxAgeSeconds"}
+    return {"CORSRules": [{names.get(key, key): value for key, value in rule.items()} for rule in rules]}
+
+
 def resolve(value: Any, refs: dict[str, str]) -> str:
     """A template value with `Ref`s and `Fn::Sub` variables replaced from `refs` (names without dots)."""
     if isinstance(value, dict) and set(value) == {"Ref"}:
