@@ -92,9 +92,13 @@ def finish(lock: str, torch: TorchCpu, renames: dict[str, str]) -> str:
     header = 0
     while header < len(lines) and lines[header].startswith("#"):
         header += 1
-    entry = lines.index(f"torch=={torch.version}")  # uv writes no digests, hence no ` \`
+    # uv writes torch's entry bare, or with the digests of the lock it was given to keep.
+    [entry] = [number for number, line in enumerate(lines) if line.split(" ")[0] == f"torch=={torch.version}"]
+    end = entry + 1
+    while end < len(lines) and lines[end].lstrip().startswith("--hash="):
+        end += 1
     hashes = [f"    --hash=sha256:{digest}" for digest in sorted(torch.wheels.values())]
-    lines[entry : entry + 1] = [f"torch=={torch.version} \\", *[line + " \\" for line in hashes[:-1]], hashes[-1]]
+    lines[entry:end] = [f"torch=={torch.version} \\", *[line + " \\" for line in hashes[:-1]], hashes[-1]]
     index = [
         "# Install with `pip install --require-hashes -r <this file>`. torch is PyTorch's CPU-only build",
         "# (infra/torch-cpu.toml), from its own index; every other package comes from PyPI.",
