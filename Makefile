@@ -2,24 +2,38 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-# On Linux, TORCH_INDEX=https://download.pytorch.org/whl/cpu installs the small CPU-only torch build.
-TORCH_INDEX ?=
-PIP_INSTALL := $(BIN)/python -m pip install --disable-pip-version-check -q $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+# Packages come from the lock files (`make lock` writes them), every one at its version and hashes.
+# torch is PyTorch's CPU-only build (infra/torch-cpu.toml), from its own index: its entry is
+# installed first and alone (with the whole lock pip would ask that index for every package), then
+# the lock from PyPI finds it installed.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+PIP_INSTALL := $(BIN)/python -m pip install --disable-pip-version-check -q --require-hashes
+define install-lock
+sed -n '/^torch==/,/[^\\]$$/p' $(1) > $(VENV)/torch.lock
+$(PIP_INSTALL) --no-deps --index-url $(TORCH_INDEX) -r $(VENV)/torch.lock
+$(PIP_INSTALL) -r $(1)
+endef
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup setup-dev kernels run test lint arm64-tools browser-tools api-key
+.PHONY: setup setup-dev kernels run test lint lock arm64-tools browser-tools api-key
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.runtime: requirements.txt | $(BIN)/python
-	$(PIP_INSTALL) -r requirements.txt
+# A stamp per lock: a lock that changes is installed again. The dev lock holds the runtime one.
+$(VENV)/.runtime: requirements.lock | $(BIN)/python
+	$(call install-lock,requirements.lock)
 	touch $@
 
-$(VENV)/.dev: requirements.txt requirements-dev.txt | $(BIN)/python
-	$(PIP_INSTALL) -r requirements-dev.txt
+$(VENV)/.dev: requirements.lock requirements-dev.lock | $(BIN)/python
+	$(call install-lock,requirements-dev.lock)
 	touch $@ $(VENV)/.runtime
+
+# After editing requirements.txt or requirements-dev.txt: both locks again, other pins kept
+# (LOCK_FLAGS=--upgrade takes the newest versions the requirements allow). Commit them together.
+lock: $(VENV)/.dev
+	$(BIN)/python -m infra.lock $(LOCK_FLAGS)
 
 setup: $(VENV)/.runtime kernels
 

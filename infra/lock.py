@@ -9,8 +9,9 @@ the packages the image ships. An existing lock's versions are kept unless a requ
 (`--upgrade` takes the newest every requirement allows).
 
 torch is PyTorch's CPU-only build as infra/torch-cpu.toml describes it (PyPI's Linux torch pulls in
-CUDA): uv resolves it from that file's metadata, and the lock gets the file's wheel digests and
-the index to fetch them from. Nothing is downloaded from download.pytorch.org.
+CUDA): uv resolves it from that file's metadata, and the lock gets the file's wheel digests.
+Nothing is downloaded from download.pytorch.org. Installers take torch's entry from the lock and
+install it first from that file's `index-url`, then the whole lock from PyPI.
 """
 
 import argparse
@@ -37,7 +38,7 @@ _ENTRY = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)(\s*;[^\\]*)?")
 @dataclass(frozen=True)
 class TorchCpu:
     version: str
-    find_links: str
+    index_url: str
     requires_dist: list[str]
     wheels: dict[str, str]  # wheel file name -> SHA-256
 
@@ -48,7 +49,7 @@ class TorchCpu:
 
 def load_torch_cpu(path: Path = TORCH_CPU) -> TorchCpu:
     data = tomllib.loads(path.read_text())
-    return TorchCpu(data["version"], data["find-links"], list(data["requires-dist"]), dict(data["wheels"]))
+    return TorchCpu(data["version"], data["index-url"], list(data["requires-dist"]), dict(data["wheels"]))
 
 
 def torch_pin(requirements: str) -> str:
@@ -62,9 +63,8 @@ def torch_pin(requirements: str) -> str:
 
 def flat_index(torch: TorchCpu) -> str:
     """An HTML page listing the recorded wheels with their digests: the resolver's source of torch."""
-    base = torch.find_links.split("/whl/", 1)[0] + "/whl/cpu/"
     links = [
-        f'<a href="{base}{name.replace("+", "%2B")}#sha256={digest}">{name}</a><br/>'
+        f'<a href="{torch.index_url}/{name.replace("+", "%2B")}#sha256={digest}">{name}</a><br/>'
         for name, digest in sorted(torch.wheels.items())
     ]
     return "<!DOCTYPE html>\n<html><body>\n" + "\n".join(links) + "\n</body></html>\n"
@@ -83,9 +83,9 @@ def pins(lock: str) -> list[str]:
 
 
 def finish(lock: str, torch: TorchCpu, renames: dict[str, str]) -> str:
-    """uv's output made the committed lock: the torch index named after the header, torch's entry
-    given the recorded wheel digests (uv has none for it), and temporary paths in its `# via`
-    notes replaced by what they stand for (`renames`)."""
+    """uv's output made the committed lock: how to install it after the header, torch's entry given
+    the recorded wheel digests (uv has none for it), and temporary paths in its `# via` notes
+    replaced by what they stand for (`renames`)."""
     for temporary, meaning in renames.items():
         lock = lock.replace(temporary, meaning)
     lines = lock.splitlines()
@@ -99,13 +99,11 @@ def finish(lock: str, torch: TorchCpu, renames: dict[str, str]) -> str:
         end += 1
     hashes = [f"    --hash=sha256:{digest}" for digest in sorted(torch.wheels.values())]
     lines[entry:end] = [f"torch=={torch.version} \\", *[line + " \\" for line in hashes[:-1]], hashes[-1]]
-    index = [
-        "# Install with `pip install --require-hashes -r <this file>`. torch is PyTorch's CPU-only build",
-        "# (infra/torch-cpu.toml), from its own index; every other package comes from PyPI.",
-        f"--find-links {torch.find_links}",
-        "",
+    lines[header:header] = [
+        "# Every package from PyPI but torch, PyTorch's CPU-only build (infra/torch-cpu.toml): install",
+        f"# torch's entry first, alone, from {torch.index_url} (--index-url, --no-deps),",
+        "# then this file from PyPI; both with --require-hashes (the Makefile and infra/Dockerfile do).",
     ]
-    lines[header:header] = index
     return "\n".join(lines) + "\n"
 
 
@@ -129,9 +127,8 @@ def compile_lock(
     output = work / lock
     target = ROOT / lock
     if target.exists() and not upgrade:
-        # uv keeps the versions of the file it writes to unless a requirement moved; it is given a
-        # copy without the torch index line, which it would try to reach.
-        output.write_text("".join(line for line in target.open() if not line.startswith("--find-links")))
+        # uv keeps the versions of the file it writes to unless a requirement moved.
+        shutil.copyfile(target, output)
     command = [
         uv_executable(),
         "pip",
