@@ -116,13 +116,14 @@ def test_dockerfile_cmd_names_the_real_handler() -> None:
 
 
 def test_image_installs_cpu_torch_and_the_ci_requirements() -> None:
+    # The lock itself, and how it is installed, are tests/test_dependencies.py's.
     deps = next(stage for stage in dockerfile_stages() if stage.name == "deps")
     [install] = deps.run_commands()
     assert '--index-url "${TORCH_INDEX}"' in install
-    assert "-r /tmp/requirements.txt" in install
+    assert "-r /tmp/requirements.lock" in install
     assert "--no-cache-dir" in install
     assert "ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu" in DOCKERFILE.read_text()
-    assert ("COPY", "requirements.txt /tmp/requirements.txt") in deps.instructions
+    assert ("COPY", "requirements.lock /tmp/requirements.lock") in deps.instructions
 
 
 def test_image_copies_only_what_it_runs() -> None:
@@ -131,7 +132,7 @@ def test_image_copies_only_what_it_runs() -> None:
     assert sources == {"handler/"}
     assert "handler/ ${LAMBDA_TASK_ROOT}/handler/" in copies  # where the CMD's module is imported from
     ignored = DOCKERIGNORE.read_text().splitlines()
-    assert ignored[ignored.index("*") + 1 :][:3] == ["!requirements.txt", "!handler/", "!infra/bake_model.py"]
+    assert ignored[ignored.index("*") + 1 :][:3] == ["!requirements.lock", "!handler/", "!infra/bake_model.py"]
 
 
 def test_sam_builds_the_image_from_the_repository_root() -> None:
