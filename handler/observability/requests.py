@@ -7,23 +7,27 @@ from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Match
 
 from handler.errors import error_response
 from handler.observability.logs import log_context, take_cold_start
 from handler.observability.metrics import record_response
 
-UNMATCHED_ROUTE = "unmatched"
-"""The `route` of a request no route of the app serves (an unknown path, a method it does not take)."""
+READ_METHODS = frozenset({"GET", "HEAD"})
+UNROUTED = "unrouted"
+"""The `route` of a request no route answered: an unknown path, a method its path does not take, or
+one refused before routing (an API key missing or wrong, a body too large)."""
 
 
 def route_of(request: Request) -> str:
-    """The route `request` asked for, as `METHOD /path/{template}`: bounded, whatever the client sends."""
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match is Match.FULL:
-            return f"{request.method} {getattr(route, 'path', '') or '/'}"
-    return UNMATCHED_ROUTE
+    """The route that answered `request`, as `METHOD /path/{template}`: bounded, whatever the client
+    sends. Read once the app has answered, from what routing left in the request's scope."""
+    route = request.scope.get("route")
+    path = getattr(route, "path", None)
+    # A method the route does not take is the client's to choose: it would add a metric per word.
+    # A mount (the studio's static files) takes reads only.
+    if path is None or request.method not in (getattr(route, "methods", None) or READ_METHODS):
+        return UNROUTED
+    return f"{request.method} {path}"
 
 
 async def observe_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
