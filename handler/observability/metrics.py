@@ -90,7 +90,7 @@ def emit(values: Mapping[Metric, float], breakdown: tuple[str, str] | None = Non
         provider = AmazonCloudWatchEMFProvider(namespace=NAMESPACE)
         # The namespace names the service: a `service` dimension (which POWERTOOLS_SERVICE_NAME would
         # add) would give every metric another identity than the one the alarms read.
-        provider.service = None
+        provider.service = None  # type: ignore[assignment]
         for metric, value in values.items():
             provider.add_metric(name=metric.value, unit=UNITS[metric], value=value)
         if breakdown is not None:

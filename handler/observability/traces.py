@@ -60,4 +60,5 @@ def traced_lambda_handler(handler: _Handler) -> _Handler:
     active = tracer()
     if active is None:
         return handler
-    return active.capture_lambda_handler(handler, capture_response=False)
+    traced: _Handler = active.capture_lambda_handler(handler, capture_response=False)  # type: ignore[assignment]
+    return traced
