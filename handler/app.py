@@ -14,8 +14,10 @@ from handler.dependencies import Services
 from handler.errors import install_error_handlers
 from handler.job_records import JobDispatcher, job_id_from_event
 from handler.jobs import LambdaJobInvoker, LocalJobQueue, fail_abandoned_jobs, run_job
-from handler.logs import configure_logging, log_requests, take_cold_start
 from handler.musicgen.generator import ModelUnavailableError, MusicGenerator, MusicgenGenerator
+from handler.observability.logs import configure_logging, log_context, take_cold_start
+from handler.observability.requests import observe_requests
+from handler.observability.traces import traced_lambda_handler
 from handler.openapi import install_openapi
 from handler.routes import router
 from handler.security import KeyRing, SecurityHeaders, install_guards
@@ -116,7 +118,7 @@ def create_app(
     install_error_handlers(app)
     keys = KeyRing(settings.api_key_digests)
     install_guards(app, keys, settings.cors_origin_list)
-    app.middleware("http")(log_requests)
+    app.middleware("http")(observe_requests)
     app.add_middleware(SecurityHeaders)
     app.include_router(router)
     install_studio(app)
@@ -134,11 +136,14 @@ app = create_app()
 http_handler = Mangum(app, lifespan="off")
 
 
+@traced_lambda_handler
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Lambda entry: job events run a generation job; everything else is an HTTP request."""
-    job_id = job_id_from_event(event)
-    if job_id is None:
-        return http_handler(event, context)
-    take_cold_start()
-    record = run_job(app.state.services, job_id, time_budget_s=context.get_remaining_time_in_millis() / 1000)
-    return {"job_id": job_id, "status": record.status.value if record else "unknown"}
+    """Lambda entry: job events run a generation job; everything else is an HTTP request. Every log
+    line of the invocation carries its `function_request_id`."""
+    with log_context(function_request_id=context.aws_request_id):
+        job_id = job_id_from_event(event)
+        if job_id is None:
+            return http_handler(event, context)
+        take_cold_start()
+        record = run_job(app.state.services, job_id, time_budget_s=context.get_remaining_time_in_millis() / 1000)
+        return {"job_id": job_id, "status": record.status.value if record else "unknown"}

@@ -60,5 +60,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(StorageError, _storage_error)
     # No handler for Exception: any other error a route raises reaches the logging middleware
-    # (handler.logs.log_requests) first, which answers it with a JSON 500, so one registered here
+    # (handler.observability.requests) first, which answers it with a JSON 500, so one registered here
     # (Starlette runs it in its outermost middleware, outside ours) would never run.

@@ -16,6 +16,8 @@ from handler.dependencies import Services
 from handler.generation import GenerationParams
 from handler.job_records import ABANDONED_ERROR, JobRecord, JobStatus, JobStore, QueueFullError, job_event
 from handler.music_files import MusicFileError, make_music_file
+from handler.observability.logs import log_context
+from handler.observability.metrics import record_job_outcome, record_job_queued, record_job_started
 from handler.processes import current_worker, worker_is_gone
 from handler.storage import StorageError
 
@@ -102,7 +104,9 @@ def submit_job(
         failed = record.model_copy(update={"status": JobStatus.FAILED, "error": "Could not start the job"})
         with contextlib.suppress(StorageError):
             store.save(failed)
+        record_job_outcome(succeeded=False)
         raise
+    record_job_queued()
     return record
 
 
@@ -125,6 +129,7 @@ def fail_abandoned_jobs(services: Services) -> list[str]:
             }
         )
         store.save(failed)
+        record_job_outcome(succeeded=False)
         abandoned.append(job_id)
     if abandoned:
         logger.warning("jobs abandoned by a stopped server recorded failed", extra={"job_ids": abandoned})
@@ -135,8 +140,13 @@ def run_job(services: Services, job_id: str, time_budget_s: float | None = None)
     """Run a queued job to its end and record the outcome.
 
     Only a queued job runs: a running, final or unknown one is left alone, so a second delivery
-    of the same asynchronous event does not generate twice.
+    of the same asynchronous event does not generate twice. Every log line meanwhile carries `job_id`.
     """
+    with log_context(job_id=job_id):
+        return _run_job(services, job_id, time_budget_s)
+
+
+def _run_job(services: Services, job_id: str, time_budget_s: float | None) -> JobRecord | None:
     store = JobStore(services.storage)
     record = store.get(job_id)
     if record is None or record.status is not JobStatus.QUEUED:
@@ -148,6 +158,7 @@ def run_job(services: Services, job_id: str, time_budget_s: float | None = None)
         return _fail_unstarted(store, record, TOO_LONG_ERROR)
     budget = time_budget_s if time_budget_s is not None else max(120.0, 3 * estimate)
     now = datetime.now(UTC)
+    record_job_started((now - record.created_at).total_seconds())
     record = record.model_copy(
         update={
             "status": JobStatus.RUNNING,
@@ -172,9 +183,12 @@ def run_job(services: Services, job_id: str, time_budget_s: float | None = None)
     record = progress.record.model_copy(update={**outcome, "updated_at": datetime.now(UTC)})
     try:
         store.save(record)
+        recorded = True
     except StorageError:
         # The record then expires at its deadline and reads as failed.
         logger.exception("could not record the job's outcome", extra={"job_id": job_id})
+        recorded = False
+    record_job_outcome(succeeded=recorded and record.status is JobStatus.SUCCEEDED)
     logger.info("job finished", extra={"job_id": job_id, "status": record.status.value})
     return record
 
@@ -187,6 +201,7 @@ def _fail_unstarted(store: JobStore, record: JobRecord, error: str) -> JobRecord
         store.save(failed)
     except StorageError:
         logger.exception("could not record the job's outcome", extra={"job_id": record.job_id})
+    record_job_outcome(succeeded=False)
     logger.info("job refused: it would outlast its invocation", extra={"job_id": record.job_id})
     return failed
 

@@ -11,6 +11,8 @@ from handler.dependencies import Services
 from handler.generation import GenerationParams
 from handler.job_records import JobStore
 from handler.musicgen.generator import GenerationFailedError, ModelUnavailableError, ProgressCallback
+from handler.observability.metrics import record_audio_stored
+from handler.observability.traces import Stage, span
 from handler.storage import StorageError, prune
 
 logger = logging.getLogger(__name__)
@@ -53,31 +55,34 @@ def make_music_file(
         logger.exception("generation failed")
         raise MusicFileError(500, "Music generation failed") from exc
     try:
-        encoded = [encode(take, generator.sample_rate, output) for take in samples]
+        with span(Stage.ENCODE):
+            encoded = [encode(take, generator.sample_rate, output) for take in samples]
     except Exception as exc:
         logger.exception("encoding failed")
         raise MusicFileError(500, "Music generation failed") from exc
     saved: list[str] = []
     try:
-        for take, (filename, audio, seed) in enumerate(zip(filenames, encoded, params.seeds, strict=True)):
-            metadata = {
-                **asdict(params),
-                **asdict(output),
-                # The take's own seed; `take` and `takes` say where it stands among its request's.
-                "seed": seed,
-                "take": take,
-                "loudness_lufs": None if audio.loudness_lufs is None else round(audio.loudness_lufs, 2),
-                "seconds": audio.seconds,
-                "model_id": services.settings.model_id,
-                "sample_rate": generator.sample_rate,
-                "created_at": requested_at.isoformat(),
-            }
-            services.storage.save(filename, audio.data, metadata)
-            saved.append(filename)
+        with span(Stage.STORE):
+            for take, (filename, audio, seed) in enumerate(zip(filenames, encoded, params.seeds, strict=True)):
+                metadata = {
+                    **asdict(params),
+                    **asdict(output),
+                    # The take's own seed; `take` and `takes` say where it stands among its request's.
+                    "seed": seed,
+                    "take": take,
+                    "loudness_lufs": None if audio.loudness_lufs is None else round(audio.loudness_lufs, 2),
+                    "seconds": audio.seconds,
+                    "model_id": services.settings.model_id,
+                    "sample_rate": generator.sample_rate,
+                    "created_at": requested_at.isoformat(),
+                }
+                services.storage.save(filename, audio.data, metadata)
+                saved.append(filename)
     except StorageError as exc:
         logger.exception("storage write failed")
         _delete_quietly(services, saved)
         raise MusicFileError(503, "Storage unavailable") from exc
+    record_audio_stored(sum(audio.seconds for audio in encoded), output.format.value)
     try:
         pruned = prune(services.storage, services.settings.max_files, protect=saved)
         JobStore(services.storage).prune(services.settings.max_files, pruned)

@@ -191,6 +191,8 @@ def lambda_runtime(tiny_model_dir: Path, s3_bucket: str, tmp_path: Path) -> Iter
         "PATH": os.environ["PATH"],
         "HOME": str(tmp_path / "home"),
         "NO_PROXY": "127.0.0.1,localhost",
+        # LAMBDA_TASK_ROOT makes Powertools trace; no X-Ray daemon listens here, and none is tried.
+        "POWERTOOLS_TRACE_DISABLED": "true",
     }
     for name in (
         "AWS_ACCESS_KEY_ID",

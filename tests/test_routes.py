@@ -19,6 +19,7 @@ from tests.support.api import PROMPT, download, generate
 from tests.support.app import serve
 from tests.support.audio import decode
 from tests.support.doubles import FailingGenerator, GatedGenerator
+from tests.support.observability import log_lines
 from tests.support.storage import FailingSecondSave
 from tests.support.wav import read_wav
 
@@ -396,9 +397,12 @@ def test_unexpected_error_is_a_clean_500_that_is_logged_and_tagged(
     assert "secret" not in response.text
     assert "Traceback" not in response.text
     assert response.headers["x-request-id"]
-    logs = capsys.readouterr().out
-    assert '"status": 500' in logs
-    assert "secret internal detail" in logs, "the error is logged with its trace"
+    lines = log_lines(capsys.readouterr().out)
+    [error] = [line for line in lines if line["logger"] == "handler.errors"]
+    [access] = [line for line in lines if line["logger"] == "handler.access"]
+    assert access["status"] == 500
+    assert "secret internal detail" in error["exception"], "the error is logged with its trace"
+    assert error["request_id"] == access["request_id"] == response.headers["x-request-id"]
 
 
 @pytest.mark.parametrize("duration", [45, 75])

@@ -1,6 +1,7 @@
 """template.yaml and infra/Dockerfile, held to the code they deploy."""
 
 import importlib
+import json
 import re
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
 from handler.filenames import new_filename
+from handler.observability.metrics import BREAKDOWNS, NAMESPACE, Metric, record_job_outcome
 from handler.settings import Settings
 from handler.storage import S3Storage, StorageError, prune
 from tests.support.infra_files import (
@@ -25,6 +27,7 @@ from tests.support.infra_files import (
     parameter_defaults,
     resolve,
 )
+from tests.support.observability import data_points
 from tests.support.s3 import S3Request
 
 TEMPLATE = load_template()
@@ -339,3 +342,114 @@ def test_image_proves_libsndfile_encodes_every_format() -> None:
     assert "for f in AudioFormat" in check
     done = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+# --- Operating it: alarms and the dashboard read what the code emits ---------------------------
+
+ALARMS = {name: resource for name, resource in RESOURCES.items() if resource["Type"] == "AWS::CloudWatch::Alarm"}
+AWS_METRICS = {
+    ("AWS/Lambda", "FunctionName"): {"Ref": "MusicFunction"},
+    ("AWS/ApiGateway", "ApiId"): {"Ref": "MusicHttpApi"},
+}
+"""The AWS namespaces the alarms may read, each with the one dimension naming this stack's resource."""
+
+
+def emitted_by_code() -> dict[str, str | None]:
+    """Each metric the code emits in its namespace, with the one dimension it is also broken down by."""
+    return {metric.value: BREAKDOWNS.get(metric) for metric in Metric}
+
+
+def test_alarms_cover_errors_throttles_duration_failed_jobs_storage_and_5xx() -> None:
+    read = {(alarm["Properties"]["Namespace"], alarm["Properties"]["MetricName"]) for alarm in ALARMS.values()}
+    assert read == {
+        ("AWS/Lambda", "Errors"),
+        ("AWS/Lambda", "Throttles"),
+        ("AWS/Lambda", "Duration"),
+        (NAMESPACE, "JobsFailed"),
+        (NAMESPACE, "StorageErrors"),
+        ("AWS/ApiGateway", "5xx"),
+    }
+
+
+def test_every_alarm_reads_a_metric_that_exists_with_the_dimensions_it_is_published_with() -> None:
+    for name, alarm in ALARMS.items():
+        properties = alarm["Properties"]
+        dimensions = {item["Name"]: item["Value"] for item in properties.get("Dimensions", [])}
+        if properties["Namespace"] == NAMESPACE:
+            assert properties["MetricName"] in emitted_by_code(), name
+            # The code publishes every metric without dimensions too: an alarm on another set reads nothing.
+            assert dimensions == {}, name
+        else:
+            [(dimension, value)] = dimensions.items()
+            assert AWS_METRICS[(properties["Namespace"], dimension)] == value, name
+        assert properties["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+        assert properties["TreatMissingData"] == "notBreaching"  # no data: nothing happened
+
+
+def test_the_metric_catalogue_is_what_the_code_prints(capsys: pytest.CaptureFixture[str]) -> None:
+    """The catalogue the alarms are checked against is what the code really prints (the rest of
+    it, from a real generation, in tests/observability/test_metrics.py)."""
+    StorageError("x")
+    record_job_outcome(succeeded=False)
+    printed = {point.name for point in data_points(capsys.readouterr().out)}
+    assert {"StorageErrors", "JobsFailed"} <= printed
+    assert printed <= set(emitted_by_code())
+
+
+def test_duration_alarm_fires_near_the_timeout() -> None:
+    properties = ALARMS["FunctionDurationAlarm"]["Properties"]
+    assert properties["Statistic"] == "Maximum"
+    assert properties["Threshold"] == 0.9 * PROPERTIES["Timeout"] * 1000  # Duration is in milliseconds
+
+
+def test_alarm_email_is_optional_and_no_topic_is_made_without_one() -> None:
+    parameter = TEMPLATE["Parameters"]["AlarmEmail"]
+    assert parameter["Default"] == ""
+    pattern = re.compile(parameter["AllowedPattern"])
+    assert pattern.fullmatch("")
+    assert pattern.fullmatch("ops@example.com")
+    assert not pattern.fullmatch("not an address")
+    assert TEMPLATE["Conditions"]["HasAlarmEmail"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmEmail"}, ""]}]}
+    topic = RESOURCES["AlarmTopic"]
+    assert topic["Condition"] == "HasAlarmEmail"
+    assert topic["Properties"]["Subscription"] == [{"Protocol": "email", "Endpoint": {"Ref": "AlarmEmail"}}]
+    no_topic = {"Fn::If": ["HasAlarmEmail", [{"Ref": "AlarmTopic"}], {"Ref": "AWS::NoValue"}]}
+    for name, alarm in ALARMS.items():
+        assert alarm["Properties"]["AlarmActions"] == no_topic, name
+        assert alarm["Properties"]["OKActions"] == no_topic, name
+    # Nothing else refers to the topic, so without an address the stack holds no trace of it.
+    others = {name: resource for name, resource in RESOURCES.items() if name not in ALARMS and name != "AlarmTopic"}
+    assert "AlarmTopic" not in str(others) + str(TEMPLATE["Outputs"])
+
+
+DASHBOARD_REFS = {"srocks-music": {"Ref": "MusicFunction"}, "abc123": {"Ref": "MusicHttpApi"}}
+"""What the dashboard's references resolve to here, and the resource each names."""
+
+
+DASHBOARD_REFS = {"srocks-music": {"Ref": "MusicFunction"}, "abc123": {"Ref": "MusicHttpApi"}}
+"""What the dashboard's references resolve to here, and the resource each names."""
+
+
+def dashboard_body() -> dict[str, Any]:
+    """The dashboard's JSON, with this stack's names and every alarm's ARN filled in."""
+    refs = {"AWS::Region": "eu-west-1", "MusicFunction": "srocks-music", "MusicHttpApi": "abc123"}
+    refs |= {f"{name}.Arn": f"arn:aws:cloudwatch:eu-west-1:1:alarm:{name}" for name in ALARMS}
+    body: dict[str, Any] = json.loads(resolve(RESOURCES["MusicDashboard"]["Properties"]["DashboardBody"], refs))
+    return body
+
+
+def test_dashboard_shows_every_metric_the_code_emits_and_every_alarm() -> None:
+    widgets = dashboard_body()["widgets"]
+    shown = [metric for widget in widgets for metric in widget["properties"].get("metrics", [])]
+    ours = {metric[1] for metric in shown if metric[0] == NAMESPACE}
+    assert ours == set(emitted_by_code())
+    for metric in shown:
+        if metric[0] == NAMESPACE:
+            assert len(metric) == 3, f"{metric}: no dimensions, as the alarms read them"
+        else:
+            namespace, _name, dimension, value, _options = metric
+            assert AWS_METRICS[(namespace, dimension)] == DASHBOARD_REFS[value]
+    [alarm_widget] = [widget for widget in widgets if widget["type"] == "alarm"]
+    assert sorted(alarm_widget["properties"]["alarms"]) == sorted(
+        f"arn:aws:cloudwatch:eu-west-1:1:alarm:{name}" for name in ALARMS
+    )

@@ -1,5 +1,6 @@
 """The generation engine: MusicGen loaded once per process, one generation at a time."""
 
+import contextvars
 import logging
 import math
 import threading
@@ -16,6 +17,8 @@ import numpy.typing as npt
 from handler.cpu import cpu_has_bf16
 from handler.generation import GenerationParams
 from handler.musicgen.windows import WindowShape
+from handler.observability.metrics import record_generation, record_model_load
+from handler.observability.traces import Stage, span
 from handler.settings import Precision, default_cache_dir
 
 logger = logging.getLogger(__name__)
@@ -59,7 +62,8 @@ def on_engine_thread(work: Callable[[], _Result]) -> _Result:
     """
     if threading.get_ident() in _engine_thread_ids:
         return work()
-    return _engine_thread.submit(work).result()
+    # In the caller's context, so the engine's log lines carry the request's or job's keys.
+    return _engine_thread.submit(contextvars.copy_context().run, work).result()
 
 
 class ModelUnavailableError(RuntimeError):
@@ -220,10 +224,13 @@ class MusicgenGenerator:
             )
         started = time.perf_counter()
         try:
-            self._loaded = _load(self.model_id, self.precision, self.cache_dir)
+            with span(Stage.MODEL_LOAD):
+                self._loaded = _load(self.model_id, self.precision, self.cache_dir)
             self._load_error = None
             self._load_failures = 0
-            self.speed.record_load(time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self.speed.record_load(seconds)
+            record_model_load(seconds, self._loaded.info.precision)
             return self._loaded
         except Exception as exc:
             logger.exception("model load failed", extra={"model_id": self.model_id})
@@ -244,7 +251,9 @@ class MusicgenGenerator:
         loaded = self._load_once()
         started = time.perf_counter()
         audio = _generate(loaded, params, on_progress)
-        self.speed.record_generation(loaded.work(params.duration, params.takes), time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self.speed.record_generation(loaded.work(params.duration, params.takes), seconds)
+        record_generation(seconds, params.duration * params.takes, loaded.info.precision)
         return audio
 
     def estimate_seconds(self, duration: int, takes: int = 1) -> float:
@@ -296,18 +305,20 @@ def _generate(
         # The last few percent are EnCodec decoding.
         on_progress(DECODE_SHARE * done / total)
 
-    codes = loaded.model.generate_clip(
-        input_ids,
-        attention_mask,
-        frames=params.duration * loaded.frame_rate,
-        guidance_scale=params.guidance_scale,
-        temperature=params.temperature,
-        top_k=loaded.top_k,
-        seed=params.seed,
-        takes=params.takes,
-        on_step=report_step if on_progress else None,
-    )
-    samples = loaded.model.decode_audio(codes)[:, 0].float().numpy()
+    with span(Stage.DECODE):
+        codes = loaded.model.generate_clip(
+            input_ids,
+            attention_mask,
+            frames=params.duration * loaded.frame_rate,
+            guidance_scale=params.guidance_scale,
+            temperature=params.temperature,
+            top_k=loaded.top_k,
+            seed=params.seed,
+            takes=params.takes,
+            on_step=report_step if on_progress else None,
+        )
+    with span(Stage.ENCODEC):
+        samples = loaded.model.decode_audio(codes)[:, 0].float().numpy()
     expected = params.duration * loaded.sample_rate
     if samples.shape != (params.takes, samples.shape[-1]) or samples.shape[-1] < expected:
         raise GenerationFailedError(f"model produced {samples.shape} samples, expected ({params.takes}, {expected})")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from handler.filenames import job_id_for
+from handler.observability.metrics import record_storage_error
 
 JOBS_FOLDER = "jobs"
 """Job records live in this folder of the storage, beside the generated files."""
@@ -15,6 +16,11 @@ JOBS_FOLDER = "jobs"
 
 class StorageError(RuntimeError):
     """The storage backend failed; nothing half-written is left listed."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        # Counted where it is raised, so every failed operation counts once, whoever handles it.
+        record_storage_error()
 
 
 @dataclass(frozen=True)
