@@ -16,7 +16,7 @@ from handler.job_records import JobDispatcher, job_id_from_event
 from handler.jobs import LambdaJobInvoker, LocalJobQueue, fail_abandoned_jobs, run_job
 from handler.musicgen.generator import ModelUnavailableError, MusicGenerator, MusicgenGenerator
 from handler.observability.logs import configure_logging, log_context, take_cold_start
-from handler.observability.requests import observe_requests
+from handler.observability.requests import ObservedRequests
 from handler.observability.traces import traced_lambda_handler
 from handler.openapi import install_openapi
 from handler.routes import router
@@ -118,7 +118,7 @@ def create_app(
     install_error_handlers(app)
     keys = KeyRing(settings.api_key_digests)
     install_guards(app, keys, settings.cors_origin_list)
-    app.middleware("http")(observe_requests)
+    app.add_middleware(ObservedRequests)
     app.add_middleware(SecurityHeaders)
     app.include_router(router)
     install_studio(app)

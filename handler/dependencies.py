@@ -21,7 +21,7 @@ class Services:
     jobs: JobDispatcher
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     """The services of the app serving this request."""
     services: Services = request.app.state.services
     return services

@@ -87,7 +87,7 @@ def model_name(model_id: str) -> str:
 
 
 @router.get("/", response_model=Health, responses=HEALTH_RESPONSES, summary="Health check")
-def health(services: ServicesDep) -> Health:
+async def health(services: ServicesDep) -> Health:
     """Whether the API is up, which model it serves, and whether that model has loaded."""
     generator = services.generator
     return Health(

@@ -73,21 +73,32 @@ def test_smoke_benchmark_measures_baseline_engine_http_takes_long_clips_and_qual
     assert "int4, a 35 s clip (windows of 30 s):" in printed
 
 
-def test_smoke_load_benchmark_reports_latencies_and_no_errors(
+def test_smoke_load_benchmark_reports_latencies_and_no_errors_at_each_pace(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "load.json"
     result = load.main(
-        ["--smoke", "--clients", "20", "--seconds", "2", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
+        [
+            *("--smoke", "--clients", "20", "--seconds", "2", "--paces", "5", "closed", "--clip-seconds", "5"),
+            *("--cache-dir", str(tmp_path / "cache"), "--out", str(out)),
+        ]
     )
     assert json.loads(out.read_text()) == result
-    assert result["errors"] == []
-    for route in ("/", "/files/"):
-        figures = result["routes"][route]
-        assert figures["requests"] > 0
-        assert 0 < figures["p50_ms"] <= figures["p99_ms"] <= figures["max_ms"]
+    assert [phase["pace"] for phase in result["phases"]] == ["5", "closed"]
+    paced, closed = result["phases"]
+    for phase in result["phases"]:
+        assert phase["errors"] == []
+        for route in ("/", "/files/"):
+            figures = phase["routes"][route]
+            assert figures["requests"] > 0
+            assert 0 < figures["p50_ms"] <= figures["p99_ms"] <= figures["max_ms"]
+    # 20 clients at 5 requests/s for 2 s: about 200 requests, however fast the server answers.
+    assert 150 <= sum(figures["requests"] for figures in paced["routes"].values()) <= 210
+    assert closed["requests_per_second"] > paced["requests_per_second"]
     printed = capsys.readouterr().out
-    assert "Load: 20 clients for 2 s while a generation runs; CPU" in printed
+    assert "Load: 20 clients for 2 s at each pace while a generation runs; CPU" in printed
+    assert "5 request/s per client:" in printed
+    assert "closed loop (no pause):" in printed
     assert "GET /: p50" in printed
     assert "errors: 0" in printed
 

@@ -3,10 +3,10 @@
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from typing import Any
 
-from starlette.requests import Request
-from starlette.responses import Response
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from handler.errors import error_response
 from handler.observability.logs import log_context, take_cold_start
@@ -18,42 +18,66 @@ UNROUTED = "unrouted"
 one refused before routing (an API key missing or wrong, a body too large)."""
 
 
-def route_of(request: Request) -> str:
-    """The route that answered `request`, as `METHOD /path/{template}`: bounded, whatever the client
-    sends. Read once the app has answered, from what routing left in the request's scope."""
-    route = request.scope.get("route")
+def route_of(scope: Scope) -> str:
+    """The route that answered the request, as `METHOD /path/{template}`: bounded, whatever the
+    client sends. Read once the app has answered, from what routing left in the request's scope."""
+    route = scope.get("route")
     path = getattr(route, "path", None)
+    method = scope["method"]
     # A method the route does not take is the client's to choose: it would add a metric per word.
     # A mount (the studio's static files) takes reads only.
-    if path is None or request.method not in (getattr(route, "methods", None) or READ_METHODS):
+    if path is None or method not in (getattr(route, "methods", None) or READ_METHODS):
         return UNROUTED
-    return f"{request.method} {path}"
+    return f"{method} {path}"
 
 
-async def observe_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    """Middleware: tag the request's log lines with its Lambda request id (or a fresh one), then
-    log its outcome and count it by route."""
-    context = request.scope.get("aws.context")
-    request_id = getattr(context, "aws_request_id", None) or uuid.uuid4().hex
-    started = time.perf_counter()
-    cold_start = take_cold_start()
-    with log_context(request_id=request_id):
-        try:
-            response = await call_next(request)
-        except Exception:
-            # Answered here, not by the outer error middleware, so it is logged and tagged like the rest.
-            logging.getLogger("handler.errors").exception("unhandled error", extra={"path": request.url.path})
-            response = error_response(500, "Internal server error")
-        logging.getLogger("handler.access").info(
-            "request",
-            extra={
-                "method": request.method,
-                "path": request.url.path,
-                "status": response.status_code,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 1),
-                "cold_start": cold_start,
-            },
-        )
-    record_response(route_of(request), response.status_code)
-    response.headers["x-request-id"] = request_id
-    return response
+class ObservedRequests:
+    """Tags each request's log lines with its Lambda request id (or a fresh one), answers an
+    unhandled error with a 500, then logs the outcome and counts it by route.
+
+    Plain ASGI rather than Starlette's `BaseHTTPMiddleware`, whose extra task and streams per
+    request cost more than everything else a health check does.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        context = scope.get("aws.context")
+        request_id = getattr(context, "aws_request_id", None) or uuid.uuid4().hex
+        started = time.perf_counter()
+        cold_start = take_cold_start()
+        status: int | None = None
+
+        async def send_tagged(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)["x-request-id"] = request_id
+            await send(message)
+
+        with log_context(request_id=request_id):
+            try:
+                await self.app(scope, receive, send_tagged)
+            except Exception:
+                # Answered here, not by the outer error middleware, so it is logged and tagged like the rest.
+                logging.getLogger("handler.errors").exception("unhandled error", extra={"path": scope["path"]})
+                if status is not None:
+                    raise  # the response has begun: the server can only drop the connection
+                await error_response(500, "Internal server error")(scope, receive, send_tagged)
+            logging.getLogger("handler.access").info("request", extra=access_fields(scope, status, started, cold_start))
+        record_response(route_of(scope), status or 500)
+
+
+def access_fields(scope: Scope, status: int | None, started: float, cold_start: bool) -> dict[str, Any]:
+    """The access log line's fields."""
+    return {
+        "method": scope["method"],
+        "path": scope["path"],
+        "status": status,
+        "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+        "cold_start": cold_start,
+    }

@@ -1,15 +1,18 @@
 """The transformers engine over the tiny model."""
 
 import math
+import os
 import shutil
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from handler.generation import GenerationParams
 from handler.musicgen.generator import (
+    ENGINE_NICENESS,
     ModelUnavailableError,
     MusicgenGenerator,
     decode_steps,
@@ -172,3 +175,24 @@ def test_generations_asked_from_any_thread_run_on_the_one_engine_thread(
 def test_work_on_the_engine_thread_may_ask_for_the_engine_thread() -> None:
     outer = on_engine_thread(lambda: (threading.get_ident(), on_engine_thread(threading.get_ident)))
     assert outer[0] == outer[1] != threading.get_ident()
+
+
+def thread_niceness(thread: int) -> int:
+    """A thread's niceness, as the kernel reports it (field 19 of its stat line)."""
+    stat = Path(f"/proc/self/task/{thread}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])
+
+
+def test_the_engine_and_the_openmp_workers_it_starts_run_below_the_server() -> None:
+    server = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    def busy_engine() -> tuple[int, set[int]]:
+        torch.ones(1024, 1024) @ torch.ones(1024, 1024)  # starts the engine's OpenMP workers
+        return threading.get_native_id(), {int(task.name) for task in Path("/proc/self/task").iterdir()}
+
+    engine, threads = on_engine_thread(busy_engine)
+    expected = min(19, server + ENGINE_NICENESS)
+    assert thread_niceness(engine) == expected
+    assert thread_niceness(threading.get_native_id()) == server
+    if torch.get_num_threads() > 1:
+        assert sum(thread_niceness(t) == expected for t in threads if t != engine) >= torch.get_num_threads() - 1
