@@ -7,6 +7,7 @@
 
 #define SRM_DOTS "avx512vnni"
 #define SRM_QUERY_SHIFT 128 /* vpdpbusd takes the query unsigned: shifted by +128, see tile_dots */
+#define SRM_ROWS_PER_PASS 4 /* 16 of the 32 zmm registers accumulate int8 dots, 4 int4 ones beside 16 unpacked weights */
 
 #include "dots_plain.h"
 

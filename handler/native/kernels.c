@@ -40,6 +40,10 @@
 #include "dots_plain.h"
 #endif
 
+#ifndef SRM_ROWS_PER_PASS
+#define SRM_ROWS_PER_PASS 2 /* input rows whose accumulators the dot kernels keep in registers at once */
+#endif
+
 /* ---------------------------------------------------------------- scalar helpers */
 
 /* exp(x) to ~2 ulp, in a form compilers vectorise (libm's expf is a scalar call). */
@@ -118,6 +122,49 @@ static void quantize_input(const srm_decoder *m, const float *src, int64_t k, in
     }
 }
 
+/* The dot kernels with `rows` a constant keep their accumulators in registers. Two rows (one
+ * prompt with guidance) and one (folded cross-attention, the LSTM) are the common cases; more
+ * rows (several takes) go through in passes of SRM_ROWS_PER_PASS, as many as the instruction
+ * set's registers hold, the weight block staying in L1 between passes. */
+static inline __attribute__((always_inline)) void dot_rows(const int8_t *w, const int8_t *quant, int64_t stride,
+                                                           int64_t rows, int64_t k,
+                                                           int32_t acc[SRM_BLOCK_N][SRM_MAX_ROWS]) {
+    for (int64_t r0 = 0; r0 < rows; r0 += SRM_ROWS_PER_PASS) {
+        const int64_t left = rows - r0;
+        int32_t part[SRM_BLOCK_N][SRM_MAX_ROWS];
+        if (left >= SRM_ROWS_PER_PASS)
+            dot_block(w, quant + r0 * stride, stride, SRM_ROWS_PER_PASS, k, part);
+        else if (left == 2)
+            dot_block(w, quant + r0 * stride, stride, 2, k, part);
+        else if (left == 1)
+            dot_block(w, quant + r0 * stride, stride, 1, k, part);
+        else
+            dot_block(w, quant + r0 * stride, stride, left, k, part);
+        const int64_t done = left < SRM_ROWS_PER_PASS ? left : SRM_ROWS_PER_PASS;
+        for (int i = 0; i < SRM_BLOCK_N; i++)
+            for (int64_t r = 0; r < done; r++) acc[i][r0 + r] = part[i][r];
+    }
+}
+
+static inline __attribute__((always_inline)) void dot_rows4(const uint8_t *w, const uint16_t *group_scale,
+                                                            const int8_t *quant, const int32_t *quant_sum,
+                                                            int64_t stride, int64_t sum_stride, int64_t rows,
+                                                            int64_t k, float out[SRM_MAX_ROWS][SRM_BLOCK_N4]) {
+    for (int64_t r0 = 0; r0 < rows; r0 += SRM_ROWS_PER_PASS) {
+        const int64_t left = rows - r0;
+        const int8_t *q = quant + r0 * stride;
+        const int32_t *qs = quant_sum + r0 * sum_stride;
+        if (left >= SRM_ROWS_PER_PASS)
+            dot_block4(w, group_scale, q, qs, stride, sum_stride, SRM_ROWS_PER_PASS, k, out + r0);
+        else if (left == 2)
+            dot_block4(w, group_scale, q, qs, stride, sum_stride, 2, k, out + r0);
+        else if (left == 1)
+            dot_block4(w, group_scale, q, qs, stride, sum_stride, 1, k, out + r0);
+        else
+            dot_block4(w, group_scale, q, qs, stride, sum_stride, left, k, out + r0);
+    }
+}
+
 /* Each thread takes whole rows; the loop's end is a barrier. */
 static void norm_and_quantize(const srm_decoder *m, const float *x, const float *w, const float *b) {
 #pragma omp for schedule(static)
@@ -146,14 +193,7 @@ static void linear(const srm_decoder *m, const srm_linear *lin, int64_t rows, fl
             float y[SRM_MAX_ROWS][SRM_BLOCK_N4];
             const uint8_t *w = (const uint8_t *)lin->weight + nb * lin->k / 2;
             const uint16_t *group_scale = lin->group_scale + nb * (lin->k / SRM_BLOCK_K);
-            /* Two rows (one prompt with guidance) and one (folded cross-attention, the LSTM) are
-             * the common cases: with `rows` a constant the accumulators stay in registers. */
-            if (rows == 2)
-                dot_block4(w, group_scale, m->quant, m->quant_sum, m->in_stride, sum_stride, 2, lin->k, y);
-            else if (rows == 1)
-                dot_block4(w, group_scale, m->quant, m->quant_sum, m->in_stride, sum_stride, 1, lin->k, y);
-            else
-                dot_block4(w, group_scale, m->quant, m->quant_sum, m->in_stride, sum_stride, rows, lin->k, y);
+            dot_rows4(w, group_scale, m->quant, m->quant_sum, m->in_stride, sum_stride, rows, lin->k, y);
             const int64_t width = lin->out_features - nb < SRM_BLOCK_N4 ? lin->out_features - nb : SRM_BLOCK_N4;
             for (int64_t r = 0; r < rows; r++) {
                 float *dst = out + r * out_stride + nb;
@@ -169,12 +209,7 @@ static void linear(const srm_decoder *m, const srm_linear *lin, int64_t rows, fl
 #pragma omp for schedule(static)
     for (int64_t nb = 0; nb < lin->n; nb += SRM_BLOCK_N) {
         int32_t acc[SRM_BLOCK_N][SRM_MAX_ROWS];
-        if (rows == 2)
-            dot_block(lin->weight + nb * lin->k, m->quant, m->in_stride, 2, lin->k, acc);
-        else if (rows == 1)
-            dot_block(lin->weight + nb * lin->k, m->quant, m->in_stride, 1, lin->k, acc);
-        else
-            dot_block(lin->weight + nb * lin->k, m->quant, m->in_stride, rows, lin->k, acc);
+        dot_rows(lin->weight + nb * lin->k, m->quant, m->in_stride, rows, lin->k, acc);
         for (int i = 0; i < SRM_BLOCK_N && nb + i < lin->out_features; i++) {
             const int32_t shift = dot_block_excess(lin, nb + i);
             const int64_t n = nb + i;

@@ -18,7 +18,15 @@ SHAPES = [(64, 4, 128), (24, 2, 40)]
 @pytest.mark.parametrize("packed", [Int8Linear, Int4Linear])
 @pytest.mark.parametrize(
     ("out_features", "in_features", "rows", "bias"),
-    [(48, 16, 2, True), (3072, 1024, 2, False), (8, 100, 1, True), (1024, 4096, 3, True), (64, 128, 19, True)],
+    [
+        (48, 16, 2, True),
+        (3072, 1024, 2, False),
+        (8, 100, 1, True),
+        (1024, 4096, 3, True),
+        (64, 128, 19, True),
+        (1024, 1024, 8, False),
+        (256, 512, 6, True),
+    ],
 )
 def test_linear_equals_torch(
     kernels: NativeKernels, out_features: int, in_features: int, rows: int, bias: bool, packed: type[PackedLinear]
