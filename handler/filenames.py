@@ -26,15 +26,20 @@ def new_filename(now: datetime, audio_format: AudioFormat = AudioFormat.WAV) -> 
 def is_valid_filename(name: str) -> bool:
     """Whether `name` is exactly a generated file's name (no paths, no other extensions, a real date)."""
     match = FILENAME_PATTERN.fullmatch(name)
-    return match is not None and _is_timestamp(match.group(1))
+    return match is not None and _timestamp(match.group(1)) is not None
 
 
-def _is_timestamp(text: str) -> bool:
+def _timestamp(text: str) -> datetime | None:
+    """The UTC time `YYYYMMDD_HHMMSS` (as the pattern matched it) names, or None if it is no real
+    time. What `strptime` with TIMESTAMP_FORMAT accepts, at a tenth of its cost: a listing parses
+    every stored name."""
     try:
-        datetime.strptime(text, TIMESTAMP_FORMAT)
+        return datetime(
+            int(text[0:4]), int(text[4:6]), int(text[6:8]), int(text[9:11]), int(text[11:13]), int(text[13:15]),
+            tzinfo=UTC,
+        )  # fmt: skip
     except ValueError:
-        return False
-    return True
+        return None
 
 
 def _match(name: str) -> re.Match[str]:
@@ -46,7 +51,10 @@ def _match(name: str) -> re.Match[str]:
 
 def created_at(name: str) -> datetime:
     """The UTC creation time encoded in a valid generated file's name."""
-    return datetime.strptime(_match(name).group(1), TIMESTAMP_FORMAT).replace(tzinfo=UTC)
+    when = _timestamp(_match(name).group(1))
+    if when is None:
+        raise ValueError(f"not a real time: {name!r}")
+    return when
 
 
 def format_of(name: str) -> AudioFormat:

@@ -6,6 +6,7 @@ import pytest
 
 from handler.audio.output import AudioFormat
 from handler.filenames import (
+    TIMESTAMP_FORMAT,
     created_at,
     filename_for,
     format_of,
@@ -73,3 +74,34 @@ def test_anything_else_is_not_a_valid_name(name: str) -> None:
         created_at(name)
     with pytest.raises(ValueError, match="not a generated file name"):
         format_of(name)
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        "20261203_235959",
+        "20240229_120000",
+        "20250229_120000",
+        "20261301_000000",
+        "20261200_000000",
+        "20261131_000000",
+        "20261203_240000",
+        "20261203_236000",
+        "20261203_235960",
+        "20261203_235961",
+        "00000101_000000",
+        "00010101_000000",
+    ],
+)
+def test_a_name_is_valid_and_dated_exactly_when_strptime_reads_its_time(stamp: str) -> None:
+    name = f"gen_{stamp}_0a1b2c3d.wav"
+    try:
+        expected: datetime | None = datetime.strptime(stamp, TIMESTAMP_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        expected = None
+    assert is_valid_filename(name) is (expected is not None)
+    if expected is None:
+        with pytest.raises(ValueError):
+            created_at(name)
+    else:
+        assert created_at(name) == expected
