@@ -2,13 +2,14 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-# On Linux, TORCH_INDEX=https://download.pytorch.org/whl/cpu installs the small CPU-only torch build.
-TORCH_INDEX ?=
+# On Linux, the CPU-only torch build from PyTorch's own index (about 0.2 GB, against PyPI's CUDA build
+# and its ~3 GB of NVIDIA libraries, which a CPU service never loads); TORCH_INDEX= installs PyPI's.
+TORCH_INDEX ?= $(if $(filter Linux,$(shell uname -s)),https://download.pytorch.org/whl/cpu)
 PIP_INSTALL := $(BIN)/python -m pip install --disable-pip-version-check -q $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup setup-dev kernels run test lint arm64-tools browser-tools api-key
+.PHONY: setup setup-dev kernels run test lint arm64-tools browser-tools test-tools api-key
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -78,5 +79,16 @@ browser-tools:
 	  $(call apt-install,chromium,the browser tests in tests/studio); \
 	fi
 
-test: lint arm64-tools browser-tools
+# What the tests need from the system, in one apt-get (one package index update) for whatever is missing.
+test-tools:
+	@missing=""; \
+	if ! command -v aarch64-linux-gnu-gcc >/dev/null || ! command -v qemu-aarch64-static >/dev/null; then \
+	  missing="$(ARM64_TOOLS)"; \
+	fi; \
+	if [ -z "$$CHROMIUM" ] && ! command -v chromium >/dev/null; then missing="$$missing chromium"; fi; \
+	if [ -n "$$missing" ]; then \
+	  $(call apt-install,$$missing,tests/native/test_arm64.py and tests/studio); \
+	fi
+
+test: lint test-tools
 	$(BIN)/python -m pytest
