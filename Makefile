@@ -16,7 +16,7 @@ endef
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup setup-dev kernels run test lint lock arm64-tools browser-tools api-key
+.PHONY: setup setup-dev kernels run test lint lock arm64-tools browser-tools test-tools api-key
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -92,5 +92,16 @@ browser-tools:
 	  $(call apt-install,chromium,the browser tests in tests/studio); \
 	fi
 
-test: lint arm64-tools browser-tools
+# What the tests need from the system, in one apt-get (one package index update) for whatever is missing.
+test-tools:
+	@missing=""; \
+	if ! command -v aarch64-linux-gnu-gcc >/dev/null || ! command -v qemu-aarch64-static >/dev/null; then \
+	  missing="$(ARM64_TOOLS)"; \
+	fi; \
+	if [ -z "$$CHROMIUM" ] && ! command -v chromium >/dev/null; then missing="$$missing chromium"; fi; \
+	if [ -n "$$missing" ]; then \
+	  $(call apt-install,$$missing,tests/native/test_arm64.py and tests/studio); \
+	fi
+
+test: lint test-tools
 	$(BIN)/python -m pytest

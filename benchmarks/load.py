@@ -1,7 +1,7 @@
 """Latency of the cheap endpoints under load while a generation runs, on loopback.
 
     python -m benchmarks.load                 # musicgen-small architecture (random weights), 50 clients
-    python -m benchmarks.load --smoke         # tiny model, a few seconds; what CI runs
+    python -m benchmarks.load --smoke         # tiny model, 3 clips listed, a few seconds; what CI runs
 
 `make run`'s server in its own process. For each pace, a clip of `--clip-seconds` is generated as a
 job while `--clients` concurrent clients call `GET /` and `GET /files/` in turns for `--seconds`.
@@ -39,7 +39,8 @@ from handler.cpu import cpu_flags
 
 ROUTES = ("/", "/files/")
 LISTED_FILES = 20
-"""Clips made before the load, so `GET /files/` lists (and reads the sidecars of) a real page."""
+"""Clips made before the load, so `GET /files/` lists (and reads the sidecars of) a real page; the
+smoke run makes 3 (each costs CI a generation)."""
 CLOSED = "closed"
 DEFAULT_PACES = ("1", "4", CLOSED)
 """Requests per second per client: 1 is a page polling a job, 4 a busy one; `closed` is no pause."""
@@ -104,12 +105,15 @@ async def hammer(base_url: str, clients: int, seconds: float, pace: str = CLOSED
     }
 
 
-def run(model: Path, clients: int, seconds: float, clip_seconds: int, paces: list[str]) -> dict[str, Any]:
-    """The load at each pace, against a fresh server on `model`, each while a generation runs."""
+def run(
+    model: Path, clients: int, seconds: float, clip_seconds: int, paces: list[str], listed_files: int
+) -> dict[str, Any]:
+    """The load at each pace, against a fresh server on `model` listing `listed_files` clips, each
+    while a generation runs."""
     phases = []
     with local_server(model, "int8") as (client, _, _):
         wait_until_loaded(client)
-        for seed in range(LISTED_FILES):
+        for seed in range(listed_files):
             made = client.post("/generate/", json={"text": PROMPT, "duration": 1, "seed": seed})
             assert made.status_code == 200, made.text
         for pace in paces:
@@ -163,12 +167,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--cache-dir", type=Path, default=CACHE_DIR, help="where the benchmark model is kept")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "load.json")
     args = parser.parse_args(argv)
-    result = run(model_dir(args.smoke, args.cache_dir), args.clients, args.seconds, args.clip_seconds, args.paces)
+    listed_files = 3 if args.smoke else LISTED_FILES
+    result = run(
+        model_dir(args.smoke, args.cache_dir), args.clients, args.seconds, args.clip_seconds, args.paces, listed_files
+    )
     result |= {
         "cpu": cpu_model(),
         "flags": " ".join(sorted(cpu_flags() & NOTABLE_FLAGS)),
         "clients": args.clients,
         "seconds": args.seconds,
+        "listed_files": listed_files,
     }
     print("\n".join(report_lines(result)))
     args.out.parent.mkdir(parents=True, exist_ok=True)

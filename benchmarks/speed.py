@@ -1,7 +1,7 @@
 """Speed of our engine against plain transformers `generate`, on the same model in one run.
 
     python -m benchmarks.speed            # musicgen-small architecture, random weights (cached); int8 and int4
-    python -m benchmarks.speed --smoke    # tiny model, seconds; what CI runs
+    python -m benchmarks.speed --smoke    # tiny model, seconds, the extras in one precision; what CI runs
 
 Besides the engines' speed: 4 takes of a clip against 1 take, side by side, and a clip past one
 30 s window (120 s: its time and peak memory), each precision in its own process.
@@ -682,7 +682,9 @@ def table(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="tiny model and short clips (CI)")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny model, short clips, the extras in the first precision only (CI)"
+    )
     parser.add_argument("--seconds", type=int, default=10, help="clip length for the timings")
     parser.add_argument("--long-seconds", type=int, default=30, help="clip length for peak memory")
     parser.add_argument(
@@ -721,26 +723,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "engine", directory=directory, seconds=seconds, precision=precision, long_seconds=long_seconds
         )
         report["http"][precision] = measure_http(directory, seconds, precision)
+    # The smoke run measures the engines in every precision and the rest (each build, takes, a clip
+    # past one window, starts from a plain directory) in the first only: the same code whatever the
+    # precision, and each of those processes or servers costs CI seconds of imports.
+    extras = args.precisions[:1] if args.smoke else args.precisions
     report["builds"] = {
         precision: {
             variant: run_isolated("build", directory=directory, seconds=seconds, precision=precision, build=variant)
             for variant in runnable_builds()
         }
-        for precision in args.precisions
+        for precision in extras
         if precision in QUANTIZED
     }
     report["takes"] = {
         precision: run_isolated("takes", directory=directory, seconds=seconds, precision=precision)
-        for precision in args.precisions
+        for precision in extras
     }
     report["long"] = {
         precision: run_isolated("long", directory=directory, seconds=extended_seconds, precision=precision)
-        for precision in args.precisions
+        for precision in extras
     }
     report["encodec"] = run_isolated("encodec", directory=directory, seconds=seconds)
     report["plain_directory"] = {
         precision: measure_plain_directory(directory, seconds, long_seconds, precision)
-        for precision in args.precisions
+        for precision in extras
         if precision in QUANTIZED
     }
     compared = [precision for precision in args.precisions if precision != "fp32"]

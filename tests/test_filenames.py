@@ -101,7 +101,7 @@ def test_a_name_is_valid_and_dated_exactly_when_strptime_reads_its_time(stamp: s
         expected = None
     assert is_valid_filename(name) is (expected is not None)
     if expected is None:
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="not a real time"):
             created_at(name)
     else:
         assert created_at(name) == expected

@@ -17,6 +17,8 @@ class FuzzReport:
     completed: bool = False
     requests: int = 0
     server_errors: int = 0
+    statuses: set[int] = field(default_factory=set)
+    """Every status code the app answered with: which answers a run with few examples reached."""
 
 
 def fuzz(app: FastAPI, max_examples: int, seed: int, headers: dict[str, str] | None = None) -> FuzzReport:
@@ -47,8 +49,10 @@ def record_checks(report: FuzzReport, event: events.ScenarioFinished) -> None:
     recorder = event.recorder
     for exchanged in recorder.interactions.values():
         report.requests += 1
-        if exchanged.response is not None and exchanged.response.status_code >= 500:
-            report.server_errors += 1
+        if exchanged.response is not None:
+            report.statuses.add(exchanged.response.status_code)
+            if exchanged.response.status_code >= 500:
+                report.server_errors += 1
     for case_id, checks in recorder.checks.items():
         for check in checks:
             report.checks_run.add(check.name)
