@@ -6,9 +6,10 @@ import uuid
 from typing import Any
 
 from starlette.datastructures import MutableHeaders
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from handler.errors import error_response
+from handler.middleware import HttpMiddleware
 from handler.observability.logs import log_context, take_cold_start
 from handler.observability.metrics import record_response
 
@@ -31,21 +32,11 @@ def route_of(scope: Scope) -> str:
     return f"{method} {path}"
 
 
-class ObservedRequests:
+class ObservedRequests(HttpMiddleware):
     """Tags each request's log lines with its Lambda request id (or a fresh one), answers an
-    unhandled error with a 500, then logs the outcome and counts it by route.
+    unhandled error with a 500, then logs the outcome and counts it by route."""
 
-    Plain ASGI rather than Starlette's `BaseHTTPMiddleware`, whose extra task and streams per
-    request cost more than everything else a health check does.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         context = scope.get("aws.context")
         request_id = getattr(context, "aws_request_id", None) or uuid.uuid4().hex
         started = time.perf_counter()

@@ -4,24 +4,22 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from handler.errors import error_response
+from handler.middleware import HttpMiddleware
 
 MAX_BODY_BYTES = 64 * 1024
 """A generation request is a few hundred bytes; nothing the API takes comes near this."""
 
 
-class BodySizeLimit:
+class BodySizeLimit(HttpMiddleware):
     """Answers `413` to a body over `max_bytes`: at once when its Content-Length says so, else
     (chunked, or a Content-Length that lies) as soon as the bytes received pass the bound. The body
     is read here, at most `max_bytes` of it, and handed on in one piece."""
 
     def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
-        self.app = app
+        super().__init__(app)
         self.max_bytes = max_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._refuse(scope, receive, send)

@@ -1,7 +1,9 @@
 """Security headers on every response."""
 
 from starlette.datastructures import MutableHeaders
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
+
+from handler.middleware import HttpMiddleware
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -9,19 +11,12 @@ SECURITY_HEADERS = {
 }
 
 
-class SecurityHeaders:
+class SecurityHeaders(HttpMiddleware):
     """Adds `SECURITY_HEADERS` to every response, and `Cache-Control: no-store` to JSON ones (job
     status, listings and errors change from one request to the next and may be private); a header
     a route has set is kept."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
