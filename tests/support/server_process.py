@@ -30,9 +30,9 @@ class ServerProcess:
         return self.process.pid
 
     def log_records(self) -> list[dict[str, Any]]:
-        """The JSON log lines written so far."""
+        """The JSON log lines written so far (not the EMF metric lines beside them on stdout)."""
         lines = self.log.read_text().splitlines()
-        return [json.loads(line) for line in lines if line.startswith("{")]
+        return [record for line in lines if line.startswith("{") and "_aws" not in (record := json.loads(line))]
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no cleanup, as a crash or the OOM killer ends it."""
