@@ -66,8 +66,9 @@ async def hammer(base_url: str, clients: int, seconds: float, pace: str = CLOSED
 
         async def one_client(index: int) -> None:
             turn = index
-            # Paced clients start spread over one interval, as independent users would.
-            due = started + interval * index / clients
+            # Paced clients start spread over one interval, as independent users would; each due time
+            # is counted from the first (added up, the intervals' rounding would let one more in).
+            first = due = started + interval * index / clients
             while due < end:
                 if (wait := due - time.perf_counter()) > 0:
                     await asyncio.sleep(wait)
@@ -84,7 +85,7 @@ async def hammer(base_url: str, clients: int, seconds: float, pace: str = CLOSED
                     latencies[route].append(time.perf_counter() - sent)
                     if status != 200:
                         errors.append(f"{route}: {status}")
-                due = due + interval if interval else time.perf_counter()
+                due = first + interval * (turn - index) if interval else time.perf_counter()
 
         await asyncio.gather(*(one_client(index) for index in range(clients)))
         elapsed = time.perf_counter() - started
