@@ -7,8 +7,8 @@ or, once, from a transformers ``MusicgenForConditionalGeneration`` (``from_trans
 loaders and the bake use; transformers is imported only there):
 
 * the text encoder runs once a request, and every layer's cross-attention keys and values with it;
-  with one prompt and the native kernel they are folded into the text (``FoldedCrossAttention``)
-  when that saves more bytes over the clip than it costs;
+  with one prompt (any number of takes of it) and the native kernel they are folded into the text
+  (``FoldedCrossAttention``) when that saves more bytes over the clip than it costs;
 * the self-attention KV cache is preallocated for the whole clip;
 * classifier-free guidance runs as one batch (cond rows, then uncond rows), as transformers does:
   the unconditional rows' cross-attention output is exactly zero, so it is skipped;
@@ -306,11 +306,11 @@ class MusicgenModel:
             folded = self._folded_cross_bytes(folded_text_length)
         return folded + packing.step_bytes(linears, len(self._layers), rows, self.num_heads, self.head_dim, position)
 
-    def folds_cross_attention(self, cond_rows: int, text_length: int, steps: int) -> bool:
-        """Whether a request's cross-attention is folded (`FoldedCrossAttention`): for one prompt,
-        when its folded keys and values are fewer bytes than the query and output weights, by
-        enough over the clip's `steps` to pay for folding them."""
-        if not self.native or cond_rows != 1:
+    def folds_cross_attention(self, prompts: int, text_length: int, steps: int) -> bool:
+        """Whether a request's cross-attention is folded (`FoldedCrossAttention`): for one prompt
+        (its takes all read the same text), when its folded keys and values are fewer bytes than
+        the query and output weights, by enough over the clip's `steps` to pay for folding them."""
+        if not self.native or prompts != 1:
             return False
         projections = self._cross_projection_linears()
         if any(lin.bias is not None for lin in projections):
@@ -375,14 +375,21 @@ class MusicgenModel:
 
     # ------------------------------------------------------------------ decoding
     def _new_state(
-        self, hs: torch.Tensor, attention_mask: torch.Tensor, rows: int, total_len: int, steps: int | None = None
+        self,
+        hs: torch.Tensor,
+        attention_mask: torch.Tensor,
+        rows: int,
+        total_len: int,
+        steps: int | None = None,
+        takes: int = 1,
     ) -> _State:
         """Caches for `rows` rows of up to `total_len` positions; `steps`: the decode steps they
         will serve in all (default one window's, `total_len` - 1), which decide whether folding
-        the cross-attention pays."""
+        the cross-attention pays; `takes`: how many times `hs` repeats its prompts."""
         cross = self._cross_kv(hs, attention_mask)
         cond_rows = int(hs.shape[0])
-        native = self._native_run(cross, rows, cond_rows, total_len, total_len - 1 if steps is None else steps)
+        steps = total_len - 1 if steps is None else steps
+        native = self._native_run(cross, rows, cond_rows, cond_rows // takes, total_len, steps)
         n_layers = len(self.layers)
         shape = (n_layers, rows, self.num_heads, total_len, self.head_dim) if native is None else (0,)
         return _State(
@@ -397,11 +404,13 @@ class MusicgenModel:
             native=native,
         )
 
-    def _native_run(self, cross: _CrossKV, rows: int, cond_rows: int, total_len: int, steps: int) -> NativeRun | None:
+    def _native_run(
+        self, cross: _CrossKV, rows: int, cond_rows: int, prompts: int, total_len: int, steps: int
+    ) -> NativeRun | None:
         native = runtime.best() if self.native and rows <= packing.MAX_ROWS else None
         if native is None:
             return None
-        folds = self.folds_cross_attention(cond_rows, int(cross.k[0].shape[2]), steps)
+        folds = self.folds_cross_attention(prompts, int(cross.k[0].shape[2]), steps)
         folded = self._fold_cross_attention(cross) if folds else None
         return NativeRun(
             native,
@@ -566,7 +575,7 @@ class MusicgenModel:
         total_steps = sum(window.decode_steps(kcb) for window in windows)
         # One set of caches for every window: each window's prompt overwrites them from position 0.
         capacity = max(window.frames for window in windows) + kcb
-        state = self._new_state(hs, am, 2 * bsz if cfg else bsz, capacity, total_steps)
+        state = self._new_state(hs, am, 2 * bsz if cfg else bsz, capacity, total_steps, takes)
         codes = torch.empty((bsz, kcb, windows[-1].end), dtype=torch.long)
         done = 0
         for window in windows:

@@ -10,7 +10,7 @@
 #include "dots_plain.h"
 
 /* acc[i][r] = sum_k weight[block row i, k] * quant[r, k] for one block of 4 output channels. */
-static inline __attribute__((always_inline)) void dot_block(const int8_t *w, const int8_t *quant, int64_t stride, int64_t rows, int64_t k,
+static inline __attribute__((always_inline)) void dot_block(const int8_t *w, const int8_t *ahead, const int8_t *quant, int64_t stride, int64_t rows, int64_t k,
                                                             int32_t acc[SRM_BLOCK_N][SRM_MAX_ROWS]) {
     /* vpmaddubsw multiplies unsigned by signed bytes with int16 saturation: |w| times x with w's
      * sign keeps every pair sum within int16 (weights and inputs are in [-127, 127]). */
@@ -19,6 +19,7 @@ static inline __attribute__((always_inline)) void dot_block(const int8_t *w, con
     for (int i = 0; i < SRM_BLOCK_N; i++)
         for (int64_t r = 0; r < rows; r++) sum[i][r] = _mm256_setzero_si256();
     for (int64_t kb = 0; kb < k; kb += SRM_BLOCK_K) {
+        prefetch_block_slice(ahead, kb);
         for (int half = 0; half < 2; half++) {
             for (int i = 0; i < SRM_BLOCK_N; i++) {
                 const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + kb * SRM_BLOCK_N + i * 64 + half * 32));

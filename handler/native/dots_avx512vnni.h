@@ -12,7 +12,7 @@
 #include "dots_plain.h"
 
 /* acc[i][r] = sum_k weight[block row i, k] * quant[r, k] for one block of 4 output channels. */
-static inline __attribute__((always_inline)) void dot_block(const int8_t *w, const int8_t *quant, int64_t stride, int64_t rows, int64_t k,
+static inline __attribute__((always_inline)) void dot_block(const int8_t *w, const int8_t *ahead, const int8_t *quant, int64_t stride, int64_t rows, int64_t k,
                                                             int32_t acc[SRM_BLOCK_N][SRM_MAX_ROWS]) {
     /* vpdpbusd multiplies unsigned by signed bytes: the input is shifted by +128 (xor of the sign
      * bit) and 128 * row_sum is taken off afterwards. */
@@ -21,6 +21,7 @@ static inline __attribute__((always_inline)) void dot_block(const int8_t *w, con
     for (int i = 0; i < SRM_BLOCK_N; i++)
         for (int64_t r = 0; r < rows; r++) sum[i][r] = _mm512_setzero_si512();
     for (int64_t kb = 0; kb < k; kb += SRM_BLOCK_K) {
+        prefetch_block_slice(ahead, kb);
         const __m512i w0 = _mm512_loadu_si512(w + kb * SRM_BLOCK_N);
         const __m512i w1 = _mm512_loadu_si512(w + kb * SRM_BLOCK_N + 64);
         const __m512i w2 = _mm512_loadu_si512(w + kb * SRM_BLOCK_N + 128);

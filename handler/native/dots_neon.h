@@ -58,7 +58,7 @@ static inline __attribute__((always_inline)) int8x16_t neon_pair(int8x16_t a, in
 #endif
 
 /* acc[i][r] = sum_k weight[block row i, k] * quant[r, k] for one block of 4 output channels. */
-static inline __attribute__((always_inline)) void dot_block(const int8_t *w, const int8_t *quant, int64_t stride, int64_t rows, int64_t k,
+static inline __attribute__((always_inline)) void dot_block(const int8_t *w, const int8_t *ahead, const int8_t *quant, int64_t stride, int64_t rows, int64_t k,
                                                             int32_t acc[SRM_BLOCK_N][SRM_MAX_ROWS]) {
     const int64_t paired = NEON_PAIRED(rows);
     int32x4_t sum[SRM_BLOCK_N][SRM_MAX_ROWS];
@@ -71,6 +71,7 @@ static inline __attribute__((always_inline)) void dot_block(const int8_t *w, con
         for (int p = 0; p < SRM_BLOCK_N / 2; p++) mm[s][p][0] = mm[s][p][1] = vdupq_n_s32(0);
 #endif
     for (int64_t kb = 0; kb < k; kb += SRM_BLOCK_K) {
+        prefetch_block_slice(ahead, kb);
         for (int q = 0; q < 4; q++) {
             int8x16_t wv[SRM_BLOCK_N];
             for (int i = 0; i < SRM_BLOCK_N; i++) wv[i] = vld1q_s8(w + kb * SRM_BLOCK_N + i * 64 + q * 16);

@@ -69,8 +69,9 @@ static inline __attribute__((always_inline)) void plain_tile_dots(const int8_t *
 #define SRM_QUERY_SHIFT 0 /* the query's dots with the keys are exact: nothing to take off */
 
 /* acc[i][r] = sum_k weight[block row i, k] * quant[r, k] for one block of 4 output channels. */
-static inline __attribute__((always_inline)) void dot_block(const int8_t *w, const int8_t *quant, int64_t stride, int64_t rows, int64_t k,
+static inline __attribute__((always_inline)) void dot_block(const int8_t *w, const int8_t *ahead, const int8_t *quant, int64_t stride, int64_t rows, int64_t k,
                                                             int32_t acc[SRM_BLOCK_N][SRM_MAX_ROWS]) {
+    (void)ahead;
     plain_dot_block(w, quant, stride, rows, k, acc);
 }
 

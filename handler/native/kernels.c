@@ -131,15 +131,16 @@ static inline __attribute__((always_inline)) void dot_rows(const int8_t *w, cons
                                                            int32_t acc[SRM_BLOCK_N][SRM_MAX_ROWS]) {
     for (int64_t r0 = 0; r0 < rows; r0 += SRM_ROWS_PER_PASS) {
         const int64_t left = rows - r0;
+        const int8_t *ahead = r0 == 0 && rows > SRM_ROWS_PER_PASS ? w + SRM_BLOCK_N * k : NULL;
         int32_t part[SRM_BLOCK_N][SRM_MAX_ROWS];
         if (left >= SRM_ROWS_PER_PASS)
-            dot_block(w, quant + r0 * stride, stride, SRM_ROWS_PER_PASS, k, part);
+            dot_block(w, ahead, quant + r0 * stride, stride, SRM_ROWS_PER_PASS, k, part);
         else if (left == 2)
-            dot_block(w, quant + r0 * stride, stride, 2, k, part);
+            dot_block(w, ahead, quant + r0 * stride, stride, 2, k, part);
         else if (left == 1)
-            dot_block(w, quant + r0 * stride, stride, 1, k, part);
+            dot_block(w, ahead, quant + r0 * stride, stride, 1, k, part);
         else
-            dot_block(w, quant + r0 * stride, stride, left, k, part);
+            dot_block(w, ahead, quant + r0 * stride, stride, left, k, part);
         const int64_t done = left < SRM_ROWS_PER_PASS ? left : SRM_ROWS_PER_PASS;
         for (int i = 0; i < SRM_BLOCK_N; i++)
             for (int64_t r = 0; r < done; r++) acc[i][r0 + r] = part[i][r];
@@ -250,13 +251,16 @@ static inline __attribute__((always_inline)) void attend(const float *restrict q
                                                            const int32_t *restrict key_sum,
                                                            const int8_t *restrict values,
                                                            const float *restrict value_scale, int64_t hd, int64_t len,
-                                                           float *restrict scores, float *restrict o) {
+                                                           const int8_t *next_keys, float *restrict scores,
+                                                           float *restrict o) {
     int8_t query[SRM_MAX_HEAD_DIM];
     float query_scale;
     quantize_row(q, hd, query, &query_scale);
     const float scale = query_scale / sqrtf((float)hd);
     for (int64_t t0 = 0; t0 < len; t0 += SRM_KEY_TILE) {
         int32_t dots[SRM_KEY_TILE];
+        /* The tile's values, read after the softmax: fetched now, they arrive while it runs. */
+        for (int64_t line = 0; line < SRM_KEY_TILE * hd; line += 64) __builtin_prefetch(values + t0 * hd + line, 0, 3);
         tile_dots(query, keys + t0 * hd, hd, dots);
         /* the tile's positions beyond `len` hold whatever was there; they are never used */
         const int64_t valid = len - t0 < SRM_KEY_TILE ? len - t0 : SRM_KEY_TILE;
@@ -268,6 +272,8 @@ static inline __attribute__((always_inline)) void attend(const float *restrict q
     for (int64_t t = 0; t < len; t++) {
         const int8_t *value = values + t * hd;
         const float w = scores[t] * value_scale[t];
+        /* The next head's keys, as many bytes as these values: its scores then start from cache. */
+        if (next_keys) __builtin_prefetch(next_keys + t * hd, 0, 3);
 #pragma omp simd
         for (int64_t i = 0; i < hd; i++) acc[i] += w * (float)value[i];
     }
@@ -301,11 +307,12 @@ static void self_attention(const srm_decoder *m, const srm_layer *l, int64_t pos
         memcpy(values + pos * hd, vector, (size_t)hd);
         float *scores = m->scores + p * m->capacity;
         float *o = m->attn + r * m->in_stride + h * hd;
+        const int8_t *next_keys = p + 1 < m->rows * m->heads ? keys + key_stride : NULL;
         /* musicgen's head size as a constant: the output's accumulators stay in registers */
         if (hd == 64)
-            attend(q, keys, key_scale, key_sum, values, value_scale, 64, pos + 1, scores, o);
+            attend(q, keys, key_scale, key_sum, values, value_scale, 64, pos + 1, next_keys, scores, o);
         else
-            attend(q, keys, key_scale, key_sum, values, value_scale, hd, pos + 1, scores, o);
+            attend(q, keys, key_scale, key_sum, values, value_scale, hd, pos + 1, next_keys, scores, o);
     }
 }
 
@@ -342,18 +349,36 @@ static void cross_attention(const srm_decoder *m, const srm_layer *l) {
     }
 }
 
-/* Cross-attention of the one conditional row (row 0) with the projections folded into the text's
- * keys and values (see srm_layer): the scores are one int8 product of the normed row, and the
- * softmax-weighted sum of the folded values is added to the residual. The unconditional rows see
- * no text: their output is zero. The values are stored in blocks of 64 dimensions, so each
- * thread streams its blocks front to back. */
+/* sum[r] = sum over vectors j of weights[r, j] * values[j] for one block of 64 dimensions. */
+static inline __attribute__((always_inline)) void weighted_value_sums(const int8_t *values, const float *weights,
+                                                                      int64_t vectors, int64_t rows,
+                                                                      float sum[SRM_MAX_ROWS][SRM_VALUE_BLOCK]) {
+    for (int64_t j = 0; j < vectors; j++) {
+        float value[SRM_VALUE_BLOCK];
+#pragma omp simd
+        for (int i = 0; i < SRM_VALUE_BLOCK; i++) value[i] = (float)values[j * SRM_VALUE_BLOCK + i];
+        for (int64_t r = 0; r < rows; r++) {
+            const float w = weights[r * vectors + j];
+#pragma omp simd
+            for (int i = 0; i < SRM_VALUE_BLOCK; i++) sum[r][i] += w * value[i];
+        }
+    }
+}
+
+/* Cross-attention of the conditional rows (rows 0 .. cond_rows - 1, the takes of one prompt: they
+ * read the same text) with the projections folded into the text's keys and values (see srm_layer):
+ * each row's scores are one int8 product of its normed row, and the softmax-weighted sum of the
+ * folded values is added to its residual. The unconditional rows see no text: their output is
+ * zero. The values are stored in blocks of 64 dimensions, so each thread streams its blocks front
+ * to back, once for every conditional row. */
 static void folded_cross_attention(const srm_decoder *m, const srm_layer *l, float *x) {
-    const int64_t s = m->cross_len, d = m->hidden, vectors = m->heads * s;
-    float *weights = m->scores; /* (heads, cross_len) */
-    linear(m, &l->cross_keys, 1, weights, vectors, 0);
+    const int64_t s = m->cross_len, d = m->hidden, vectors = m->heads * s, rows = m->cond_rows;
+    float *weights = m->scores; /* (cond_rows, heads, cross_len) */
+    linear(m, &l->cross_keys, rows, weights, vectors, 0);
 #pragma omp for schedule(static)
-    for (int64_t h = 0; h < m->heads; h++) {
-        float *row = weights + h * s;
+    for (int64_t p = 0; p < rows * m->heads; p++) {
+        const int64_t h = p % m->heads;
+        float *row = weights + p * s;
         if (m->cross_mask)
             for (int64_t t = 0; t < s; t++) row[t] = m->cross_mask[t] ? row[t] : -FLT_MAX;
         softmax_in_place(row, s);
@@ -361,15 +386,17 @@ static void folded_cross_attention(const srm_decoder *m, const srm_layer *l, flo
     }
 #pragma omp for schedule(static)
     for (int64_t block = 0; block < (d + SRM_VALUE_BLOCK - 1) / SRM_VALUE_BLOCK; block++) {
-        float sum[SRM_VALUE_BLOCK] = {0.0f}; /* several vector registers: independent chains */
+        float sum[SRM_MAX_ROWS][SRM_VALUE_BLOCK] = {{0.0f}};
         const int8_t *values = l->cross_values + block * vectors * SRM_VALUE_BLOCK;
-        for (int64_t j = 0; j < vectors; j++) {
-            const float w = weights[j];
-#pragma omp simd
-            for (int i = 0; i < SRM_VALUE_BLOCK; i++) sum[i] += w * (float)values[j * SRM_VALUE_BLOCK + i];
+        /* one row (one take) as a constant: its sums stay in registers */
+        if (rows == 1)
+            weighted_value_sums(values, weights, vectors, 1, sum);
+        else
+            weighted_value_sums(values, weights, vectors, rows, sum);
+        for (int64_t r = 0; r < rows; r++) {
+            float *out = x + r * d + block * SRM_VALUE_BLOCK;
+            for (int64_t i = 0; i < SRM_VALUE_BLOCK && block * SRM_VALUE_BLOCK + i < d; i++) out[i] += sum[r][i];
         }
-        float *out = x + block * SRM_VALUE_BLOCK;
-        for (int64_t i = 0; i < SRM_VALUE_BLOCK && block * SRM_VALUE_BLOCK + i < d; i++) out[i] += sum[i];
     }
 }
 
@@ -434,36 +461,43 @@ static inline float sigmoid(float x) { return 1.0f / (1.0f + fast_exp(-x)); }
 
 static inline float tanh_fast(float x) { return 1.0f - 2.0f / (fast_exp(2.0f * x) + 1.0f); }
 
-/* One LSTM layer (torch's gate order: input, forget, cell, output) over `steps` time steps of one
- * sequence from zero state. gates_in (steps, 4 hidden) holds each step's input product plus both
- * biases: one matrix product for all steps, done by the caller. The recurrent product is the
- * int8 `w_hh` (4 hidden, hidden) with the previous h quantised to int8, as in the decoder step:
- * a quarter of float32's bytes, which every step streams (16 MB a step for EnCodec 32 kHz's
- * float32 layer). Writes h (steps, hidden). Scratch from m: quant, row_scale, quant_sum (hidden),
- * wide (4 hidden) and normed (hidden: the cell state). */
+/* One LSTM layer (torch's gate order: input, forget, cell, output) over `steps` time steps of
+ * m->rows sequences (the takes of a clip) from zero state. gates_in (steps, rows, 4 hidden) holds
+ * each step's input product plus both biases: one matrix product for all steps, done by the
+ * caller. The recurrent product is the int8 `w_hh` (4 hidden, hidden) with the previous h
+ * quantised to int8, as in the decoder step: a quarter of float32's bytes, which every step
+ * streams (16 MB a step for EnCodec 32 kHz's float32 layer) once for all the sequences. Writes h
+ * (steps, rows, hidden). Scratch from m: quant, row_scale, quant_sum (rows, in_stride), wide
+ * (rows, out_stride) and normed (rows, hidden: the cell states). */
 void srm_lstm(const srm_decoder *m, const srm_linear *w_hh, const float *gates_in, int64_t steps, float *h_out) {
-    const int64_t hidden = w_hh->in_features;
+    const int64_t hidden = w_hh->in_features, rows = m->rows, width = m->out_stride, pieces = (hidden + 63) / 64;
     float *cell = m->normed, *recurrent = m->wide;
 #pragma omp parallel num_threads(m->threads)
     {
 #pragma omp for schedule(static)
-        for (int64_t j = 0; j < 4 * hidden; j++) recurrent[j] = 0.0f; /* h = 0 before the first step */
+        for (int64_t j = 0; j < rows * width; j++) recurrent[j] = 0.0f; /* h = 0 before the first step */
         for (int64_t t = 0; t < steps; t++) {
             if (t > 0) {
-#pragma omp single
-                quantize_input(m, h_out + (t - 1) * hidden, hidden, 0);
-                linear(m, w_hh, 1, recurrent, 4 * hidden, 0);
-            }
-            const float *in = gates_in + t * 4 * hidden;
 #pragma omp for schedule(static)
-            for (int64_t j = 0; j < hidden; j++) {
-                const float input = sigmoid(in[j] + recurrent[j]);
-                const float forget = sigmoid(in[hidden + j] + recurrent[hidden + j]);
-                const float candidate = tanh_fast(in[2 * hidden + j] + recurrent[2 * hidden + j]);
-                const float output = sigmoid(in[3 * hidden + j] + recurrent[3 * hidden + j]);
-                const float c = (t > 0 ? forget * cell[j] : 0.0f) + input * candidate;
-                cell[j] = c;
-                h_out[t * hidden + j] = output * tanh_fast(c);
+                for (int64_t r = 0; r < rows; r++) quantize_input(m, h_out + ((t - 1) * rows + r) * hidden, hidden, r);
+                linear(m, w_hh, rows, recurrent, width, 0);
+            }
+            /* pieces of 64 units of one sequence: a contiguous, vectorised inner loop */
+#pragma omp for schedule(static)
+            for (int64_t piece = 0; piece < rows * pieces; piece++) {
+                const int64_t r = piece / pieces, first = piece % pieces * 64;
+                const int64_t last = first + 64 < hidden ? first + 64 : hidden;
+                const float *in = gates_in + (t * rows + r) * 4 * hidden, *rec = recurrent + r * width;
+                float *c_row = cell + r * hidden, *h_row = h_out + (t * rows + r) * hidden;
+                for (int64_t j = first; j < last; j++) {
+                    const float input = sigmoid(in[j] + rec[j]);
+                    const float forget = sigmoid(in[hidden + j] + rec[hidden + j]);
+                    const float candidate = tanh_fast(in[2 * hidden + j] + rec[2 * hidden + j]);
+                    const float output = sigmoid(in[3 * hidden + j] + rec[3 * hidden + j]);
+                    const float c = (t > 0 ? forget * c_row[j] : 0.0f) + input * candidate;
+                    c_row[j] = c;
+                    h_row[j] = output * tanh_fast(c);
+                }
             }
         }
     }

@@ -12,7 +12,8 @@ from handler.native.runtime import NativeKernels
 class NativeLSTM:
     """`lstm(x)[0]` for a unidirectional, time-major `lstm` without projections: the input products
     of all steps in one torch matrix product per layer, the recurrence in `srm_lstm` with the
-    recurrent weights in int8 (one scale per gate row, the decoder's `int8` numerics)."""
+    recurrent weights in int8 (one scale per gate row, the decoder's `int8` numerics), every
+    sequence of the batch in one pass (each step streams the recurrent weights once for them all)."""
 
     def __init__(self, lstm: nn.LSTM, kernels: NativeKernels) -> None:
         if not self.supports(lstm):
@@ -38,7 +39,5 @@ class NativeLSTM:
             gates = torch.matmul(hidden, input_weight)
             if bias is not None:
                 gates += bias
-            hidden = torch.stack(
-                [self.kernels.lstm_layer(recurrent, gates[:, b]) for b in range(int(gates.shape[1]))], dim=1
-            )
+            hidden = self.kernels.lstm_layer(recurrent, gates)
         return hidden.to(x.dtype)

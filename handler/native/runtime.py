@@ -43,6 +43,11 @@ def _folded_fields(folded: FoldedCrossAttention | None) -> tuple[Linear, int | N
     return _linear_struct(folded.keys), folded.values.data_ptr(), folded.value_scale.data_ptr()
 
 
+def _one_prompt(cross_k: Sequence[torch.Tensor], cross_v: Sequence[torch.Tensor]) -> bool:
+    """Whether every conditional row attends to the same text: the first row's keys and values."""
+    return all(bool((part == part[:1]).all()) for part in (*cross_k, *cross_v))
+
+
 def _linear_struct(lin: PackedLinear) -> Linear:
     n, k = lin.padded_shape
     common = {
@@ -112,27 +117,33 @@ class NativeKernels:
         return out[:, : lin.out_features]
 
     def lstm_layer(self, w_hh: Int8Linear, gates_in: torch.Tensor) -> torch.Tensor:
-        """One LSTM layer's recurrence from zero state (`srm_lstm`): `gates_in` (steps, 4 hidden) is
-        each step's input product plus both biases; returns h (steps, hidden)."""
-        steps, hidden = int(gates_in.shape[0]), w_hh.in_features
+        """One LSTM layer's recurrence from zero state (`srm_lstm`): `gates_in` (steps, batch, 4
+        hidden) is each step's input product plus both biases; returns h (steps, batch, hidden).
+        Up to MAX_ROWS sequences share a call: each step streams the recurrent weights once for them."""
+        steps, batch, hidden = int(gates_in.shape[0]), int(gates_in.shape[1]), w_hh.in_features
         n, k = w_hh.padded_shape
-        gates_in = gates_in.float().contiguous()
-        scratch = {
-            "quant": torch.zeros(k, dtype=torch.int8),
-            "row_scale": torch.zeros(1),
-            "quant_sum": torch.zeros(k // BLOCK_K, dtype=torch.int32),
-            "wide": torch.zeros(n),
-            "normed": torch.zeros(hidden),
-        }
-        holder = Decoder(
-            rows=1,
-            threads=torch.get_num_threads(),
-            in_stride=k,
-            out_stride=n,
-            **{name: tensor.data_ptr() for name, tensor in scratch.items()},
-        )
-        out = torch.empty((steps, hidden))
-        self._lstm(ctypes.byref(holder), ctypes.byref(_linear_struct(w_hh)), gates_in.data_ptr(), steps, out.data_ptr())
+        weights = _linear_struct(w_hh)
+        out = torch.empty((steps, batch, hidden))
+        for start in range(0, batch, MAX_ROWS):
+            rows = min(MAX_ROWS, batch - start)
+            gates = gates_in[:, start : start + rows].float().contiguous()
+            scratch = {
+                "quant": torch.zeros((rows, k), dtype=torch.int8),
+                "row_scale": torch.zeros(rows),
+                "quant_sum": torch.zeros((rows, k // BLOCK_K), dtype=torch.int32),
+                "wide": torch.zeros((rows, n)),
+                "normed": torch.zeros((rows, hidden)),
+            }
+            holder = Decoder(
+                rows=rows,
+                threads=torch.get_num_threads(),
+                in_stride=k,
+                out_stride=n,
+                **{name: tensor.data_ptr() for name, tensor in scratch.items()},
+            )
+            part = torch.empty((steps, rows, hidden))
+            self._lstm(ctypes.byref(holder), ctypes.byref(weights), gates.data_ptr(), steps, part.data_ptr())
+            out[:, start : start + rows] = part
         return out
 
     def generate(self, run: "NativeRun", generation: "NativeGeneration", first: int, last: int) -> None:
@@ -170,11 +181,12 @@ class NativeRun:
         cross_mask: torch.Tensor | None,
         folded_cross: Sequence[FoldedCrossAttention] | None = None,
     ) -> None:
-        """`folded_cross`: per layer, the one prompt's folded cross-attention (`cond_rows` 1), or
-        None to run the projections and attend to `cross_k` / `cross_v`."""
+        """`folded_cross`: per layer, the folded cross-attention of the one prompt every
+        conditional row reads (its takes), or None to run the projections and attend to `cross_k`
+        / `cross_v`."""
         if rows > MAX_ROWS:
             raise ValueError(f"at most {MAX_ROWS} rows per step")
-        if folded_cross is not None and (cond_rows != 1 or len(folded_cross) != len(layers)):
+        if folded_cross is not None and (len(folded_cross) != len(layers) or not _one_prompt(cross_k, cross_v)):
             raise ValueError("folded cross-attention is for one prompt, one per layer")
         hidden = int(final_norm.weight.shape[0])
         head_dim = hidden // heads

@@ -45,7 +45,8 @@ typedef struct {
     float *k_scale, *v_scale;        /* (rows, heads, capacity): one scale per cached key and value */
     int32_t *k_sum;                  /* (rows, heads, capacity): sum of each cached key's int8 values */
     const float *cross_k, *cross_v;  /* (cond_rows, heads, cross_len, head_dim) float32 */
-    /* One prompt's cross-attention with its projections folded in (used when cross_keys.n > 0):
+    /* The cross-attention of the one prompt every conditional row reads (its takes), with the
+     * projections folded in (used when cross_keys.n > 0):
      * vector (h, t) of cross_keys is key t of head h times the head's query weights / sqrt(head_dim),
      * so one product gives every score; value (h, t) is the head's value t times its output weights. */
     srm_linear cross_keys;           /* (heads * cross_len, hidden) 8 bits */
@@ -117,6 +118,14 @@ static inline float bf16_to_float(uint16_t h) {
     float f;
     memcpy(&f, &bits, sizeof f);
     return f;
+}
+
+/* The cache lines of weight-block slice `kb` at `ahead` (the next block), fetched while this block's
+ * products run: with rows in several passes the block is read from L1 after the first, and the
+ * memory would otherwise sit idle through them. NULL: nothing ahead worth fetching. */
+static inline __attribute__((always_inline)) void prefetch_block_slice(const int8_t *ahead, int64_t kb) {
+    if (ahead)
+        for (int i = 0; i < SRM_BLOCK_N; i++) __builtin_prefetch(ahead + kb * SRM_BLOCK_N + i * SRM_BLOCK_K, 0, 3);
 }
 
 const srm_abi_info *srm_abi(void);

@@ -217,13 +217,15 @@ def test_one_short_prompt_folds_its_cross_attention_into_the_text(tiny_model_dir
     # the tiny model's projections are small: a long prompt's folded keys and values would be more bytes
     assert not fast.folds_cross_attention(1, int(long["input_ids"].shape[1]), steps=47)
 
-    def folded_layers(inputs: Any) -> list[bool]:
+    def folded_layers(inputs: Any, takes: int = 1) -> list[bool]:
         hs, mask = fast._encode_text(inputs["input_ids"], inputs["attention_mask"])
-        native = fast._new_state(hs, mask, rows=2, total_len=48).native
+        hs, mask = hs.repeat(takes, 1, 1), mask.repeat(takes, 1)
+        native = fast._new_state(hs, mask, rows=2 * takes, total_len=48, takes=takes).native
         assert native is not None
         return [native.struct.layer[i].cross_keys.n > 0 for i in range(len(fast.layers))]
 
     assert all(folded_layers(short))
+    assert all(folded_layers(short, takes=3))  # the takes of one prompt read the same text
     assert not any(folded_layers(long))
     assert fast.step_bytes(0, rows=2, folded_text_length=text_length) < fast.step_bytes(0, rows=2)
 
@@ -343,8 +345,10 @@ def test_takes_are_distinct_and_each_depends_only_on_its_seed(
     assert torch.equal(three, takes(7, 3))
     assert not torch.equal(three[0], three[1])
     assert not torch.equal(three[1], three[2])
-    # A take's draws come from its own seed: the same take, one place earlier in a batch of as many rows.
+    # A take's draws come from its own seed, and its rows step as they would alone: the same take,
+    # one place earlier in a batch, or alone.
     assert torch.equal(three[1:], takes(8, 3)[:2])
+    assert torch.equal(three[1], takes(8, 1)[0])
 
 
 def test_a_clip_of_several_takes_decodes_each_take(tiny_model_dir: Path) -> None:

@@ -43,20 +43,24 @@ def test_linear_equals_torch(
 class Steps:
     """Random layers, text keys and values and step inputs for one shape, and running them."""
 
-    def __init__(self, hidden: int, heads: int, ffn: int, packed: type[PackedLinear], folded: bool) -> None:
+    def __init__(
+        self, hidden: int, heads: int, ffn: int, packed: type[PackedLinear], folded: bool, takes: int = 1
+    ) -> None:
+        """`takes`: conditional rows reading the one prompt, each with its unconditional row."""
         torch.manual_seed(hidden)
         layers = [random_layer(hidden, ffn, packed) for _ in range(LAYERS)]
         if folded:
             layers = [without_cross_biases(layer, packed) for layer in layers]
-        self.layers, self.heads, self.folded = layers, heads, folded
+        self.layers, self.heads, self.folded, self.takes = layers, heads, folded, takes
         self.final_norm, self.head = nn.LayerNorm(hidden), Int8Linear(torch.randn(40, hidden), None)
         cross_len, self.capacity, self.steps = 5, 12, 12
-        self.cross_k = [torch.randn(1, heads, cross_len, hidden // heads) for _ in layers]
-        self.cross_v = [torch.randn(1, heads, cross_len, hidden // heads) for _ in layers]
+        text = (1, heads, cross_len, hidden // heads)
+        self.cross_k = [torch.randn(text).repeat(takes, 1, 1, 1) for _ in layers]
+        self.cross_v = [torch.randn(text).repeat(takes, 1, 1, 1) for _ in layers]
         self.folded_cross = [
             fold(layer, k, v, heads) for layer, k, v in zip(layers, self.cross_k, self.cross_v, strict=True)
         ]
-        self.inputs = torch.randn(self.steps, 2, hidden)
+        self.inputs = torch.randn(self.steps, 2 * takes, hidden)
 
     def run(self, native: NativeKernels, fold_cross: bool | None = None) -> torch.Tensor:
         """Every step's logits (steps, rows, head outputs), the text attended through the folded
@@ -66,7 +70,8 @@ class Steps:
         # a result that reads any of it would differ between runs.
         state = NativeRun(
             native,
-            self.layers, self.final_norm, self.head, heads=self.heads, rows=2, cond_rows=1, capacity=self.capacity,
+            self.layers, self.final_norm, self.head, heads=self.heads, rows=2 * self.takes, cond_rows=self.takes,
+            capacity=self.capacity,
             cross_k=self.cross_k, cross_v=self.cross_v, cross_mask=None,
             folded_cross=self.folded_cross if fold_cross else None,
         )  # fmt: skip
@@ -98,19 +103,33 @@ def test_every_build_computes_the_same_decoder_steps(
     assert torch.equal(steps.run(kernels), steps.run(kernels))
 
 
+@pytest.mark.parametrize("takes", [1, 3])
 @pytest.mark.parametrize("packed", [Int8Linear, Int4Linear])
 @pytest.mark.parametrize(("hidden", "heads", "ffn"), SHAPES)
 def test_folded_cross_attention_steps_equal_steps_through_the_projections(
-    reference: NativeKernels, hidden: int, heads: int, ffn: int, packed: type[PackedLinear]
+    kernels: NativeKernels, hidden: int, heads: int, ffn: int, packed: type[PackedLinear], takes: int
 ) -> None:
-    steps = Steps(hidden, heads, ffn, packed, folded=True)
-    folded = steps.run(reference)
+    steps = Steps(hidden, heads, ffn, packed, folded=True, takes=takes)
+    folded = steps.run(kernels)
     scale = float(folded.abs().max())
     # The same attention as through the projections, up to int8 rounding of other values.
-    projected = steps.run(reference, fold_cross=False)
+    projected = steps.run(kernels, fold_cross=False)
     torch.testing.assert_close(folded, projected, rtol=0, atol=0.05 * scale)
     assert float((folded - projected).abs().mean()) < 0.005 * scale
     assert not torch.equal(folded, projected)
+
+
+@pytest.mark.parametrize("folded", [False, True])
+@pytest.mark.parametrize("packed", [Int8Linear, Int4Linear])
+def test_each_take_steps_as_it_would_alone(kernels: NativeKernels, packed: type[PackedLinear], folded: bool) -> None:
+    takes = 3
+    together = Steps(64, 4, 128, packed, folded, takes)
+    batch = together.run(kernels)
+    for take in range(takes):
+        alone = Steps(64, 4, 128, packed, folded)
+        rows = [take, takes + take]  # the take's conditional row and its unconditional one
+        alone.inputs = together.inputs[:, rows]
+        assert torch.equal(alone.run(kernels), batch[:, rows])
 
 
 def reference_draws(

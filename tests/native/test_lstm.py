@@ -33,6 +33,14 @@ def test_native_lstm_matches_torch(kernels: NativeKernels, lstm: nn.LSTM) -> Non
     torch.testing.assert_close(alone, got[:, 1:])
 
 
+def test_a_batch_past_one_call_s_rows_is_each_sequence_alone(kernels: NativeKernels, lstm: nn.LSTM) -> None:
+    x = torch.randn(6, 10, 48)  # more sequences than one call of the kernel takes (MAX_ROWS)
+    with torch.inference_mode():
+        got = NativeLSTM(lstm, kernels)(x)
+        for b in (0, 8, 9):
+            torch.testing.assert_close(NativeLSTM(lstm, kernels)(x[:, b : b + 1]), got[:, b : b + 1])
+
+
 def test_builds_agree_with_the_plain_reference(kernels: NativeKernels, reference: NativeKernels, lstm: nn.LSTM) -> None:
     x = torch.randn(25, 1, 48)
     with torch.inference_mode():
