@@ -50,6 +50,9 @@ def _check_norm(layer: Any) -> None:
 class PaddedConv1d(nn.Module):
     """Conv1d with EnCodec's asymmetric or causal padding (transformers' ``EncodecConv1d``)."""
 
+    pointwise_weight: torch.Tensor | None = None
+    """A one-tap convolution's weight as a matrix, once it runs as a product (``convolve_pointwise_as_product``)."""
+
     def __init__(self, conv: nn.Conv1d, causal: bool, pad_mode: str) -> None:
         super().__init__()
         self.conv = conv
@@ -96,6 +99,13 @@ class PaddedConv1d(nn.Module):
         outputs the padding mode changes. Only for stride 1 with equal padding on both sides."""
         self.pads_in_convolution = self.stride == 1 and not self.causal and self.padding_total % 2 == 0
 
+    def convolve_pointwise_as_product(self) -> None:
+        """Run a one-tap convolution as the matrix product it is: oneDNN's convolution took 3-6x as
+        long for these shapes (and in bfloat16 copied its input and output to another layout)."""
+        conv = self.conv
+        if (conv.kernel_size[0], conv.stride[0], conv.dilation[0], conv.groups) == (1, 1, 1, 1):
+            self.pointwise_weight = conv.weight.detach()[:, :, 0].contiguous()
+
     def _forward_padding_in_convolution(self, hidden: torch.Tensor) -> torch.Tensor:
         side = self.padding_total // 2
         conv = self.conv
@@ -140,6 +150,9 @@ class PaddedConv1d(nn.Module):
 
     def _convolve(self, hidden: torch.Tensor, padding: int) -> torch.Tensor:
         conv = self.conv
+        if self.pointwise_weight is not None and padding == 0:
+            product = torch.matmul(self.pointwise_weight, hidden)
+            return product if conv.bias is None else product.add_(conv.bias[:, None])
         out: torch.Tensor = F.conv1d(hidden, conv.weight, conv.bias, conv.stride, padding, conv.dilation, conv.groups)
         return out
 
@@ -150,6 +163,8 @@ class TrimmedConvTranspose1d(nn.Module):
     phase_weight: torch.Tensor | None = None
     """The same upsampling as a two-tap convolution once serving (see ``convolve_by_phase``)."""
     phase_bias: torch.Tensor | None = None
+    phase_products: tuple[torch.Tensor, torch.Tensor] | None = None
+    """The two taps of ``phase_weight`` as matrices (input u, input u - 1), when run as products."""
 
     def __init__(self, conv: nn.ConvTranspose1d, causal: bool, trim_right_ratio: float) -> None:
         super().__init__()
@@ -189,11 +204,13 @@ class TrimmedConvTranspose1d(nn.Module):
             conv.padding, conv.output_padding = (self.trim_left,), (shift,)
             self.trim_left = self.trim_right = 0
 
-    def convolve_by_phase(self) -> bool:
+    def convolve_by_phase(self, products: bool = False) -> bool:
         """Compute the upsampling as a plain convolution: with a kernel twice the stride s, output
         sample u s + p is input u times tap p plus input u - 1 times tap p + s, so a two-tap
         convolution to s times the channels, interleaved, gives every output (oneDNN's transposed
-        convolution took up to twice as long on CPU). Only for that shape; False otherwise."""
+        convolution took up to twice as long on CPU). `products`: the two taps as two matrix
+        products instead (in bfloat16, 2-4x faster than oneDNN's transposed convolution, which was
+        the faster of it and the two-tap convolution there). Only for that shape; False otherwise."""
         conv = self.conv
         stride, kernel = int(conv.stride[0]), int(conv.kernel_size[0])
         plain = (conv.padding[0], conv.output_padding[0], conv.dilation[0], conv.groups) == (0, 0, 1, 1)
@@ -203,11 +220,20 @@ class TrimmedConvTranspose1d(nn.Module):
         taps = torch.stack([weight[:, :, stride:], weight[:, :, :stride]], dim=-1)  # tap 0 reads input u - 1
         self.phase_weight = taps.permute(1, 2, 0, 3).reshape(-1, weight.shape[0], 2).contiguous()
         self.phase_bias = None if conv.bias is None else conv.bias.detach().repeat_interleave(stride)
+        if products:
+            self.phase_products = (self.phase_weight[:, :, 1].contiguous(), self.phase_weight[:, :, 0].contiguous())
         return True
 
     def _forward_by_phase(self, hidden: torch.Tensor, phase_weight: torch.Tensor) -> torch.Tensor:
         stride = int(self.conv.stride[0])
-        phases = F.conv1d(hidden, phase_weight, self.phase_bias, padding=1)  # (batch, out * stride, length + 1)
+        if self.phase_products is not None:
+            current, previous = self.phase_products
+            phases = F.pad(torch.matmul(current, hidden), (0, 1))  # (batch, out * stride, length + 1)
+            phases[..., 1:] += torch.matmul(previous, hidden)
+            if self.phase_bias is not None:
+                phases += self.phase_bias[:, None]
+        else:
+            phases = F.conv1d(hidden, phase_weight, self.phase_bias, padding=1)  # (batch, out * stride, length + 1)
         batch, _, positions = phases.shape
         out = phases.view(batch, -1, stride, positions).transpose(2, 3).reshape(batch, -1, positions * stride)
         return out[..., self.trim_left : out.shape[-1] - self.trim_right]
@@ -400,9 +426,10 @@ class EncodecAudioDecoder(nn.Module):
         `dtype`: bfloat16 halves the decode time on CPUs with bf16 dot products, about 40-45 dB
         from float32 (musicgen-small's shape, random weights); the output layers stay float32,
         which in bf16 cost as much and round the samples themselves. Convolutions pad and trim
-        inside oneDNN instead of copying their inputs and outputs, transposed ones become plain
-        convolutions (``TrimmedConvTranspose1d.convolve_by_phase``), and ELUs whose input nothing
-        else reads work in place. Not undone: a decoder prepared to serve is never saved.
+        inside oneDNN instead of copying their inputs and outputs, one-tap ones are matrix
+        products, transposed ones become plain convolutions in float32 and two matrix products in
+        bfloat16 (``TrimmedConvTranspose1d.convolve_by_phase``), and ELUs whose input nothing else
+        reads work in place. Not undone: a decoder prepared to serve is never saved.
         """
         self.frame_layers.to(dtype)
         self.upsample_layers.to(dtype)
@@ -410,9 +437,10 @@ class EncodecAudioDecoder(nn.Module):
         for module in self.modules():
             if isinstance(module, PaddedConv1d):
                 module.pad_in_convolution()
+                module.convolve_pointwise_as_product()
             elif isinstance(module, TrimmedConvTranspose1d):
-                # by phase in float32 only: in bfloat16 oneDNN's own transposed convolution was faster
-                if dtype != torch.float32 or not module.convolve_by_phase():
+                # by phase: in float32 as one two-tap convolution, in bfloat16 as two products
+                if not module.convolve_by_phase(products=dtype != torch.float32):
                     module.trim_in_convolution()
             elif isinstance(module, nn.Sequential):
                 # A layer's input past the first is the previous layer's fresh output.

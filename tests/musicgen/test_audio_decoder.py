@@ -134,7 +134,11 @@ def test_serving_in_bfloat16_stays_close_to_float32() -> None:
     assert actual.shape == expected.shape
     assert {p.dtype for p in decoder.output_layers.parameters()} == {torch.float32}
     upsamplers = [m for m in decoder.modules() if isinstance(m, TrimmedConvTranspose1d)]
-    assert all(m.phase_weight is None for m in upsamplers)  # oneDNN's own is faster in bfloat16
+    assert upsamplers
+    assert all(m.phase_products is not None for m in upsamplers)  # two products each
+    pointwise = [m for m in decoder.modules() if isinstance(m, PaddedConv1d) and m.conv.kernel_size[0] == 1]
+    assert pointwise
+    assert all(m.pointwise_weight is not None for m in pointwise)
     noise = (actual - expected).pow(2).mean() / expected.pow(2).mean()
     assert 30.0 < -10 * torch.log10(noise) < 80.0  # close, yet really computed in bfloat16
 
