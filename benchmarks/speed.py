@@ -224,14 +224,15 @@ TAKES = 4
 
 def measure_takes(directory: Path, seconds: int, precision: str) -> dict[str, Any]:
     """`TAKES` takes of a `seconds` clip against one take, side by side in one warm process: each
-    twice, alternating, the best of each (the neighbours' memory traffic moves single runs)."""
+    three times, alternating, the best of each (the neighbours' memory traffic moves single runs,
+    at times for a minute or more)."""
     from handler.generation import GenerationParams
     from handler.musicgen.generator import MusicgenGenerator
 
     generator = MusicgenGenerator(str(directory), precision)  # type: ignore[arg-type]
     generator.generate(GenerationParams(PROMPT, 1, 3.0, 1.0, seed=0))  # loads, and pays the one-off costs
     walls: dict[int, list[float]] = {1: [], TAKES: []}
-    for _ in range(2):
+    for _ in range(3):
         for takes in walls:
             started = time.perf_counter()
             audio = generator.generate(GenerationParams(PROMPT, seconds, 3.0, 1.0, seed=0, takes=takes))

@@ -565,24 +565,24 @@ static int64_t sample_token(const float *scores, int64_t vocab, float inv_temper
 }
 
 /* Next tokens from the step's logits: guidance (unconditional rows after the prompts' rows)
- * combined as uncond + (cond - uncond) * guidance, then one token per prompt and codebook. */
+ * combined as uncond + (cond - uncond) * guidance, then one token per prompt and codebook, the
+ * (prompt, codebook) pairs shared between the threads (several takes draw 16 a step), each with
+ * its own scratch. */
 static void sample_step(const srm_decoder *m, const srm_generation *g, const float *uniforms) {
-    float *scores = g->scratch, *work = g->scratch + g->vocab;
     const int guided = m->rows == 2 * g->prompts;
-    for (int64_t b = 0; b < g->prompts; b++)
-        for (int64_t c = 0; c < g->codebooks; c++) {
-            const float *cond = m->logits + b * m->head.n + c * g->vocab;
-            const float *uncond = cond + g->prompts * m->head.n;
-            for (int64_t v = 0; v < g->vocab; v++)
-                scores[v] = guided ? uncond[v] + (cond[v] - uncond[v]) * g->guidance : cond[v];
-            const float uniform = uniforms[b * g->codebooks + c];
-            g->picked[b * g->codebooks + c] = sample_token(scores, g->vocab, g->inv_temperature, g->top_k, uniform, work);
-        }
+    const int64_t pairs = g->prompts * g->codebooks;
+#pragma omp parallel for num_threads(m->threads > 0 ? m->threads : 1) schedule(static) if (pairs > 1)
+    for (int64_t p = 0; p < pairs; p++) {
+        const int64_t b = p / g->codebooks, c = p % g->codebooks;
+        float *scores = g->scratch + p * 3 * g->vocab, *work = scores + g->vocab;
+        const float *cond = m->logits + b * m->head.n + c * g->vocab;
+        const float *uncond = cond + g->prompts * m->head.n;
+        for (int64_t v = 0; v < g->vocab; v++)
+            scores[v] = guided ? uncond[v] + (cond[v] - uncond[v]) * g->guidance : cond[v];
+        g->picked[p] = sample_token(scores, g->vocab, g->inv_temperature, g->top_k, uniforms[p], work);
+    }
 }
 
-/* Decode steps first..last-1 of a generation without returning to Python: each step embeds the
- * tokens at position t, runs the decoder, samples, and writes position t + 1 of the sequence
- * (the pad token where the delay pattern forces it). x: (rows, hidden) scratch. */
 void srm_generate(const srm_decoder *m, const srm_generation *g, float *x, int64_t first, int64_t last) {
     const int64_t d = m->hidden, len = g->length;
     for (int64_t t = first; t < last; t++) {

@@ -323,7 +323,7 @@ class NativeGeneration:
             "positions": positions.float().contiguous(),
             "uniforms": uniforms.float().contiguous(),
             "forced": forced.to(torch.uint8).contiguous(),
-            "scratch": torch.empty(3 * vocab),
+            "scratch": torch.empty((prompts * codebooks, 3 * vocab)),
             "picked": torch.empty((prompts, codebooks), dtype=torch.long),
         }
         self.sequence = sequence

@@ -87,7 +87,7 @@ typedef struct {
     const uint8_t *forced;   /* (codebooks, length): 1 where the delay pattern puts the pad token */
     int64_t pad_token;
     int64_t *sequence;       /* (prompts, codebooks, length): column 0 holds the start tokens */
-    float *scratch;          /* 3 * vocab */
+    float *scratch;          /* (prompts * codebooks, 3 * vocab): one per token drawn at once */
     int64_t *picked;         /* (prompts, codebooks) */
 } srm_generation;
 

@@ -26,7 +26,7 @@ def sample(
     prompts = rows // 2 if guidance is not None else rows
     flat = logits.float().reshape(rows, codebooks * vocab).contiguous()
     picked = torch.empty((prompts, codebooks), dtype=torch.long)
-    scratch = torch.empty(3 * vocab)
+    scratch = torch.empty((prompts * codebooks, 3 * vocab))
     holder = Decoder(rows=rows, logits=flat.data_ptr(), head=Linear(n=codebooks * vocab))
     sampling = Generation(
         prompts=prompts,
