@@ -5,6 +5,7 @@
 #include <immintrin.h>
 
 #define SRM_DOTS "avx2"
+#define SRM_INT4_PASSES 2 /* dot_block4 goes over a block in two halves of 8 channels */
 #define SRM_QUERY_SHIFT 0 /* the query's dots with the keys are plain C's, exact: nothing to take off */
 
 #include "dots_plain.h"
@@ -19,7 +20,7 @@ static inline __attribute__((always_inline)) void dot_block(const int8_t *w, con
     for (int i = 0; i < SRM_BLOCK_N; i++)
         for (int64_t r = 0; r < rows; r++) sum[i][r] = _mm256_setzero_si256();
     for (int64_t kb = 0; kb < k; kb += SRM_BLOCK_K) {
-        prefetch_block_slice(ahead, kb);
+        prefetch_ahead(ahead, kb * SRM_BLOCK_N, SRM_BLOCK_N * SRM_BLOCK_K);
         for (int half = 0; half < 2; half++) {
             for (int i = 0; i < SRM_BLOCK_N; i++) {
                 const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + kb * SRM_BLOCK_N + i * 64 + half * 32));
@@ -51,7 +52,7 @@ static inline __attribute__((always_inline)) int32_t dot_block_excess(const srm_
 /* out[r][j] = sum over groups g of scale[j, g] * (weight[j, g] . quant[r, g]) for one block of 16
  * output channels of 4-bit weights (see srm_linear), j a vector lane. The weights are multiplied
  * as stored (weight + 8, unsigned), and 8 * the group's input sum is taken off. */
-static inline __attribute__((always_inline)) void dot_block4(const uint8_t *w, const uint16_t *group_scale, const int8_t *quant,
+static inline __attribute__((always_inline)) void dot_block4(const uint8_t *w, const uint8_t *ahead, const uint16_t *group_scale, const int8_t *quant,
                                                              const int32_t *quant_sum, int64_t stride, int64_t sum_stride, int64_t rows, int64_t k,
                                                              float out[SRM_MAX_ROWS][SRM_BLOCK_N4]) {
     const int64_t groups = k / SRM_BLOCK_K;
@@ -63,6 +64,8 @@ static inline __attribute__((always_inline)) void dot_block4(const uint8_t *w, c
         for (int64_t r = 0; r < rows; r++) sum[r] = _mm256_setzero_ps();
         for (int64_t g = 0; g < groups; g++) {
             const uint8_t *wg = w + g * SRM_BLOCK_K * SRM_BLOCK_N4 / 2 + half * 32;
+            /* the second half rereads L1: the memory fetches the next block meanwhile */
+            if (half == 1) prefetch_ahead(ahead, g * SRM_BLOCK_K * SRM_BLOCK_N4 / 2, SRM_BLOCK_K * SRM_BLOCK_N4 / 2);
             __m256i pairs[SRM_MAX_ROWS][2];
             for (int64_t r = 0; r < rows; r++) pairs[r][0] = pairs[r][1] = _mm256_setzero_si256();
             for (int c = 0; c < 8; c++) {

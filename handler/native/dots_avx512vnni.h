@@ -21,7 +21,7 @@ static inline __attribute__((always_inline)) void dot_block(const int8_t *w, con
     for (int i = 0; i < SRM_BLOCK_N; i++)
         for (int64_t r = 0; r < rows; r++) sum[i][r] = _mm512_setzero_si512();
     for (int64_t kb = 0; kb < k; kb += SRM_BLOCK_K) {
-        prefetch_block_slice(ahead, kb);
+        prefetch_ahead(ahead, kb * SRM_BLOCK_N, SRM_BLOCK_N * SRM_BLOCK_K);
         const __m512i w0 = _mm512_loadu_si512(w + kb * SRM_BLOCK_N);
         const __m512i w1 = _mm512_loadu_si512(w + kb * SRM_BLOCK_N + 64);
         const __m512i w2 = _mm512_loadu_si512(w + kb * SRM_BLOCK_N + 128);
@@ -47,9 +47,10 @@ static inline __attribute__((always_inline)) int32_t dot_block_excess(const srm_
 /* out[r][j] = sum over groups g of scale[j, g] * (weight[j, g] . quant[r, g]) for one block of 16
  * output channels of 4-bit weights (see srm_linear), j a vector lane. The weights are multiplied
  * as stored (weight + 8, unsigned), and 8 * the group's input sum is taken off. */
-static inline __attribute__((always_inline)) void dot_block4(const uint8_t *w, const uint16_t *group_scale, const int8_t *quant,
+static inline __attribute__((always_inline)) void dot_block4(const uint8_t *w, const uint8_t *ahead, const uint16_t *group_scale, const int8_t *quant,
                                                              const int32_t *quant_sum, int64_t stride, int64_t sum_stride, int64_t rows, int64_t k,
                                                              float out[SRM_MAX_ROWS][SRM_BLOCK_N4]) {
+    (void)ahead; /* one pass over the block: nothing to overlap */
     const int64_t groups = k / SRM_BLOCK_K;
     __m512 sum[SRM_MAX_ROWS];
     const __m512i low = _mm512_set1_epi8(0x0F);

@@ -71,7 +71,7 @@ static inline __attribute__((always_inline)) void dot_block(const int8_t *w, con
         for (int p = 0; p < SRM_BLOCK_N / 2; p++) mm[s][p][0] = mm[s][p][1] = vdupq_n_s32(0);
 #endif
     for (int64_t kb = 0; kb < k; kb += SRM_BLOCK_K) {
-        prefetch_block_slice(ahead, kb);
+        prefetch_ahead(ahead, kb * SRM_BLOCK_N, SRM_BLOCK_N * SRM_BLOCK_K);
         for (int q = 0; q < 4; q++) {
             int8x16_t wv[SRM_BLOCK_N];
             for (int i = 0; i < SRM_BLOCK_N; i++) wv[i] = vld1q_s8(w + kb * SRM_BLOCK_N + i * 64 + q * 16);
@@ -121,9 +121,10 @@ static inline __attribute__((always_inline)) int32_t dot_block_excess(const srm_
  * as stored (weight + 8, unsigned), and 8 * the group's input sum is taken off. A 16-byte run of
  * the packed weights holds four channels, four inputs each: register q of a row's four holds
  * channels 4q..4q+3. */
-static inline __attribute__((always_inline)) void dot_block4(const uint8_t *w, const uint16_t *group_scale, const int8_t *quant,
+static inline __attribute__((always_inline)) void dot_block4(const uint8_t *w, const uint8_t *ahead, const uint16_t *group_scale, const int8_t *quant,
                                                              const int32_t *quant_sum, int64_t stride, int64_t sum_stride, int64_t rows, int64_t k,
                                                              float out[SRM_MAX_ROWS][SRM_BLOCK_N4]) {
+    (void)ahead; /* one pass over the block */
     const int64_t groups = k / SRM_BLOCK_K;
     const uint8x16_t low = vdupq_n_u8(0x0F);
     float32x4_t sum[SRM_MAX_ROWS][4];

@@ -85,9 +85,10 @@ static inline __attribute__((always_inline)) int32_t dot_block_excess(const srm_
 /* out[r][j] = sum over groups g of scale[j, g] * (weight[j, g] . quant[r, g]) for one block of 16
  * output channels of 4-bit weights (see srm_linear), j a vector lane. The weights are multiplied
  * as stored (weight + 8, unsigned), and 8 * the group's input sum is taken off. */
-static inline __attribute__((always_inline)) void dot_block4(const uint8_t *w, const uint16_t *group_scale, const int8_t *quant,
+static inline __attribute__((always_inline)) void dot_block4(const uint8_t *w, const uint8_t *ahead, const uint16_t *group_scale, const int8_t *quant,
                                                              const int32_t *quant_sum, int64_t stride, int64_t sum_stride, int64_t rows, int64_t k,
                                                              float out[SRM_MAX_ROWS][SRM_BLOCK_N4]) {
+    (void)ahead;
     plain_dot_block4(w, group_scale, quant, quant_sum, stride, sum_stride, rows, k, out);
 }
 

@@ -43,6 +43,9 @@
 #ifndef SRM_ROWS_PER_PASS
 #define SRM_ROWS_PER_PASS 2 /* input rows whose accumulators the dot kernels keep in registers at once */
 #endif
+#ifndef SRM_INT4_PASSES
+#define SRM_INT4_PASSES 1 /* passes dot_block4 makes over a block for one pass of rows */
+#endif
 
 /* ---------------------------------------------------------------- scalar helpers */
 
@@ -155,14 +158,15 @@ static inline __attribute__((always_inline)) void dot_rows4(const uint8_t *w, co
         const int64_t left = rows - r0;
         const int8_t *q = quant + r0 * stride;
         const int32_t *qs = quant_sum + r0 * sum_stride;
+        const uint8_t *ahead = r0 == 0 && SRM_INT4_PASSES > 1 ? w + k / 2 * SRM_BLOCK_N4 : NULL;
         if (left >= SRM_ROWS_PER_PASS)
-            dot_block4(w, group_scale, q, qs, stride, sum_stride, SRM_ROWS_PER_PASS, k, out + r0);
+            dot_block4(w, ahead, group_scale, q, qs, stride, sum_stride, SRM_ROWS_PER_PASS, k, out + r0);
         else if (left == 2)
-            dot_block4(w, group_scale, q, qs, stride, sum_stride, 2, k, out + r0);
+            dot_block4(w, ahead, group_scale, q, qs, stride, sum_stride, 2, k, out + r0);
         else if (left == 1)
-            dot_block4(w, group_scale, q, qs, stride, sum_stride, 1, k, out + r0);
+            dot_block4(w, ahead, group_scale, q, qs, stride, sum_stride, 1, k, out + r0);
         else
-            dot_block4(w, group_scale, q, qs, stride, sum_stride, left, k, out + r0);
+            dot_block4(w, ahead, group_scale, q, qs, stride, sum_stride, left, k, out + r0);
     }
 }
 

@@ -120,12 +120,13 @@ static inline float bf16_to_float(uint16_t h) {
     return f;
 }
 
-/* The cache lines of weight-block slice `kb` at `ahead` (the next block), fetched while this block's
- * products run: with rows in several passes the block is read from L1 after the first, and the
- * memory would otherwise sit idle through them. NULL: nothing ahead worth fetching. */
-static inline __attribute__((always_inline)) void prefetch_block_slice(const int8_t *ahead, int64_t kb) {
+/* The cache lines of `bytes` at `ahead` + `offset` (the next weight block), fetched while this
+ * block's products run: where a block's products take several passes over it (more rows than the
+ * registers hold, or an instruction set's halves of a 4-bit block), the later ones read it from
+ * L1 and the memory would otherwise sit idle through them. NULL: nothing ahead worth fetching. */
+static inline __attribute__((always_inline)) void prefetch_ahead(const void *ahead, int64_t offset, int64_t bytes) {
     if (ahead)
-        for (int i = 0; i < SRM_BLOCK_N; i++) __builtin_prefetch(ahead + kb * SRM_BLOCK_N + i * SRM_BLOCK_K, 0, 3);
+        for (int64_t line = 0; line < bytes; line += 64) __builtin_prefetch((const char *)ahead + offset + line, 0, 3);
 }
 
 const srm_abi_info *srm_abi(void);
