@@ -11,9 +11,10 @@ from handler.native.runtime import NativeKernels
 
 class NativeLSTM:
     """`lstm(x)[0]` for a unidirectional, time-major `lstm` without projections: the input products
-    of all steps in one torch matrix product per layer (in the LSTM's dtype), the recurrence in `srm_lstm` with the
-    recurrent weights in int8 (one scale per gate row, the decoder's `int8` numerics), every
-    sequence of the batch in one pass (each step streams the recurrent weights once for them all)."""
+    of all steps in one torch matrix product per layer (in the LSTM's dtype), the recurrence in
+    `srm_lstm` with the recurrent weights in int8 (one scale per gate row, the decoder's `int8`
+    numerics), every sequence of the batch in one pass (each step streams the recurrent weights
+    once for them all)."""
 
     def __init__(self, lstm: nn.LSTM, kernels: NativeKernels) -> None:
         if not self.supports(lstm):
