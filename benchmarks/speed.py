@@ -280,7 +280,7 @@ def measure_build(directory: Path, seconds: int, precision: str, build: str) -> 
 def measure_encodec(directory: Path, seconds: int) -> dict[str, Any]:
     """EnCodec's decode of `seconds` of random codes as served (best of three), in each dtype this
     CPU can serve it in: float32 is what a CPU without bf16 gets, so a bf16 machine measures both.
-    Also float32 with torch's LSTM, as before the native recurrence."""
+    Also float32 with torch's LSTM and ELUs, as before the native kernels ran them."""
     import torch
 
     from handler.cpu import cpu_has_bf16
@@ -290,13 +290,13 @@ def measure_encodec(directory: Path, seconds: int) -> dict[str, Any]:
     dtypes = [torch.float32, torch.bfloat16] if cpu_has_bf16() else [torch.float32]
     frames = 50 * seconds
     result: dict[str, Any] = {}
-    for dtype, native_lstm in [*((dtype, True) for dtype in dtypes), (torch.float32, False)]:
+    for dtype, native in [*((dtype, True) for dtype in dtypes), (torch.float32, False)]:
         model = load_artifact(Path(directory) / artifact_dir_name("int8")).model
         codebooks, codebook_size, _ = model.audio_decoder.codebooks.shape
         codes = torch.randint(0, codebook_size, (1, 1, codebooks, frames), generator=torch.Generator().manual_seed(0))
         model.audio_decoder.prepare_to_serve(dtype)  # as MusicgenModel.prepare_to_serve, in this dtype
-        if native_lstm:
-            model.run_lstms_natively()
+        if native:
+            model.run_encodec_natively()
 
         def best_of_three(model: Any = model, codes: Any = codes) -> float:
             times = []
@@ -307,7 +307,7 @@ def measure_encodec(directory: Path, seconds: int) -> dict[str, Any]:
                     times.append(time.perf_counter() - started)
             return min(times)
 
-        name = str(dtype).removeprefix("torch.") + ("" if native_lstm else ", torch LSTM")
+        name = str(dtype).removeprefix("torch.") + ("" if native else ", torch LSTM and ELU")
         result[name] = on_engine_thread(best_of_three)
     return {"seconds": seconds, "decode_s": result}
 

@@ -40,6 +40,19 @@ def user_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield directory
 
 
+@pytest.fixture
+def forced_kernels(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
+    """Sets NATIVE_KERNELS for the process's settings; the settings are read afresh after."""
+
+    def force(name: str) -> None:
+        monkeypatch.setenv("NATIVE_KERNELS", name)
+        get_settings.cache_clear()
+
+    yield force
+    monkeypatch.undo()
+    get_settings.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight MusicGen with its processor, saved with save_pretrained."""

@@ -449,6 +449,20 @@ class EncodecAudioDecoder(nn.Module):
                         layer.inplace = True
         self.prepared_to_serve = True
 
+    def run_elus_with(self, make: Callable[[float, bool, torch.dtype | None], nn.Module]) -> None:
+        """Swap every ELU for ``make(alpha, inplace, dtype)`` (``handler.native.elu.NativeELU``).
+        The output layers' leading ELU becomes the upsampling layers' last, made to return float32:
+        it converts their output for the output layers in its own pass instead of a copy."""
+        leading = self.output_layers[0]
+        if isinstance(leading, nn.ELU):
+            self.upsample_layers.append(make(float(leading.alpha), False, torch.float32))
+            self.output_layers = nn.Sequential(*list(self.output_layers)[1:])
+        for module in list(self.modules()):
+            if isinstance(module, nn.Sequential):
+                for index, layer in enumerate(module):
+                    if isinstance(layer, nn.ELU):
+                        module[index] = make(float(layer.alpha), bool(layer.inplace), None)
+
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes ``(1, batch, codebooks, frames)`` -> audio ``(batch, 1, samples)``."""
         return self.upsample(self.frames(codes))

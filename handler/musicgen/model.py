@@ -52,6 +52,8 @@ from handler.musicgen.pattern import codes_from_sequence, delay_forced, given_po
 from handler.musicgen.text_encoder import T5TextEncoder
 from handler.musicgen.windows import Window, WindowShape
 from handler.native import packing, runtime
+from handler.native.build import PLAIN
+from handler.native.elu import NativeELU
 from handler.native.lstm import NativeLSTM
 from handler.native.packing import FoldedCrossAttention, Int4Linear, Int8Linear
 from handler.native.runtime import NativeGeneration, NativeRun
@@ -257,19 +259,22 @@ class MusicgenModel:
             self.gather_step_weights()
         if self.precision != "fp32":
             self.audio_decoder.prepare_to_serve(torch.bfloat16 if cpu_has_bf16() else torch.float32)
-            self.run_lstms_natively()
+            self.run_encodec_natively()
         if self.native:
             # Unpacked once (bf16, ~100 MB for musicgen-small): a request folds them into its text.
             self._cross_projections = [(q.bfloat16(), o.bfloat16()) for q, o in self._unpacked_cross_projections()]
 
-    def run_lstms_natively(self) -> None:
-        """EnCodec's LSTM recurrence in the native kernel, where one is built."""
+    def run_encodec_natively(self) -> None:
+        """EnCodec's LSTM recurrence in the native kernel, where one is built, and its ELUs where
+        the build is a tuned one (the plain-C reference's is slower than torch's)."""
         kernels = runtime.best()
         if kernels is None:
             return
         for module in self.audio_decoder.modules():
             if isinstance(module, SkipLSTM) and NativeLSTM.supports(module.lstm):
                 module.recurrence = NativeLSTM(module.lstm, kernels)
+        if kernels.variant != PLAIN:
+            self.audio_decoder.run_elus_with(lambda alpha, inplace, dtype: NativeELU(alpha, kernels, inplace, dtype))
 
     def parts(self) -> dict[str, nn.Module | None]:
         """The model's modules by name (what an artifact describes)."""

@@ -6,6 +6,7 @@ import ctypes
 import logging
 from collections.abc import Sequence
 from functools import cache
+from itertools import pairwise
 from pathlib import Path
 
 import torch
@@ -84,6 +85,20 @@ class NativeKernels:
         self._lstm = library.srm_lstm
         self._lstm.restype = None
         self._lstm.argtypes = [ctypes.POINTER(Decoder), ctypes.POINTER(Linear), Pointer, ctypes.c_int64, Pointer]
+        self._elu = library.srm_elu
+        self._elu.restype = None
+        self._elu.argtypes = [
+            Pointer,
+            ctypes.c_int64,
+            Pointer,
+            ctypes.c_int64,
+            ctypes.c_int64,
+            ctypes.c_int64,
+            ctypes.c_float,
+            ctypes.c_int32,
+            ctypes.c_int32,
+            ctypes.c_int32,
+        ]
         self._linear = library.srm_linear_forward
         self._linear.restype = None
         self._linear.argtypes = [
@@ -146,6 +161,28 @@ class NativeKernels:
             out[:, start : start + rows] = part
         return out
 
+    def elu(self, x: torch.Tensor, out: torch.Tensor, alpha: float) -> None:
+        """ELU of `x` into `out` (`srm_elu`; `out` may be `x`): float32 or bfloat16 tensors of one
+        shape whose rows (the last dimension) are contiguous and evenly spaced (`rows_of`)."""
+        source, target = rows_of(x), rows_of(out)
+        if source is None or target is None or x.shape != out.shape:
+            raise ValueError("srm_elu takes tensors of one shape with contiguous, evenly spaced rows")
+        if x.numel() == 0:
+            return
+        length = int(x.shape[-1])
+        self._elu(
+            x.data_ptr(),
+            source,
+            out.data_ptr(),
+            target,
+            x.numel() // length,
+            length,
+            alpha,
+            x.dtype == torch.bfloat16,
+            out.dtype == torch.bfloat16,
+            torch.get_num_threads(),
+        )
+
     def generate(self, run: "NativeRun", generation: "NativeGeneration", first: int, last: int) -> None:
         """Decode steps `first` to `last` - 1 of `generation` on `run`, extending its sequence."""
         self._generate(ctypes.byref(run.struct), ctypes.byref(generation.struct), run.x.data_ptr(), first, last)
@@ -155,6 +192,20 @@ class NativeKernels:
         run.x.copy_(x)
         self._step(ctypes.byref(run.struct), run.x.data_ptr(), pos)
         return run.logits
+
+
+def rows_of(x: torch.Tensor) -> int | None:
+    """How many elements apart the rows (last-dimension vectors) of `x` start, where each row is
+    contiguous and they are evenly spaced, as a trimmed view's are; else None. At least 1 dimension."""
+    if x.stride(-1) != 1 and x.shape[-1] > 1:
+        return None
+    leading = [(size, stride) for size, stride in zip(x.shape[:-1], x.stride()[:-1], strict=True) if size > 1]
+    if not leading:
+        return int(x.shape[-1])
+    for (_, outer), (size, inner) in pairwise(leading):
+        if outer != size * inner:
+            return None
+    return int(leading[-1][1])
 
 
 def head_dim_supported(head_dim: int) -> bool:

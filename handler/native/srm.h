@@ -112,12 +112,14 @@ typedef struct {
     const srm_abi_constant *constant;
 } srm_abi_info;
 
-/* bfloat16 (the 4-bit weights' group scales) to float32. */
+/* bfloat16 (the 4-bit weights' group scales, EnCodec's activations) to float32; a union rather
+ * than memcpy, which stops gcc vectorising callers. */
 static inline float bf16_to_float(uint16_t h) {
-    uint32_t bits = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
+    const union {
+        uint32_t bits;
+        float value;
+    } u = {.bits = (uint32_t)h << 16};
+    return u.value;
 }
 
 /* The cache lines of `bytes` at `ahead` + `offset` (the next weight block), fetched while this
@@ -135,5 +137,7 @@ void srm_linear_forward(const srm_decoder *m, const srm_linear *lin, int64_t row
 void srm_generate(const srm_decoder *m, const srm_generation *g, float *x, int64_t first, int64_t last);
 void srm_sample(const srm_decoder *m, const srm_generation *g, const float *uniforms);
 void srm_lstm(const srm_decoder *m, const srm_linear *w_hh, const float *gates_in, int64_t steps, float *h_out);
+void srm_elu(const void *in, int64_t in_stride, void *out, int64_t out_stride, int64_t rows, int64_t length,
+             float alpha, int32_t in_bf16, int32_t out_bf16, int32_t threads);
 
 #endif

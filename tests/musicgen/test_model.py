@@ -1,10 +1,12 @@
 """The lean decode loop against transformers' own `generate`, on the tiny model."""
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from torch import nn
 from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
 from handler.cpu import cpu_has_bf16
@@ -13,8 +15,11 @@ from handler.musicgen.model import MusicgenModel
 from handler.musicgen.pattern import delay_forced, given_positions, sequence_from_codes
 from handler.musicgen.windows import Window
 from handler.native import packing, runtime
+from handler.native.build import PLAIN
+from handler.native.elu import NativeELU
 from handler.native.lstm import NativeLSTM
 from handler.native.packing import Int4Linear, Int8Linear
+from tests.support.native_builds import RUNNABLE
 
 PROMPTS = ["80s pop track with bassy drums and synth", "lofi chill"]
 
@@ -159,6 +164,35 @@ def test_serving_runs_encodecs_lstm_natively_except_in_fp32(tiny_model_dir: Path
         after = engine.decode_audio(codes)
     snr = 10 * torch.log10(before.pow(2).sum() / (after - before).pow(2).sum())
     assert snr > (30 if precision != "fp32" else 200)  # bf16 EnCodec where the CPU has it, and the int8 LSTM
+
+
+@pytest.mark.parametrize("name", [variant.name for variant in RUNNABLE])
+def test_serving_runs_encodecs_elus_natively_on_a_tuned_build(
+    tiny_model_dir: Path, forced_kernels: Callable[[str], None], name: str
+) -> None:
+    forced_kernels(name)
+    model, _ = load(tiny_model_dir)
+    engine = MusicgenModel.from_transformers(model, precision="int8")
+    codes = torch.randint(0, model.config.decoder.vocab_size, (1, 2, 4, 60), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        before = engine.decode_audio(codes)
+    engine.prepare_to_serve()
+    decoder = engine.audio_decoder
+    elus = [module for module in decoder.modules() if isinstance(module, nn.ELU | NativeELU)]
+    tuned = name != PLAIN.name  # the plain build's ELU is slower than torch's
+    assert elus
+    assert all(isinstance(module, NativeELU) == tuned for module in elus)
+    if tuned:
+        # the output layers' ELU ends the upsampling, converting to their float32 in its own pass
+        last = decoder.upsample_layers[-1]
+        assert isinstance(last, NativeELU)
+        assert last.dtype == torch.float32
+        assert not any(isinstance(module, NativeELU) for module in decoder.output_layers)
+    with torch.inference_mode():
+        after = engine.decode_audio(codes)
+    assert after.dtype == torch.float32
+    snr = 10 * torch.log10(before.pow(2).sum() / (after - before).pow(2).sum())
+    assert snr > 30
 
 
 def test_step_bytes_count_the_streamed_weights_and_the_cache_written_so_far(tiny_model_dir: Path) -> None:

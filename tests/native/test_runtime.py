@@ -2,7 +2,7 @@
 is given."""
 
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,7 +16,7 @@ from handler.native import build, packing, runtime
 from handler.native.build import PLAIN
 from handler.native.packing import Int8Linear
 from handler.native.runtime import KernelSelectionError, NativeKernels, NativeRun
-from handler.settings import AUTO, Settings, get_settings
+from handler.settings import AUTO, Settings
 from tests.support.native_builds import RUNNABLE
 from tests.support.native_layers import fold, random_layer, without_cross_biases
 
@@ -116,19 +116,6 @@ def test_heads_the_cache_layout_cannot_hold_are_refused(reference: NativeKernels
             rows=2, cond_rows=1, capacity=4,
             cross_k=[torch.zeros(1, 1, 2, head_dim)], cross_v=[torch.zeros(1, 1, 2, head_dim)], cross_mask=None,
         )  # fmt: skip
-
-
-@pytest.fixture
-def forced_kernels(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
-    """Sets NATIVE_KERNELS for the process's settings; the settings are read afresh after."""
-
-    def force(name: str) -> None:
-        monkeypatch.setenv("NATIVE_KERNELS", name)
-        get_settings.cache_clear()
-
-    yield force
-    monkeypatch.undo()
-    get_settings.cache_clear()
 
 
 @pytest.mark.parametrize("name", [variant.name for variant in RUNNABLE])

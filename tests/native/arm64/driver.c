@@ -24,12 +24,14 @@
 typedef const srm_abi_info *(*abi_fn)(void);
 typedef void (*linear_fn)(const srm_decoder *, const srm_linear *, int64_t, float *, int64_t);
 typedef void (*step_fn)(const srm_decoder *, float *, int64_t);
+typedef void (*elu_fn)(const void *, int64_t, void *, int64_t, int64_t, int64_t, float, int32_t, int32_t, int32_t);
 
 typedef struct {
     const char *path;
     abi_fn abi;
     linear_fn linear_forward;
     step_fn decoder_step;
+    elu_fn elu;
 } library;
 
 static int failures = 0, checks = 0;
@@ -360,10 +362,46 @@ static void check_decoder(const library *ref, const library *cand, const decoder
            (long long)differing, (double)worst_logits, (double)worst_x, (double)top);
 }
 
+/* ---------------------------------------------------------------- EnCodec's ELU */
+
+/* srm_elu on rows 3 elements longer than they are read (a trimmed view), float32 in and out, then
+ * bfloat16 in and out, and bfloat16 in with float32 out. The vector exp may round differently
+ * from the scalar one: float32 outputs within the tolerance, bf16 ones within one bf16 rounding. */
+static void check_elu(const library *ref, const library *cand) {
+    enum { rows = 5, length = 20000, stride = length + 3, count = rows * length };
+    float *x = random_floats(rows * stride, -12.0f, 4.0f);
+    x[7] = 0.0f, x[8] = -1e-7f, x[9] = -100.0f;
+    uint16_t *x16 = zeroed(rows * stride * sizeof *x16);
+    for (int64_t i = 0; i < rows * stride; i++) x16[i] = to_bf16(x[i]);
+    float *want = zeroed(count * sizeof *want), *got = zeroed(count * sizeof *got);
+    uint16_t *want16 = zeroed(count * sizeof *want16), *got16 = zeroed(count * sizeof *got16);
+    ref->elu(x, stride, want, length, rows, length, 0.5f, 0, 0, 2);
+    cand->elu(x, stride, got, length, rows, length, 0.5f, 0, 0, 2);
+    compare("elu float32", want, got, count, 0);
+    ref->elu(x16, stride, want, length, rows, length, 1.0f, 1, 0, 2);
+    cand->elu(x16, stride, got, length, rows, length, 1.0f, 1, 0, 2);
+    compare("elu bfloat16 to float32", want, got, count, 0);
+    ref->elu(x16, stride, want16, length, rows, length, 1.0f, 1, 1, 2);
+    cand->elu(x16, stride, got16, length, rows, length, 1.0f, 1, 1, 2);
+    int64_t apart = 0; /* more than one bfloat16 rounding (2^-8 relative) apart */
+    for (int64_t i = 0; i < count; i++) {
+        const uint32_t wide[2] = {(uint32_t)want16[i] << 16, (uint32_t)got16[i] << 16};
+        float a, b;
+        memcpy(&a, &wide[0], sizeof a);
+        memcpy(&b, &wide[1], sizeof b);
+        if (!(fabsf(a - b) <= 0x1p-8f * fabsf(a))) apart++;
+    }
+    checks++;
+    if (apart) failures++;
+    printf("%-4s %-58s %8lld values, %6lld more than a rounding apart\n", apart ? "FAIL" : "ok", "elu bfloat16",
+           (long long)count, (long long)apart);
+    free(x), free(x16), free(want), free(got), free(want16), free(got16);
+}
+
 /* ---------------------------------------------------------------- main */
 
 static library open_library(const char *path) {
-    library lib = {path, NULL, NULL, NULL};
+    library lib = {path, NULL, NULL, NULL, NULL};
     void *handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (!handle) {
         fprintf(stderr, "cannot load %s: %s\n", path, dlerror());
@@ -372,8 +410,9 @@ static library open_library(const char *path) {
     lib.abi = (abi_fn)dlsym(handle, "srm_abi");
     lib.linear_forward = (linear_fn)dlsym(handle, "srm_linear_forward");
     lib.decoder_step = (step_fn)dlsym(handle, "srm_decoder_step");
-    if (!lib.abi || !lib.linear_forward || !lib.decoder_step) {
-        fprintf(stderr, "%s lacks srm_abi, srm_linear_forward or srm_decoder_step\n", path);
+    lib.elu = (elu_fn)dlsym(handle, "srm_elu");
+    if (!lib.abi || !lib.linear_forward || !lib.decoder_step || !lib.elu) {
+        fprintf(stderr, "%s lacks srm_abi, srm_linear_forward, srm_decoder_step or srm_elu\n", path);
         exit(2);
     }
     return lib;
@@ -407,6 +446,7 @@ int main(int argc, char **argv) {
         {8, 1, 8, 4, 64, 4, 128, 30, 40, 3, 0, 6},
     };
     for (size_t i = 0; i < sizeof configs / sizeof configs[0]; i++) check_decoder(&ref, &cand, &configs[i]);
+    check_elu(&ref, &cand);
 
     printf("%s: %d of %d checks failed\n", failures ? "FAILED" : "PASSED", failures, checks);
     return failures ? 1 : 0;
