@@ -747,6 +747,10 @@ class MusicgenModel:
         for start in range(0, frames, DECODE_CHUNK_FRAMES):
             end = min(frames, start + DECODE_CHUNK_FRAMES)
             lo, hi = max(0, start - DECODE_CONTEXT_FRAMES), min(frames, end + DECODE_CONTEXT_FRAMES)
-            piece = decoder.upsample(hidden[..., lo:hi])
-            audio[..., start * hop : end * hop] = piece[..., (start - lo) * hop : (end - lo) * hop]
+            # One take at a time: a batch's activations outgrew glibc's 32 MB mapping threshold
+            # (~170k page faults for 4 takes of 10 s), and torch's batched products copied the
+            # weights for each take.
+            for take in range(int(hidden.shape[0])):
+                piece = decoder.upsample(hidden[take : take + 1, :, lo:hi])
+                audio[take, :, start * hop : end * hop] = piece[0, :, (start - lo) * hop : (end - lo) * hop]
         return audio
