@@ -49,9 +49,14 @@
 
 /* ---------------------------------------------------------------- scalar helpers */
 
-/* exp(x) to ~2 ulp, in a form compilers vectorise (libm's expf is a scalar call). */
-static inline float fast_exp(float x) {
-    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+/* exp(x) = 2^n (1 + fraction) for x within float's range: fraction = exp(r) - 1 of the reduced
+ * r = x - n ln 2, |r| <= ln 2 / 2, to ~2 ulp, in a form compilers vectorise (libm's expf is a
+ * scalar call). */
+typedef struct {
+    float fraction, scale;
+} exp_parts;
+
+static inline exp_parts split_exp(float x) {
     const float n = __builtin_rintf(x * 1.44269504088896341f);
     const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
     float p = 1.9875691500e-4f;
@@ -60,13 +65,17 @@ static inline float fast_exp(float x) {
     p = p * r + 4.1665795894e-2f;
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
     /* 2^n from its exponent bits; a union rather than memcpy, which stops gcc vectorising callers */
     const union {
         int32_t bits;
         float value;
     } scale = {.bits = ((int32_t)n + 127) << 23};
-    return p * scale.value;
+    return (exp_parts){p * r * r + r, scale.value};
+}
+
+static inline float fast_exp(float x) {
+    const exp_parts e = split_exp(x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x));
+    return (e.fraction + 1.0f) * e.scale;
 }
 
 /* GELU with erf (Abramowitz & Stegun 7.1.26, |error| < 1.5e-7), as torch's default GELU. */
@@ -509,24 +518,11 @@ void srm_lstm(const srm_decoder *m, const srm_linear *w_hh, const float *gates_i
 
 /* ---------------------------------------------------------------- EnCodec's ELU */
 
-/* exp(x) - 1 for x <= 0, accurate near 0 too: 2^n (p + 1) - 1 with p = exp(r) - 1 as in fast_exp,
- * so where n is 0 (|x| < ~0.35) it is p itself, with no cancellation. */
+/* exp(x) - 1 for x <= 0, accurate near 0 too: 2^n (fraction + 1) - 1, which is the fraction
+ * itself where n is 0 (|x| < ~0.35), with no cancellation. */
 static inline float fast_expm1_negative(float x) {
-    x = x < -87.0f ? -87.0f : x;
-    const float n = __builtin_rintf(x * 1.44269504088896341f);
-    const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r;
-    const union {
-        int32_t bits;
-        float value;
-    } scale = {.bits = ((int32_t)n + 127) << 23};
-    return p * scale.value + (scale.value - 1.0f);
+    const exp_parts e = split_exp(x < -87.0f ? -87.0f : x);
+    return e.fraction * e.scale + (e.scale - 1.0f);
 }
 
 static inline float elu_value(float x, float alpha) {
