@@ -222,24 +222,60 @@ TAKES = 4
 """Takes the takes measurement asks for: the most one request may."""
 
 
+def side_by_side(generator: Any, cases: dict[Any, Any]) -> dict[Any, list[float]]:
+    """Wall times of `generator.generate(params)` for each case's params, in one warm process:
+    three rounds, alternating (the neighbours' memory traffic moves single runs, at times for a
+    minute or more), so the best of each case compares like with like."""
+    walls: dict[Any, list[float]] = {case: [] for case in cases}
+    for _ in range(3):
+        for case, params in cases.items():
+            started = time.perf_counter()
+            generator.generate(params)
+            walls[case].append(time.perf_counter() - started)
+    return walls
+
+
 def measure_takes(directory: Path, seconds: int, precision: str) -> dict[str, Any]:
-    """`TAKES` takes of a `seconds` clip against one take, side by side in one warm process: each
-    three times, alternating, the best of each (the neighbours' memory traffic moves single runs,
-    at times for a minute or more)."""
+    """`TAKES` takes of a `seconds` clip against one take (`side_by_side`)."""
     from handler.generation import GenerationParams
     from handler.musicgen.generator import MusicgenGenerator
 
     generator = MusicgenGenerator(str(directory), precision)  # type: ignore[arg-type]
     generator.generate(GenerationParams(PROMPT, 1, 3.0, 1.0, seed=0))  # loads, and pays the one-off costs
-    walls: dict[int, list[float]] = {1: [], TAKES: []}
-    for _ in range(3):
-        for takes in walls:
-            started = time.perf_counter()
-            audio = generator.generate(GenerationParams(PROMPT, seconds, 3.0, 1.0, seed=0, takes=takes))
-            walls[takes].append(time.perf_counter() - started)
-            assert audio.shape == (takes, seconds * 32000)
+    cases = {takes: GenerationParams(PROMPT, seconds, 3.0, 1.0, seed=0, takes=takes) for takes in (1, TAKES)}
+    walls = side_by_side(generator, cases)
     one, several = min(walls[1]), min(walls[TAKES])
     return {"takes": TAKES, "one_take_s": one, "takes_s": several, "ratio": several / one, "walls_s": walls}
+
+
+LONG_PROMPT = (
+    "epic orchestral music with dramatic strings and powerful drums and a lofi hip hop beat with smooth"
+    " jazz piano and rain sounds and ambient electronic music with synth pads and gentle beats and"
+    " traditional indian classical music with sitar and tabla and rain sounds and dramatic strings"
+)
+"""A long description: 48 tokens with the benchmark model's tokenizer (each of its training
+text's words one token, as T5's vocabulary mostly has them), against `PROMPT`'s 14."""
+
+
+def measure_prompts(directory: Path, seconds: int, precision: str) -> dict[str, Any]:
+    """A `seconds` clip of `LONG_PROMPT` against one of `PROMPT` (`side_by_side`), with each
+    prompt's tokens and whether its cross-attention was folded into the text."""
+    from handler.generation import GenerationParams
+    from handler.musicgen.artifact import artifact_dir_name, load_artifact
+    from handler.musicgen.generator import MusicgenGenerator
+
+    prompts = {"short": PROMPT, "long": LONG_PROMPT}
+    artifact = load_artifact(Path(directory) / artifact_dir_name(precision))  # type: ignore[arg-type]
+    tokens = {name: int(artifact.tokenizer([text])[0].shape[1]) for name, text in prompts.items()}
+    steps = steps_for(seconds)
+    folded = {name: artifact.model.folds_cross_attention(1, count, steps) for name, count in tokens.items()}
+    generator = MusicgenGenerator(str(directory), precision)  # type: ignore[arg-type]
+    generator.generate(GenerationParams(PROMPT, 1, 3.0, 1.0, seed=0))  # loads, and pays the one-off costs
+    cases = {name: GenerationParams(text, seconds, 3.0, 1.0, seed=0) for name, text in prompts.items()}
+    walls = side_by_side(generator, cases)
+    short, long = min(walls["short"]), min(walls["long"])
+    return {"tokens": tokens, "folded": folded, "short_s": short, "long_s": long, "ratio": long / short,
+            "walls_s": walls}  # fmt: skip
 
 
 def measure_long(directory: Path, seconds: int, precision: str) -> dict[str, Any]:
@@ -559,6 +595,7 @@ MEASUREMENTS: dict[str, Callable[..., dict[str, Any]]] = {
     "build": measure_build,
     "encodec": measure_encodec,
     "takes": measure_takes,
+    "prompts": measure_prompts,
     "long": measure_long,
 }
 
@@ -660,6 +697,13 @@ def table(report: dict[str, Any]) -> str:
             f"{precision}, {takes['takes']} takes of {seconds} s in one batch: {takes['takes_s']:.2f} s against"
             f" {takes['one_take_s']:.2f} s for one take, side by side: {takes['ratio']:.2f}x (target <= 1.6x)"
         )
+    for precision, prompts in report.get("prompts", {}).items():
+        tokens = prompts["tokens"]
+        lines.append(
+            f"{precision}, a {tokens['long']}-token prompt against a {tokens['short']}-token one, {seconds} s clip:"
+            f" {prompts['long_s']:.2f} s against {prompts['short_s']:.2f} s, side by side:"
+            f" {prompts['ratio']:.2f}x (target <= 1.1x)"
+        )
     for precision, long in report.get("long", {}).items():
         lines.append(
             f"{precision}, a {long['seconds']} s clip (windows of 30 s): {long['wall_s']:.1f} s"
@@ -738,6 +782,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     report["takes"] = {
         precision: run_isolated("takes", directory=directory, seconds=seconds, precision=precision)
+        for precision in extras
+    }
+    report["prompts"] = {
+        precision: run_isolated("prompts", directory=directory, seconds=seconds, precision=precision)
         for precision in extras
     }
     report["long"] = {

@@ -19,7 +19,7 @@ def benchmark_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("benchmark-cache")
 
 
-def test_smoke_benchmark_measures_baseline_engine_http_takes_long_clips_and_quality(
+def test_smoke_benchmark_measures_baseline_engine_http_takes_prompts_long_clips_and_quality(
     tmp_path: Path, benchmark_cache: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "speed.json"
@@ -50,6 +50,7 @@ def test_smoke_benchmark_measures_baseline_engine_http_takes_long_clips_and_qual
     # The smoke run measures the rest in the first precision only (the same code for each; the
     # engines' own tests cover int4's builds, takes, windows and bakes).
     assert set(report["plain_directory"]) == set(report["builds"]) == set(report["takes"]) == set(report["long"])
+    assert set(report["prompts"]) == {"int8"}
     assert set(report["long"]) == {"int8"}
     plain = report["plain_directory"]["int8"]
     assert plain["origins"] == ["baked", "cache", "beside the model"]
@@ -63,6 +64,10 @@ def test_smoke_benchmark_measures_baseline_engine_http_takes_long_clips_and_qual
     takes = report["takes"]["int8"]
     assert takes["takes"] == 4
     assert takes["ratio"] == takes["takes_s"] / takes["one_take_s"] > 0
+    prompts = report["prompts"]["int8"]
+    assert prompts["tokens"]["long"] > prompts["tokens"]["short"] > 1
+    assert prompts["ratio"] == prompts["long_s"] / prompts["short_s"] > 0
+    assert set(prompts["folded"]) == {"short", "long"}
     long = report["long"]["int8"]
     assert long["seconds"] == 35  # past one 30 s window
     assert long["wall_s"] > 0
@@ -83,6 +88,7 @@ def test_smoke_benchmark_measures_baseline_engine_http_takes_long_clips_and_qual
     assert "from a plain directory: first start (bakes)" in printed
     assert "int8, 4 takes of 1 s in one batch:" in printed
     assert "int8, a 35 s clip (windows of 30 s):" in printed
+    assert "-token one, 1 s clip:" in printed
 
 
 def test_smoke_load_benchmark_reports_latencies_and_no_errors_at_each_pace(
