@@ -266,7 +266,7 @@ class NativeRun:
         quant_sum = torch.empty((rows, in_stride // BLOCK_K), dtype=torch.int32)
         wide = torch.empty((rows, out_stride))
         attn = torch.zeros((rows, in_stride))
-        scores = torch.empty((rows * heads, max(capacity, cross_len)))
+        scores = torch.empty((rows * heads, max(cross_len, 1)))
         mask = None if cross_mask is None else cross_mask.to(torch.uint8).contiguous()
         keys = [k.contiguous() for k in cross_k]
         values = [v.contiguous() for v in cross_v]

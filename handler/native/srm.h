@@ -69,7 +69,7 @@ typedef struct {
     int32_t *quant_sum; /* (rows, in_stride / 64): the sum of each group of 64 quantised inputs */
     float *wide;     /* (rows, out_stride) */
     float *attn;     /* (rows, in_stride) */
-    float *scores;   /* (rows * heads, max(capacity, cross_len)) */
+    float *scores;   /* (rows * heads, cross_len): the cross-attention's weights */
     float *logits;   /* (rows, head.n) */
     int64_t in_stride, out_stride;
 } srm_decoder;

@@ -7,7 +7,7 @@ from torch import nn
 
 from handler.native.packing import Int4Linear, Int8Linear, PackedLinear
 from handler.native.runtime import NativeKernels, NativeRun
-from tests.support.native_layers import fold, random_layer, without_cross_biases
+from tests.support.native_layers import fold, random_layer, self_attention_only_layer, without_cross_biases
 from tests.support.native_sampling import sample
 
 LAYERS = 2
@@ -101,6 +101,30 @@ def test_every_build_computes_the_same_decoder_steps(
     torch.testing.assert_close(got, expected, rtol=0, atol=0.02 * scale)
     assert float((got - expected).abs().mean()) < 0.002 * scale
     assert torch.equal(steps.run(kernels), steps.run(kernels))
+
+
+def test_self_attention_over_many_key_tiles_is_softmax_attention(kernels: NativeKernels) -> None:
+    # 150 positions: four whole tiles of 32 keys and a part one, read in one pass with a running
+    # softmax. Each query scores its own key highest, so the last tile raises the maximum at every
+    # step, and the random scores of the others raise it from tile to tile too.
+    hidden, steps, sharpness = 64, 150, 0.5
+    torch.manual_seed(7)
+    layer = self_attention_only_layer(hidden, sharpness)
+    state = NativeRun(
+        kernels, [layer], nn.LayerNorm(hidden), Int8Linear(torch.eye(hidden), None), heads=1, rows=2, cond_rows=1,
+        capacity=steps, cross_k=[torch.randn(1, 1, 3, hidden)], cross_v=[torch.randn(1, 1, 3, hidden)],
+        cross_mask=None,
+    )  # fmt: skip
+    inputs = torch.randn(steps, 2, hidden)
+    got = torch.stack([state.step(inputs[t], t).clone() for t in range(steps)])
+
+    normed = nn.functional.layer_norm(inputs, (hidden,))  # keys and values
+    scores = torch.einsum("trd,srd->rts", sharpness * normed, normed) / hidden**0.5
+    scores = scores.masked_fill(torch.ones(steps, steps, dtype=torch.bool).triu(1), float("-inf"))
+    attended = torch.einsum("rts,srd->trd", scores.softmax(-1), normed)
+    expected = nn.functional.layer_norm(inputs + attended, (hidden,))
+    torch.testing.assert_close(got, expected, rtol=0, atol=0.05)
+    assert float((got - expected).abs().mean()) < 0.01
 
 
 @pytest.mark.parametrize("takes", [1, 3])

@@ -29,6 +29,22 @@ def random_layer(hidden: int, ffn: int, packed: type[PackedLinear] = Int8Linear)
     )
 
 
+def self_attention_only_layer(hidden: int, sharpness: float) -> LayerWeights:
+    """A layer that adds its self-attention to the residual and nothing else: LayerNorms without
+    weights, queries `sharpness` times the normed row, keys and values the normed row itself, an
+    identity output projection, and zero cross-attention and feed-forward products."""
+    eye, zeros = torch.eye(hidden), torch.zeros(hidden, hidden)
+    return LayerWeights(
+        norms=(nn.LayerNorm(hidden), nn.LayerNorm(hidden), nn.LayerNorm(hidden)),
+        qkv=Int8Linear(torch.cat([sharpness * eye, eye, eye]), None),
+        out=Int8Linear(eye, None),
+        cross_q=Int8Linear(zeros, None),
+        cross_out=Int8Linear(zeros, None),
+        fc1=Int8Linear(zeros, None),
+        fc2=Int8Linear(zeros, None),
+    )
+
+
 def without_cross_biases(layer: LayerWeights, packed: type[PackedLinear]) -> LayerWeights:
     """The layer with bias-free cross-attention projections, as MusicGen's (which can be folded)."""
     layer.cross_q = packed(layer.cross_q.dequantized_weight(), None)
