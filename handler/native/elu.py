@@ -29,8 +29,18 @@ class NativeELU(nn.Module):
         dtype = self.dtype or x.dtype
         if x.dtype not in NATIVE_DTYPES or x.dim() == 0:
             return F.elu(x, self.alpha).to(dtype)
-        if rows_of(x) is None:
+        if rows_of(x) is None and not _stored_time_major(x):
             x = x.contiguous()
-        out = x if self.inplace and dtype == x.dtype else torch.empty(x.shape, dtype=dtype)
-        self.kernels.elu(x, out, self.alpha)
+        # the same strides as x's, dense (torch's preserve_format)
+        out = x if self.inplace and dtype == x.dtype else torch.empty_like(x, dtype=dtype)
+        if rows_of(x) is None:  # stored time-major: elementwise, so one row of it all
+            self.kernels.elu(x.transpose(-1, -2).view(1, -1), out.transpose(-1, -2).view(1, -1), self.alpha)
+        else:
+            self.kernels.elu(x, out, self.alpha)
         return out
+
+
+def _stored_time_major(x: torch.Tensor) -> bool:
+    """Whether `x` (..., channels, time) is (..., time, channels) in memory, densely (EnCodec's
+    activations when serving)."""
+    return x.dim() >= 2 and x.transpose(-1, -2).is_contiguous()

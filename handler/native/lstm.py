@@ -41,7 +41,10 @@ class NativeLSTM:
         # contiguous: a strided input (EnCodec hands over a transposed view) made the first product 10x slower
         hidden = x.float().contiguous()
         for input_weight, bias, recurrent in self.layers:
-            gates = torch.matmul(hidden.to(input_weight.dtype), input_weight).float()
+            # one 2-D product: torch's matmul of a (time, batch, input) tensor whose size-1 batch
+            # has an odd stride expanded the weight for every time step
+            rows = hidden.to(input_weight.dtype).reshape(-1, hidden.shape[-1])
+            gates = torch.mm(rows, input_weight).view(*hidden.shape[:-1], -1).float()
             if bias is not None:
                 gates += bias
             hidden = self.kernels.lstm_layer(recurrent, gates)

@@ -143,6 +143,27 @@ def test_serving_in_bfloat16_stays_close_to_float32() -> None:
     assert 30.0 < -10 * torch.log10(noise) < 80.0  # close, yet really computed in bfloat16
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_serving_keeps_the_upsampling_activations_time_major(dtype: torch.dtype) -> None:
+    # stored (batch, time, channels): what oneDNN's convolutions take without reordering, and
+    # what lets the upsampling's phases interleave without a copy
+    codec = random_codec(**MUSICGEN_SMALL_CODEC)
+    decoder = EncodecAudioDecoder.from_transformers(codec)
+    decoder.prepare_to_serve(dtype)
+    layouts: list[tuple[str, bool]] = []
+    for layer in decoder.upsample_layers:
+        layer.register_forward_hook(
+            lambda module, _, out: layouts.append((type(module).__name__, out.transpose(1, 2).is_contiguous()))
+        )
+    upsamplers = [m for m in decoder.modules() if isinstance(m, TrimmedConvTranspose1d)]
+    assert all(m.time_major_weight is not None for m in upsamplers)
+    with torch.inference_mode():
+        audio = decoder.decode(random_codes(codec, batch=1, frames=20))
+    assert audio.shape == (1, 1, 20 * decoder.hop_length)
+    assert {name for name, _ in layouts} >= {"TrimmedConvTranspose1d", "ResidualBlock"}
+    assert all(time_major for _, time_major in layouts), layouts
+
+
 @pytest.mark.parametrize("overrides", CODEC_VARIANTS)
 @pytest.mark.parametrize("frames", [1, 5])
 def test_other_codec_variants_match_transformers(overrides: dict[str, Any], frames: int) -> None:

@@ -77,9 +77,30 @@ def test_nan_and_infinities(kernels: NativeKernels) -> None:
 
 
 def test_rows_that_are_not_evenly_spaced_are_copied_first(kernels: NativeKernels, values: torch.Tensor) -> None:
-    x = values.transpose(1, 2)  # rows of 3 elements 700 apart: not contiguous
+    x = values[..., ::2]  # every other element: no row is contiguous
     assert rows_of(x) is None
     torch.testing.assert_close(NativeELU(1.0, kernels)(x), F.elu(x), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_activations_stored_time_major_keep_their_layout(
+    kernels: NativeKernels, values: torch.Tensor, inplace: bool
+) -> None:
+    # (batch, channels, time) stored as (batch, time, channels), as EnCodec's serving upsampler
+    # keeps them: one pass over the memory, no copy, the output stored the same way
+    x = values.transpose(1, 2).contiguous().transpose(1, 2)
+    assert rows_of(x) is None
+    expected = F.elu(x)
+    got = NativeELU(1.0, kernels, inplace=inplace)(x)
+    assert got.stride() == x.stride()
+    assert (got.data_ptr() == x.data_ptr()) == inplace
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)
+    widened = NativeELU(1.0, kernels, dtype=torch.float32)(
+        values.bfloat16().transpose(1, 2).contiguous().transpose(1, 2)
+    )
+    assert widened.dtype == torch.float32
+    assert widened.transpose(1, 2).is_contiguous()
+    torch.testing.assert_close(widened, F.elu(values.bfloat16().float()), rtol=1e-6, atol=1e-7)
 
 
 def test_other_dtypes_run_in_torch(kernels: NativeKernels, values: torch.Tensor) -> None:

@@ -41,6 +41,16 @@ def test_a_batch_past_one_call_s_rows_is_each_sequence_alone(kernels: NativeKern
             torch.testing.assert_close(NativeLSTM(lstm, kernels)(x[:, b : b + 1]), got[:, b : b + 1])
 
 
+def test_a_strided_input_gives_what_a_contiguous_one_does(kernels: NativeKernels, lstm: nn.LSTM) -> None:
+    # EnCodec's serving layers hand over (time, 1, input) with the batch's stride past the end
+    x = torch.randn(1, 48, 25).transpose(1, 2).contiguous().transpose(1, 2).permute(2, 0, 1)
+    assert x.stride() == (48, 25 * 48, 1)
+    with torch.inference_mode():
+        torch.testing.assert_close(
+            NativeLSTM(lstm, kernels)(x), NativeLSTM(lstm, kernels)(x.clone(memory_format=torch.contiguous_format))
+        )
+
+
 def test_builds_agree_with_the_plain_reference(kernels: NativeKernels, reference: NativeKernels, lstm: nn.LSTM) -> None:
     x = torch.randn(25, 1, 48)
     with torch.inference_mode():
