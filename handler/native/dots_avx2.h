@@ -94,11 +94,28 @@ static inline __attribute__((always_inline)) void dot_block4(const uint8_t *w, c
 }
 
 /* dots[j] = query . key j for the SRM_KEY_TILE keys of one tile, laid out (head_dim / 4, 32, 4):
- * four dimensions of a key are adjacent, so one vpdpbusd lane takes one key's four products.
- * Plain C in this build: there is no AVX2 version. */
+ * four dimensions of a key are adjacent, so one 32-bit lane takes one key's four products. Both
+ * are signed: vpmaddubsw takes |query| and the keys with the query's signs (pair sums within
+ * 2 * 127 * 127, no saturation), vpmaddwd adds the pairs. Exact, as the plain C it replaces, which
+ * gcc vectorised poorly: a 1-take step at position 1400 spent twice as long in attention as the
+ * AVX512-VNNI build's. */
 static inline __attribute__((always_inline)) void tile_dots(const int8_t *restrict query, const int8_t *restrict tile,
                                                             int64_t hd, int32_t dots[SRM_KEY_TILE]) {
-    plain_tile_dots(query, tile, hd, SRM_QUERY_SHIFT, dots);
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i sum[SRM_KEY_TILE / 8];
+    for (int j = 0; j < SRM_KEY_TILE / 8; j++) sum[j] = _mm256_setzero_si256();
+    for (int64_t g = 0; g < hd / 4; g++) {
+        int32_t four;
+        memcpy(&four, query + 4 * g, sizeof four);
+        const __m256i q = _mm256_set1_epi32(four);
+        const __m256i q_abs = _mm256_sign_epi8(q, q);
+        for (int j = 0; j < SRM_KEY_TILE / 8; j++) {
+            const __m256i keys = _mm256_loadu_si256((const __m256i *)(tile + (g * SRM_KEY_TILE + 8 * j) * 4));
+            const __m256i pairs = _mm256_maddubs_epi16(q_abs, _mm256_sign_epi8(keys, q));
+            sum[j] = _mm256_add_epi32(sum[j], _mm256_madd_epi16(pairs, ones));
+        }
+    }
+    for (int j = 0; j < SRM_KEY_TILE / 8; j++) _mm256_storeu_si256((__m256i *)(dots + 8 * j), sum[j]);
 }
 
 #endif
