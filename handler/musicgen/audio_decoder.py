@@ -48,13 +48,34 @@ def _channels_last_kernel(weight: torch.Tensor) -> torch.Tensor:
     return weight.detach().unsqueeze(2).contiguous(memory_format=torch.channels_last)
 
 
-def _time_major_product(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """`weight` (out, in) times every time step of `hidden` (batch, in, time): (batch, time, out),
-    one 2-D product (torch's batched ``matmul`` of a strided input copied the weight per batch and
-    at times expanded it per step)."""
+def _time_major_product(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`weight` (out, in) times every time step of `hidden` (batch, in, time), plus `bias`:
+    (batch, time, out), one 2-D product with the bias added in it (torch's batched ``matmul`` of
+    a strided input copied the weight per batch and at times expanded it per step)."""
     batch, channels, length = hidden.shape
     rows = hidden.transpose(1, 2).reshape(batch * length, channels)  # a copy only where uneven
-    return torch.mm(rows, weight.t()).view(batch, length, -1)
+    product = torch.mm(rows, weight.t()) if bias is None else torch.addmm(bias, rows, weight.t())
+    return product.view(batch, length, -1)
+
+
+def _time_major_phases(
+    hidden: torch.Tensor, current: torch.Tensor, previous: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """(batch, time + 1, phases): position u is `current` times input u plus `previous` times input
+    u - 1, plus `bias`; written by two products in place, the second adding to the first's output
+    (no padded copy, no temporary sum)."""
+    batch, _, length = hidden.shape
+    phases = hidden.new_empty((batch, length + 1, int(current.shape[0])))
+    for index in range(batch):
+        rows, out = hidden[index].t(), phases[index]
+        if bias is None:
+            torch.mm(rows, current.t(), out=out[:length])
+            out[length].zero_()
+        else:
+            torch.addmm(bias, rows, current.t(), out=out[:length])
+            out[length].copy_(bias)
+        out[1:].addmm_(rows, previous.t())
+    return phases
 
 
 def _check_norm(layer: Any) -> None:
@@ -176,9 +197,8 @@ class PaddedConv1d(nn.Module):
         kernel = self.time_major_weight
         if self.pointwise_weight is not None and padding == 0:
             if kernel is not None:
-                product = _time_major_product(hidden, self.pointwise_weight).transpose(1, 2)
-            else:
-                product = torch.matmul(self.pointwise_weight, hidden)
+                return _time_major_product(hidden, self.pointwise_weight, conv.bias).transpose(1, 2)
+            product = torch.matmul(self.pointwise_weight, hidden)
             return product if conv.bias is None else product.add_(conv.bias[:, None])
         if kernel is not None:
             stride, dilation = (1, conv.stride[0]), (1, conv.dilation[0])
@@ -281,11 +301,7 @@ class TrimmedConvTranspose1d(nn.Module):
     def _forward_by_phase_time_major(self, hidden: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
         stride = int(self.conv.stride[0])
         if self.phase_products is not None:
-            current, previous = self.phase_products
-            phases = F.pad(_time_major_product(hidden, current), (0, 0, 0, 1))  # (batch, length + 1, stride * out)
-            phases[:, 1:] += _time_major_product(hidden, previous)
-            if self.phase_bias is not None:
-                phases += self.phase_bias
+            phases = _time_major_phases(hidden, *self.phase_products, self.phase_bias)
         else:
             row = F.conv2d(hidden.unsqueeze(2), kernel, self.phase_bias, padding=(0, 1))
             phases = row.squeeze(2).transpose(1, 2)
@@ -376,7 +392,8 @@ class ResidualBlock(nn.Module):
         """The block's output plus the shortcut of its input."""
         residual = hidden
         hidden = self.block(hidden)
-        out: torch.Tensor = self.shortcut(residual) + hidden
+        # in place: the block's last layer gives a fresh tensor (the sum is the same either way round)
+        out: torch.Tensor = hidden.add_(self.shortcut(residual))
         return out
 
 
