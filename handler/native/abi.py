@@ -128,6 +128,18 @@ class LibraryAbi:
     constants: Mapping[str, int]
 
 
+FUNCTIONS = ("srm_decoder_step", "srm_generate", "srm_linear_forward", "srm_lstm", "srm_elu")
+"""What the runtime calls besides `srm_abi`: a library built before one of them existed lacks it."""
+
+
+def check_functions(library: ctypes.CDLL, name: str) -> None:
+    """Refuse `library` (reported as `name`) if it lacks a function of `FUNCTIONS`."""
+    missing = [function for function in FUNCTIONS if not hasattr(library, function)]
+    if missing:
+        lacking = ", ".join(missing)
+        raise AbiMismatchError(f"{name} lacks {lacking}: built from older sources; rebuild it (make kernels)")
+
+
 def read(library: ctypes.CDLL, name: str) -> LibraryAbi:
     """The layouts and constants `library` (reported as `name`) was compiled with."""
     try:

@@ -402,8 +402,8 @@ def inverse_temperature(temperature: float) -> float:
 def load(variant: Variant, directory: Path = SOURCE.parent) -> NativeKernels | None:
     """`variant`'s library in `directory`, or None when it has not been built or cannot be loaded.
 
-    Raises `abi.AbiMismatchError` when the library's structs or constants are not the Python side's:
-    calling it would read and write memory at the wrong offsets."""
+    Raises `abi.AbiMismatchError` when the library's structs or constants are not the Python side's
+    (calling it would read and write memory at the wrong offsets), or it lacks a function."""
     path = variant.path(directory)
     if not path.is_file():
         return None
@@ -414,6 +414,7 @@ def load(variant: Variant, directory: Path = SOURCE.parent) -> NativeKernels | N
         logger.warning("native kernels could not be loaded", extra={"library": str(path)}, exc_info=True)
         return None
     abi.check(abi.read(library, str(path)), C_CONSTANTS, dots=variant.dots)
+    abi.check_functions(library, str(path))
     return NativeKernels(library, variant)
 
 

@@ -101,6 +101,17 @@ def test_a_library_built_before_the_check_is_refused(tmp_path: Path) -> None:
         runtime.load(PLAIN, tmp_path)
 
 
+def test_a_library_built_before_a_function_existed_is_refused_naming_it(tmp_path: Path) -> None:
+    # the current sources with srm_elu renamed: the structs and constants match, the function is gone
+    output = PLAIN.path(tmp_path)
+    commands = build.build_commands(PLAIN, output)
+    commands[0] = [*commands[0][:1], "-O0", "-Dsrm_elu=srm_elu_not_yet", *commands[0][2:]]
+    for command in commands:
+        subprocess.run(command, check=True)
+    with pytest.raises(AbiMismatchError, match="lacks srm_elu: built from older sources"):
+        runtime.load(PLAIN, tmp_path)
+
+
 def test_the_runtime_refuses_a_mismatched_library_rather_than_fall_back(
     build_directory: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
