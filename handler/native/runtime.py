@@ -4,6 +4,7 @@ the same arithmetic in torch (the packed layers' `forward`), only slower."""
 
 import ctypes
 import logging
+import math
 from collections.abc import Sequence
 from functools import cache
 from itertools import pairwise
@@ -208,6 +209,15 @@ def rows_of(x: torch.Tensor) -> int | None:
     return int(leading[-1][1])
 
 
+def _per_position(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised (..., capacity) array of one value per cached position, with KEY_TILE
+    spare elements after its end: attention computes a whole tile's scores from these arrays,
+    the positions past the last written one included (then discarded), so the last head's last
+    tile reads up to KEY_TILE - 1 elements beyond its row."""
+    count = math.prod(shape)
+    return torch.empty(count + KEY_TILE, dtype=dtype)[:count].view(shape)
+
+
 def head_dim_supported(head_dim: int) -> bool:
     """Whether the native step's cache layout holds attention heads of `head_dim` dimensions."""
     return head_dim % 4 == 0 and head_dim <= MAX_HEAD_DIM
@@ -255,9 +265,9 @@ class NativeRun:
         shape = (len(layers), rows, heads)
         self.k_cache = torch.empty((*shape, tiles, head_dim // 4, KEY_TILE, 4), dtype=torch.int8)
         self.v_cache = torch.empty((*shape, capacity, head_dim), dtype=torch.int8)
-        self.k_scale = torch.empty((*shape, capacity))
-        self.v_scale = torch.empty((*shape, capacity))
-        self.k_sum = torch.empty((*shape, capacity), dtype=torch.int32)
+        self.k_scale = _per_position((*shape, capacity), torch.float32)
+        self.v_scale = _per_position((*shape, capacity), torch.float32)
+        self.k_sum = _per_position((*shape, capacity), torch.int32)
         self.x = torch.empty((rows, hidden))
         self.logits = torch.empty((rows, head.padded_shape[0]))
         normed = torch.empty((rows, in_stride))

@@ -42,8 +42,9 @@ typedef struct {
     srm_linear qkv, out, cross_q, cross_out, fc1, fc2;
     int8_t *k_cache;                 /* (rows, heads, capacity / 32, head_dim / 4, 32, 4), see attend */
     int8_t *v_cache;                 /* (rows, heads, capacity, head_dim) */
-    float *k_scale, *v_scale;        /* (rows, heads, capacity): one scale per cached key and value */
-    int32_t *k_sum;                  /* (rows, heads, capacity): sum of each cached key's int8 values */
+    /* (rows, heads, capacity), then SRM_KEY_TILE spare elements: attend reads whole tiles of them */
+    float *k_scale, *v_scale;        /* one scale per cached key and value */
+    int32_t *k_sum;                  /* sum of each cached key's int8 values */
     const float *cross_k, *cross_v;  /* (cond_rows, heads, cross_len, head_dim) float32 */
     /* The cross-attention of the one prompt every conditional row reads (its takes), with the
      * projections folded in (used when cross_keys.n > 0):

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from handler.native import packing
 from handler.native.packing import Int4Linear, Int8Linear, PackedLinear
 from handler.native.runtime import NativeKernels, NativeRun
 from tests.support.native_layers import fold, random_layer, self_attention_only_layer, without_cross_biases
@@ -125,6 +126,19 @@ def test_self_attention_over_many_key_tiles_is_softmax_attention(kernels: Native
     expected = nn.functional.layer_norm(inputs + attended, (hidden,))
     torch.testing.assert_close(got, expected, rtol=0, atol=0.05)
     assert float((got - expected).abs().mean()) < 0.01
+
+
+def test_the_per_position_arrays_have_a_tile_to_spare_past_their_end(kernels: NativeKernels) -> None:
+    # attention scores whole tiles, reading these arrays up to a tile past the last position
+    steps = Steps(24, 2, 40, Int8Linear, folded=False)
+    state = NativeRun(
+        kernels, steps.layers, steps.final_norm, steps.head, heads=2, rows=2, cond_rows=1, capacity=13,
+        cross_k=steps.cross_k, cross_v=steps.cross_v, cross_mask=None,
+    )  # fmt: skip
+    for array in (state.k_scale, state.v_scale, state.k_sum):
+        assert array.shape[-1] == 13
+        spare = array.untyped_storage().nbytes() // array.element_size() - array.numel()
+        assert spare >= packing.KEY_TILE
 
 
 @pytest.mark.parametrize("takes", [1, 3])

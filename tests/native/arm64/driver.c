@@ -288,9 +288,10 @@ static srm_decoder random_decoder(const decoder_config *c) {
         const int64_t tiles = round_up(c->capacity, SRM_KEY_TILE);
         l->k_cache = zeroed((size_t)(pairs * tiles * hd));
         l->v_cache = zeroed((size_t)(pairs * c->capacity * hd));
-        l->k_scale = zeroed((size_t)(pairs * c->capacity) * sizeof(float));
-        l->v_scale = zeroed((size_t)(pairs * c->capacity) * sizeof(float));
-        l->k_sum = zeroed((size_t)(pairs * c->capacity) * sizeof(int32_t));
+        /* a tile to spare past the end, as srm.h asks: attention reads whole tiles of them */
+        l->k_scale = zeroed((size_t)(pairs * c->capacity + SRM_KEY_TILE) * sizeof(float));
+        l->v_scale = zeroed((size_t)(pairs * c->capacity + SRM_KEY_TILE) * sizeof(float));
+        l->k_sum = zeroed((size_t)(pairs * c->capacity + SRM_KEY_TILE) * sizeof(int32_t));
     }
     m.layer = layers;
     m.final_ln_weight = random_floats(d, 0.8f, 1.2f);
