@@ -196,10 +196,7 @@ class PaddedConv1d(nn.Module):
         conv = self.conv
         kernel = self.time_major_weight
         if self.pointwise_weight is not None and padding == 0:
-            if kernel is not None:
-                return _time_major_product(hidden, self.pointwise_weight, conv.bias).transpose(1, 2)
-            product = torch.matmul(self.pointwise_weight, hidden)
-            return product if conv.bias is None else product.add_(conv.bias[:, None])
+            return _time_major_product(hidden, self.pointwise_weight, conv.bias).transpose(1, 2)
         if kernel is not None:
             stride, dilation = (1, conv.stride[0]), (1, conv.dilation[0])
             row = F.conv2d(hidden.unsqueeze(2), kernel, conv.bias, stride, (0, padding), dilation)
@@ -217,7 +214,7 @@ class TrimmedConvTranspose1d(nn.Module):
     phase_products: tuple[torch.Tensor, torch.Tensor] | None = None
     """The two taps of ``phase_weight`` as matrices (input u, input u - 1), when run as products."""
     time_major_weight: torch.Tensor | None = None
-    """``phase_weight`` for activations stored time-major, once serving so (``compute_time_major``)."""
+    """``phase_weight`` as a one-row 2-D convolution's, channels last (``convolve_by_phase``)."""
 
     def __init__(self, conv: nn.ConvTranspose1d, causal: bool, trim_right_ratio: float) -> None:
         super().__init__()
@@ -271,34 +268,17 @@ class TrimmedConvTranspose1d(nn.Module):
             return False
         weight = conv.weight.detach()  # (in, out, kernel)
         taps = torch.stack([weight[:, :, stride:], weight[:, :, :stride]], dim=-1)  # tap 0 reads input u - 1
-        self.phase_weight = taps.permute(1, 2, 0, 3).reshape(-1, weight.shape[0], 2).contiguous()
-        self.phase_bias = None if conv.bias is None else conv.bias.detach().repeat_interleave(stride)
+        # Rows phase by phase (all channels of phase 0, then of phase 1...): on activations stored
+        # time-major the (time, phase, channel) result is then the interleaved output as it is.
+        self.phase_weight = taps.permute(2, 1, 0, 3).reshape(-1, weight.shape[0], 2).contiguous()
+        self.time_major_weight = _channels_last_kernel(self.phase_weight)
+        self.phase_bias = None if conv.bias is None else conv.bias.detach().repeat(stride)
         if products:
             self.phase_products = (self.phase_weight[:, :, 1].contiguous(), self.phase_weight[:, :, 0].contiguous())
         return True
 
-    def compute_time_major(self) -> None:
-        """Take and give activations stored time-major (``EncodecAudioDecoder.prepare_to_serve``).
-        By phase, the phases' rows go phase by phase (all channels of phase 0, then of phase 1...):
-        then the (time, phase, channel) result is already the interleaved (time, channel) output,
-        where the channel-major layout needed a copy to interleave. A transposed convolution not
-        run by phase takes any layout as it is."""
-        if self.phase_weight is None:
-            return
-        stride, channels = int(self.conv.stride[0]), int(self.conv.out_channels)
-
-        def by_phase(rows: torch.Tensor) -> torch.Tensor:
-            return rows.view(channels, stride, *rows.shape[1:]).transpose(0, 1).reshape(rows.shape).contiguous()
-
-        self.phase_weight = by_phase(self.phase_weight)
-        self.time_major_weight = _channels_last_kernel(self.phase_weight)
-        if self.conv.bias is not None:
-            self.phase_bias = self.conv.bias.detach().repeat(stride)
-        if self.phase_products is not None:
-            current, previous = self.phase_products
-            self.phase_products = (by_phase(current), by_phase(previous))
-
-    def _forward_by_phase_time_major(self, hidden: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    def _forward_by_phase(self, hidden: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        """The upsampling by phase, its output stored time-major (the phases interleaved by a view)."""
         stride = int(self.conv.stride[0])
         if self.phase_products is not None:
             phases = _time_major_phases(hidden, *self.phase_products, self.phase_bias)
@@ -309,26 +289,10 @@ class TrimmedConvTranspose1d(nn.Module):
         out = phases.reshape(batch, positions * stride, -1).transpose(1, 2)
         return out[..., self.trim_left : out.shape[-1] - self.trim_right]
 
-    def _forward_by_phase(self, hidden: torch.Tensor, phase_weight: torch.Tensor) -> torch.Tensor:
-        if self.time_major_weight is not None:
-            return self._forward_by_phase_time_major(hidden, self.time_major_weight)
-        stride = int(self.conv.stride[0])
-        if self.phase_products is not None:
-            current, previous = self.phase_products
-            phases = F.pad(torch.matmul(current, hidden), (0, 1))  # (batch, out * stride, length + 1)
-            phases[..., 1:] += torch.matmul(previous, hidden)
-            if self.phase_bias is not None:
-                phases += self.phase_bias[:, None]
-        else:
-            phases = F.conv1d(hidden, phase_weight, self.phase_bias, padding=1)  # (batch, out * stride, length + 1)
-        batch, _, positions = phases.shape
-        out = phases.view(batch, -1, stride, positions).transpose(2, 3).reshape(batch, -1, positions * stride)
-        return out[..., self.trim_left : out.shape[-1] - self.trim_right]
-
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """Upsample, then trim."""
-        if self.phase_weight is not None:
-            return self._forward_by_phase(hidden, self.phase_weight)
+        if self.time_major_weight is not None:
+            return self._forward_by_phase(hidden, self.time_major_weight)
         out: torch.Tensor = self.conv(hidden)
         if self.trim_left == self.trim_right == 0:
             return out
@@ -535,7 +499,6 @@ class EncodecAudioDecoder(nn.Module):
                 # by phase: in float32 as one two-tap convolution, in bfloat16 as two products
                 if not module.convolve_by_phase(products=dtype != torch.float32):
                     module.trim_in_convolution()
-                module.compute_time_major()
             elif isinstance(module, nn.Sequential):
                 # A layer's input past the first is the previous layer's fresh output.
                 for layer in list(module)[1:]:
