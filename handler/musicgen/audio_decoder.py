@@ -20,6 +20,12 @@ from torch import nn
 
 _PLAIN_NORMS = ("weight_norm", "none")
 
+PHASE_PRODUCTS_MIN_CHANNELS = 1024
+"""Input channels from which a float32 upsampling runs by phase as two matrix products rather than
+one two-tap convolution: with 1024 (the 32 kHz codec's first upsampling, ~100 frames a chunk)
+oneDNN's convolution took twice as long as the products, with AVX-512 and limited to AVX2 alike;
+with 512 or fewer (thousands of steps a chunk) it was as fast or faster."""
+
 
 def _plain_weight(source: Any) -> torch.Tensor:
     """A detached copy of a conv's effective weight (what a weight-norm parametrization computes, if any)."""
@@ -76,6 +82,12 @@ def _time_major_phases(
             out[length].copy_(bias)
         out[1:].addmm_(rows, previous.t())
     return phases
+
+
+def stored_time_major(x: torch.Tensor) -> bool:
+    """Whether `x` (..., channels, time) is (..., time, channels) in memory, densely (the
+    activations when serving: ``EncodecAudioDecoder.prepare_to_serve``)."""
+    return x.dim() >= 2 and x.transpose(-1, -2).is_contiguous()
 
 
 def _check_norm(layer: Any) -> None:
@@ -181,7 +193,12 @@ class PaddedConv1d(nn.Module):
         """The zero-padded convolution to one channel (EnCodec's last layer) as one matrix product
         and shifted sums: oneDNN takes about four times as long for a single output channel."""
         weight, bias = self.conv.weight[0], self.conv.bias
-        taps = torch.matmul(weight.t(), hidden)  # (batch, kernel, time): each tap's contribution
+        # (batch, kernel, time): each tap's contribution, as a product over the layout the
+        # activations are stored in (the other order copied time-major activations first)
+        if stored_time_major(hidden):
+            taps = torch.matmul(hidden.transpose(1, 2), weight).transpose(1, 2)
+        else:
+            taps = torch.matmul(weight.t(), hidden)
         length = int(hidden.shape[-1])
         out = taps[:, side].clone() if bias is None else taps[:, side] + bias
         for k in range(weight.shape[1]):
@@ -361,6 +378,28 @@ class ResidualBlock(nn.Module):
         return out
 
 
+def _inputs_read(layer: nn.Module, first: int, last: int) -> tuple[int, int]:
+    """The first and last input samples that `layer`'s outputs `first`..`last` depend on (edge
+    padding aside). Layers other than convolutions, residual blocks and sequences are elementwise."""
+    if isinstance(layer, nn.Sequential):
+        for sub in reversed(layer):
+            first, last = _inputs_read(sub, first, last)
+        return first, last
+    if isinstance(layer, ResidualBlock):
+        block, shortcut = _inputs_read(layer.block, first, last), _inputs_read(layer.shortcut, first, last)
+        return min(block[0], shortcut[0]), max(block[1], shortcut[1])
+    if isinstance(layer, PaddedConv1d):
+        left = layer.padding_total if layer.causal else layer.padding_total - layer.padding_total // 2
+        return first * layer.stride - left, last * layer.stride - left + layer.kernel_span - 1
+    if isinstance(layer, TrimmedConvTranspose1d):
+        conv = layer.conv
+        stride, trim = int(conv.stride[0]), layer.trim_left + int(conv.padding[0])
+        span = (int(conv.kernel_size[0]) - 1) * int(conv.dilation[0]) + 1
+        # untrimmed output n sums the inputs i with n - span < i * stride <= n
+        return -(-(first + trim - span + 1) // stride), (last + trim) // stride
+    return first, last
+
+
 def _convert_layer(layer: nn.Module) -> nn.Module:
     """The plain-torch copy of one layer of transformers' ``EncodecDecoder``."""
     from transformers.models.encodec import modeling_encodec as encodec
@@ -471,6 +510,16 @@ class EncodecAudioDecoder(nn.Module):
         out: torch.Tensor = self.output_layers(upsampled.float())
         return out
 
+    @property
+    def context_frames(self) -> int:
+        """Frames of context each side of a chunk of frames that ``upsample`` then gives the whole
+        clip's audio for: the upsampling's reach (one frame for the 32 kHz codec)."""
+        frame = 1 << 20  # any frame far from the clip's edges
+        first, last = frame * self.hop_length, (frame + 1) * self.hop_length - 1
+        for layers in (self.output_layers, self.upsample_layers):
+            first, last = _inputs_read(layers, first, last)
+        return max(frame - first, last - frame, 0)
+
     def prepare_to_serve(self, dtype: torch.dtype) -> None:
         """Trade bit-exactness with transformers for speed: the same audio up to rounding.
 
@@ -479,8 +528,9 @@ class EncodecAudioDecoder(nn.Module):
         from float32 (musicgen-small's shape, random weights); the output layers stay float32,
         which in bf16 cost as much and round the samples themselves. Convolutions pad and trim
         inside oneDNN instead of copying their inputs and outputs, one-tap ones are matrix
-        products, transposed ones become plain convolutions in float32 and two matrix products in
-        bfloat16 (``TrimmedConvTranspose1d.convolve_by_phase``), and ELUs whose input nothing else
+        products, transposed ones become two matrix products in bfloat16 and in float32 from
+        ``PHASE_PRODUCTS_MIN_CHANNELS`` input channels, plain convolutions otherwise
+        (``TrimmedConvTranspose1d.convolve_by_phase``), and ELUs whose input nothing else
         reads work in place. Activations are stored time-major, (batch, time, channels) in memory,
         though still shaped (batch, channels, time): oneDNN's convolutions take and give that layout
         without reordering (in bfloat16 2.5-4x faster than on channel-major activations, which
@@ -496,8 +546,8 @@ class EncodecAudioDecoder(nn.Module):
                 module.convolve_pointwise_as_product()
                 module.compute_time_major()
             elif isinstance(module, TrimmedConvTranspose1d):
-                # by phase: in float32 as one two-tap convolution, in bfloat16 as two products
-                if not module.convolve_by_phase(products=dtype != torch.float32):
+                products = dtype != torch.float32 or module.conv.in_channels >= PHASE_PRODUCTS_MIN_CHANNELS
+                if not module.convolve_by_phase(products=products):
                     module.trim_in_convolution()
             elif isinstance(module, nn.Sequential):
                 # A layer's input past the first is the previous layer's fresh output.

@@ -63,9 +63,6 @@ NATIVE_STEPS_PER_CALL = 10
 """Decode steps per call into native code: progress is reported (and Python runs) between calls."""
 DECODE_CHUNK_FRAMES = 100
 """EnCodec frames decoded at a time after the LSTM (2 s of audio at 50 frames/s)."""
-DECODE_CONTEXT_FRAMES = 8
-"""Frames of context on each side of a chunk: more than the upsampler's receptive field (about
-4 frames for the 32 kHz EnCodec), so chunked audio equals whole-clip audio up to float rounding."""
 
 
 @dataclass
@@ -742,11 +739,11 @@ class MusicgenModel:
         # Up to the LSTM the decoder runs at the frame rate and is cheap; after it, every layer
         # is a convolution, so a chunk with enough neighbouring frames decodes exactly.
         hidden = decoder.frames(codes)
-        frames, hop = int(hidden.shape[-1]), decoder.hop_length
+        frames, hop, context = int(hidden.shape[-1]), decoder.hop_length, decoder.context_frames
         audio = torch.empty((int(hidden.shape[0]), 1, frames * hop))
         for start in range(0, frames, DECODE_CHUNK_FRAMES):
             end = min(frames, start + DECODE_CHUNK_FRAMES)
-            lo, hi = max(0, start - DECODE_CONTEXT_FRAMES), min(frames, end + DECODE_CONTEXT_FRAMES)
+            lo, hi = max(0, start - context), min(frames, end + context)
             # One take at a time: a batch's activations outgrew glibc's 32 MB mapping threshold
             # (~170k page faults for 4 takes of 10 s), and torch's batched products copied the
             # weights for each take.

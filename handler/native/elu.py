@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+from handler.musicgen.audio_decoder import stored_time_major
 from handler.native.runtime import NativeKernels, rows_of
 
 NATIVE_DTYPES = (torch.float32, torch.bfloat16)
@@ -29,7 +30,7 @@ class NativeELU(nn.Module):
         dtype = self.dtype or x.dtype
         if x.dtype not in NATIVE_DTYPES or x.dim() == 0:
             return F.elu(x, self.alpha).to(dtype)
-        if rows_of(x) is None and not _stored_time_major(x):
+        if rows_of(x) is None and not stored_time_major(x):
             x = x.contiguous()
         # the same strides as x's, dense (torch's preserve_format)
         out = x if self.inplace and dtype == x.dtype else torch.empty_like(x, dtype=dtype)
@@ -38,9 +39,3 @@ class NativeELU(nn.Module):
         else:
             self.kernels.elu(x, out, self.alpha)
         return out
-
-
-def _stored_time_major(x: torch.Tensor) -> bool:
-    """Whether `x` (..., channels, time) is (..., time, channels) in memory, densely (EnCodec's
-    activations when serving)."""
-    return x.dim() >= 2 and x.transpose(-1, -2).is_contiguous()

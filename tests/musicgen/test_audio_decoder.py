@@ -189,6 +189,42 @@ def test_serving_in_float32_matches_transformers_up_to_rounding(overrides: dict[
     torch.testing.assert_close(ours(decoder, codes), expected, rtol=0, atol=1e-5 * float(expected.abs().max()))
 
 
+@pytest.mark.parametrize("overrides", [{}, *CODEC_VARIANTS])
+def test_a_chunk_with_its_context_frames_upsamples_to_the_whole_clips_audio(overrides: dict[str, Any]) -> None:
+    codec = random_codec(**(SMALL_CODEC | overrides))
+    decoder = EncodecAudioDecoder.from_transformers(codec)
+    decoder.prepare_to_serve(torch.float32)
+    hop, context = decoder.hop_length, decoder.context_frames
+    with torch.inference_mode():
+        hidden = decoder.frames(random_codes(codec, batch=1, frames=40))
+        whole = decoder.upsample(hidden)[..., 10 * hop : 30 * hop]
+
+        def chunk(context: int) -> torch.Tensor:
+            return decoder.upsample(hidden[..., 10 - context : 30 + context])[..., context * hop : (20 + context) * hop]
+
+        torch.testing.assert_close(chunk(context), whole, rtol=0, atol=1e-5 * float(whole.abs().max()))
+
+
+@pytest.mark.parametrize("overrides", [{}, *CODEC_VARIANTS])
+def test_context_frames_is_as_far_as_a_frame_reaches(overrides: dict[str, Any]) -> None:
+    # in float64, audio that does not depend on the changed frame comes out bit for bit the same
+    codec = random_codec(**(SMALL_CODEC | overrides))
+    decoder = EncodecAudioDecoder.from_transformers(codec).double()
+    decoder.compute_dtype = torch.float64
+    with torch.inference_mode():
+        hidden = decoder.frames(random_codes(codec, batch=1, frames=40)).double()
+        changed = hidden.clone()
+        changed[..., 20] += 1.0
+        audio, moved = (decoder.output_layers(decoder.upsample_layers(x)) for x in (hidden, changed))
+        reached = (moved != audio).nonzero()[:, -1] // decoder.hop_length
+    assert max(20 - int(reached.min()), int(reached.max()) - 20) == decoder.context_frames
+
+
+def test_the_32khz_codec_upsamples_within_a_frame_each_side() -> None:
+    decoder = EncodecAudioDecoder.from_transformers(random_codec(**MUSICGEN_SMALL_CODEC))
+    assert decoder.context_frames == 1
+
+
 def test_decode_is_upsample_of_frames(tiny_codec: Any) -> None:
     decoder = EncodecAudioDecoder.from_transformers(tiny_codec)
     codes = random_codes(tiny_codec, batch=2, frames=9)
