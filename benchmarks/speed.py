@@ -107,6 +107,15 @@ NOTABLE_FLAGS = frozenset(
 )
 """The instruction sets that decide which kernels and EnCodec dtype this machine gets."""
 
+TORCH_AT_AVX2 = {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+"""A process started with these runs torch (oneDNN, MKL and its own kernels) on AVX2 alone: how a
+CPU with AVX-512 measures what an AVX2-only CPU gets (the avx2 build, EnCodec in float32)."""
+
+
+def beyond_avx2() -> bool:
+    """Whether this CPU has more than AVX2 for torch to use (AVX-512), so AVX2 is measured apart."""
+    return "avx512f" in cpu_flags()
+
 
 def cpu_model() -> str:
     """The CPU's model name (Linux), else what `platform` knows."""
@@ -310,23 +319,33 @@ def measure_build(directory: Path, seconds: int, precision: str, build: str) -> 
     generator.generate(GenerationParams(PROMPT, 1, 3.0, 1.0, seed=0))  # loads, and pays the one-off costs
     stamps, on_step = step_timer(steps_for(seconds) / DECODE_SHARE)
     generator.generate(GenerationParams(PROMPT, seconds, 3.0, 1.0, seed=0), on_progress=on_step)
-    return {"ms_per_step": ms_per_step(stamps[:-1])} | memory_floor(directory, precision, steps_for(seconds))
+    return {"ms_per_step": ms_per_step(stamps[:-1]), "torch_isa": torch_isa()} | memory_floor(
+        directory, precision, steps_for(seconds)
+    )
 
 
-def measure_encodec(directory: Path, seconds: int) -> dict[str, Any]:
+def torch_isa() -> str:
+    """The instruction set torch's own CPU kernels use in this process (AVX2 under `TORCH_AT_AVX2`)."""
+    import torch
+
+    return str(torch.backends.cpu.get_cpu_capability())
+
+
+def measure_encodec(directory: Path, seconds: int, float32_only: bool = False) -> dict[str, Any]:
     """EnCodec's decode of `seconds` of random codes as served (best of three), in each dtype this
     CPU can serve it in: float32 is what a CPU without bf16 gets, so a bf16 machine measures both.
-    Also float32 with torch's LSTM and ELUs, as before the native kernels ran them."""
+    Also float32 with torch's LSTM and ELUs, as before the native kernels ran them, unless
+    `float32_only`."""
     import torch
 
     from handler.cpu import cpu_has_bf16
     from handler.musicgen.artifact import artifact_dir_name, load_artifact
     from handler.musicgen.generator import on_engine_thread
 
-    dtypes = [torch.float32, torch.bfloat16] if cpu_has_bf16() else [torch.float32]
+    dtypes = [torch.float32, torch.bfloat16] if cpu_has_bf16() and not float32_only else [torch.float32]
     frames = 50 * seconds
     result: dict[str, Any] = {}
-    for dtype, native in [*((dtype, True) for dtype in dtypes), (torch.float32, False)]:
+    for dtype, native in [*((dtype, True) for dtype in dtypes), *([] if float32_only else [(torch.float32, False)])]:
         model = load_artifact(Path(directory) / artifact_dir_name("int8")).model
         codebooks, codebook_size, _ = model.audio_decoder.codebooks.shape
         codes = torch.randint(0, codebook_size, (1, 1, codebooks, frames), generator=torch.Generator().manual_seed(0))
@@ -345,7 +364,7 @@ def measure_encodec(directory: Path, seconds: int) -> dict[str, Any]:
 
         name = str(dtype).removeprefix("torch.") + ("" if native else ", torch LSTM and ELU")
         result[name] = on_engine_thread(best_of_three)
-    return {"seconds": seconds, "decode_s": result}
+    return {"seconds": seconds, "decode_s": result, "torch_isa": torch_isa()}
 
 
 def memory_floor(directory: Path, precision: str, steps: int) -> dict[str, Any]:
@@ -607,10 +626,11 @@ def runnable_builds() -> list[str]:
     return [variant.name for variant in build.variants() if runtime.runnable(variant)]
 
 
-def run_isolated(name: str, **options: Any) -> dict[str, Any]:
-    """One measurement in a fresh Python process."""
+def run_isolated(name: str, env: dict[str, str] | None = None, **options: Any) -> dict[str, Any]:
+    """One measurement in a fresh Python process, with `env` added to its environment."""
     command = [sys.executable, "-m", "benchmarks.speed", "--only", name, "--options", json.dumps(options, default=str)]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    environment = {**os.environ, **(env or {})}
+    done = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"{name} failed:\n{done.stderr[-4000:]}")
@@ -686,8 +706,9 @@ def table(report: dict[str, Any]) -> str:
     for precision, builds in report.get("builds", {}).items():
         lines.append("")
         for name, figures in builds.items():
+            limited = f" (torch on {figures['torch_isa']})" if name == "avx2" else ""
             lines.append(
-                f"{precision}, NATIVE_KERNELS={name}: {figures['ms_per_step']:.1f} ms per step, warm"
+                f"{precision}, NATIVE_KERNELS={name}{limited}: {figures['ms_per_step']:.1f} ms per step, warm"
                 f" (floor {figures['floor_ms_per_step']:.1f} ms: {figures['step_mb']:.0f} MB"
                 f" at {figures['stream_gbs']:.1f} GB/s)"
             )
@@ -713,6 +734,9 @@ def table(report: dict[str, Any]) -> str:
         lines.append("")
         decoded = ", ".join(f"{name} {value:.2f} s" for name, value in encodec["decode_s"].items())
         lines.append(f"EnCodec decode of {encodec['seconds']} s as served (best of 3): {decoded}")
+    if at_avx2 := report.get("encodec_at_avx2"):
+        decoded = ", ".join(f"{name} {value:.2f} s" for name, value in at_avx2["decode_s"].items())
+        lines.append(f"EnCodec decode of {at_avx2['seconds']} s, torch on {at_avx2['torch_isa']} alone: {decoded}")
     if quality := report.get("quality"):
         lines.append("")
         for precision in report["engines"]:
@@ -774,7 +798,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     extras = args.precisions[:1] if args.smoke else args.precisions
     report["builds"] = {
         precision: {
-            variant: run_isolated("build", directory=directory, seconds=seconds, precision=precision, build=variant)
+            variant: run_isolated(
+                "build",
+                TORCH_AT_AVX2 if variant == "avx2" and beyond_avx2() else None,
+                directory=directory,
+                seconds=seconds,
+                precision=precision,
+                build=variant,
+            )
             for variant in runnable_builds()
         }
         for precision in extras
@@ -793,6 +824,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for precision in extras
     }
     report["encodec"] = run_isolated("encodec", directory=directory, seconds=seconds)
+    if beyond_avx2():
+        report["encodec_at_avx2"] = run_isolated(
+            "encodec", TORCH_AT_AVX2, directory=directory, seconds=seconds, float32_only=True
+        )
     report["plain_directory"] = {
         precision: measure_plain_directory(directory, seconds, long_seconds, precision)
         for precision in extras

@@ -7,7 +7,7 @@ import pytest
 
 from benchmarks import fuzz, load
 from benchmarks.speed import main
-from handler.cpu import cpu_has_bf16
+from handler.cpu import cpu_flags, cpu_has_bf16
 from handler.native import runtime
 from tests.support.native_builds import RUNNABLE
 
@@ -72,12 +72,21 @@ def test_smoke_benchmark_measures_baseline_engine_http_takes_prompts_long_clips_
     assert long["seconds"] == 35  # past one 30 s window
     assert long["wall_s"] > 0
     assert long["peak_rss_mb"] >= long["loaded_peak_rss_mb"] > 0
+    printed = capsys.readouterr().out
     decoded = report["encodec"]["decode_s"]
     served = {"float32", "bfloat16"} if cpu_has_bf16() else {"float32"}
     assert set(decoded) == served | {"float32, torch LSTM and ELU"}
     assert all(seconds > 0 for seconds in decoded.values())
+    # a CPU with AVX-512 also measures what an AVX2-only one gets, torch held to AVX2
+    assert ("encodec_at_avx2" in report) == ("avx512f" in cpu_flags())
+    if "encodec_at_avx2" in report:
+        assert report["encodec_at_avx2"]["torch_isa"] == "AVX2"
+        assert set(report["encodec_at_avx2"]["decode_s"]) == {"float32"}
+        assert "torch on AVX2 alone: float32" in printed
+    if "avx2" in builds:
+        assert builds["avx2"]["torch_isa"] == "AVX2"
+        assert "int8, NATIVE_KERNELS=avx2 (torch on AVX2):" in printed
     assert report["machine"]["cpu"]
-    printed = capsys.readouterr().out
     assert "EnCodec decode of 1 s as served (best of 3): float32" in printed
     assert "ms per decode step" in printed
     assert "real-time factor" in printed
