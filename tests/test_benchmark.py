@@ -80,9 +80,9 @@ def test_smoke_benchmark_measures_baseline_engine_http_takes_prompts_long_clips_
     # a CPU with AVX-512 also measures what an AVX2-only one gets, torch held to AVX2
     assert ("encodec_at_avx2" in report) == ("avx512f" in cpu_flags())
     if "encodec_at_avx2" in report:
-        assert report["encodec_at_avx2"]["torch_isa"] == "AVX2"
+        assert (report["encodec_at_avx2"]["torch_isa"], report["encodec_at_avx2"]["kernels"]) == ("AVX2", "avx2")
         assert set(report["encodec_at_avx2"]["decode_s"]) == {"float32"}
-        assert "torch on AVX2 alone: float32" in printed
+        assert "torch on AVX2 alone and avx2 kernels (an AVX2-only CPU): float32" in printed
     if "avx2" in builds:
         assert builds["avx2"]["torch_isa"] == "AVX2"
         assert "int8, NATIVE_KERNELS=avx2 (torch on AVX2):" in printed
