@@ -463,10 +463,12 @@ def measure_quality(directory: Path, seconds: int, precisions: list[str]) -> dic
     return report
 
 
-def measure_http(directory: Path, seconds: int, precision: str) -> dict[str, Any]:
-    """`POST /generate/` against the local server: the number users feel."""
-    with local_server(directory, precision) as (client, server, started):
+def measure_http(directory: Path, seconds: int, precision: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """`POST /generate/` against the local server (`env` added to its environment): the number
+    users feel, and what served it (kernels, EnCodec's dtype) as `GET /` reports."""
+    with local_server(directory, precision, env=env) as (client, server, started):
         up = wait_until_loaded(client)
+        served = client.get("/").json()["served_model"]
         body = {"text": PROMPT, "duration": seconds, "seed": 0}
         t0 = time.perf_counter()
         first = client.post("/generate/", json=body)
@@ -488,25 +490,29 @@ def measure_http(directory: Path, seconds: int, precision: str) -> dict[str, Any
         "warm_requests_s": warm_requests,
         "warm_rtf": warm / seconds,
         "server_rss_mb": rss,
+        "kernels": served["kernels"],
+        "audio_decoder_dtype": served["audio_decoder_dtype"],
     }
 
 
 @contextlib.contextmanager
 def local_server(
-    directory: Path, precision: str, cache: Path | None = None
+    directory: Path, precision: str, cache: Path | None = None, env: dict[str, str] | None = None
 ) -> Iterator[tuple["httpx.Client", subprocess.Popen[bytes], float]]:
-    """`make run`'s server on `directory` with its own storage: a client, the process, and when it started."""
+    """`make run`'s server on `directory` with its own storage (`env` added to its environment): a
+    client, the process, and when it started."""
     import httpx
 
     with tempfile.TemporaryDirectory() as storage, FreePort() as port:
-        env = {**os.environ, "MODEL_ID": str(directory), "STORAGE_DIR": storage, "MODEL_PRECISION": precision}
+        environment = {**os.environ, **(env or {})}
+        environment |= {"MODEL_ID": str(directory), "STORAGE_DIR": storage, "MODEL_PRECISION": precision}
         if cache is not None:
-            env["ARTIFACT_CACHE_DIR"] = str(cache)
-        env.pop("S3_BUCKET", None)
+            environment["ARTIFACT_CACHE_DIR"] = str(cache)
+        environment.pop("S3_BUCKET", None)
         started = time.perf_counter()
         server = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "handler.app:app", "--port", str(port), "--log-level", "warning"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=900) as client:
@@ -721,6 +727,13 @@ def table(report: dict[str, Any]) -> str:
                 f" (floor {figures['floor_ms_per_step']:.1f} ms: {figures['step_mb']:.0f} MB"
                 f" at {figures['stream_gbs']:.1f} GB/s)"
             )
+    for precision, http in report.get("http_as_avx2_only", {}).items():
+        lines.append("")
+        lines.append(
+            f"{precision}, HTTP POST /generate/ {seconds} s as an AVX2-only CPU ({http['kernels']} kernels, EnCodec in"
+            f" {http['audio_decoder_dtype']}, torch on AVX2), warm (best of 2): {http['warm_request_s']:.2f} s"
+            f" (RTF {http['warm_rtf']:.2f})"
+        )
     for precision, takes in report.get("takes", {}).items():
         lines.append("")
         lines.append(
@@ -823,6 +836,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for precision in extras
         if precision in QUANTIZED
     }
+    if beyond_avx2():
+        report["http_as_avx2_only"] = {
+            precision: measure_http(directory, seconds, precision, env=AS_AVX2_ONLY) for precision in extras
+        }
     report["takes"] = {
         precision: run_isolated("takes", directory=directory, seconds=seconds, precision=precision)
         for precision in extras

@@ -2,6 +2,7 @@
 
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 CPUINFO = Path("/proc/cpuinfo")
@@ -20,10 +21,24 @@ def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str]:
     return frozenset()
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX)."""
-    flags = cpu_flags()
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+ONEDNN_CAPS_WITHOUT_BF16 = frozenset(
+    {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+)
+"""Values of oneDNN's `ONEDNN_MAX_CPU_ISA` below its first instruction set with bf16 dot products
+(AVX512_CORE_BF16): under them torch's bf16 convolutions and products are emulated, and slow."""
+
+
+def onednn_isa_cap(environ: Mapping[str, str] = os.environ) -> str | None:
+    """The instruction set oneDNN (torch's convolutions) is capped at, upper-case; None if uncapped."""
+    value = environ.get("ONEDNN_MAX_CPU_ISA") or environ.get("DNNL_MAX_CPU_ISA")
+    return value.strip().upper() if value and value.strip() else None
+
+
+def cpu_has_bf16(flags: frozenset[str] | None = None, environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether torch computes bf16 natively here: the CPU has bf16 matrix instructions (AVX512-BF16
+    or AMX) and `ONEDNN_MAX_CPU_ISA` does not hold oneDNN below them."""
+    flags = cpu_flags() if flags is None else flags
+    return ("avx512_bf16" in flags or "amx_bf16" in flags) and onednn_isa_cap(environ) not in ONEDNN_CAPS_WITHOUT_BF16
 
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")

@@ -209,6 +209,17 @@ class ServedModel(BaseModel):
         )
     )
     artifact: str | None = Field(description="The artifact's directory name, if any")
+    kernels: str | None = Field(
+        default=None,
+        description=(
+            "The native kernels' build running each decode step (avx512vnni, avx2, neon, plain: the best this CPU"
+            " runs unless NATIVE_KERNELS names one), null where torch runs it (fp32, bf16)"
+        ),
+    )
+    audio_decoder_dtype: str = Field(
+        default="float32",
+        description="What EnCodec's decoder computes in: bfloat16 where the CPU has bf16 dot products, else float32",
+    )
 
 
 class Health(BaseModel):

@@ -7,7 +7,9 @@ from typing import Any
 import httpx
 import pytest
 
+from handler.cpu import cpu_has_bf16
 from handler.musicgen.generator import MusicgenGenerator
+from handler.native import runtime
 from handler.settings import Settings
 from handler.storage import LocalStorage
 from tests.support.app import serve
@@ -118,4 +120,10 @@ def test_a_local_server_loads_the_model_as_it_starts(
     with serve(settings, local_storage, watched) as client:
         assert watched.load_done.wait(timeout=30)  # no request asked for it
         assert not watched.started.is_set()
-        assert client.get("/").json()["served_model"]["precision"] == settings.model_precision
+        served = client.get("/").json()["served_model"]
+    assert served["precision"] == settings.model_precision == "int8"
+    kernels = runtime.best()
+    assert kernels is not None
+    # which kernels and EnCodec dtype this CPU got: what an operator checks after a deploy
+    assert served["kernels"] == kernels.variant.name
+    assert served["audio_decoder_dtype"] == ("bfloat16" if cpu_has_bf16() else "float32")

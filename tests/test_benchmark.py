@@ -83,6 +83,14 @@ def test_smoke_benchmark_measures_baseline_engine_http_takes_prompts_long_clips_
         assert (report["encodec_at_avx2"]["torch_isa"], report["encodec_at_avx2"]["kernels"]) == ("AVX2", "avx2")
         assert set(report["encodec_at_avx2"]["decode_s"]) == {"float32"}
         assert "torch on AVX2 alone and avx2 kernels (an AVX2-only CPU): float32" in printed
+    assert ("http_as_avx2_only" in report) == ("avx512f" in cpu_flags())
+    for precision, http in report.get("http_as_avx2_only", {}).items():
+        assert (http["kernels"], http["audio_decoder_dtype"]) == ("avx2", "float32")
+        assert http["warm_request_s"] > 0
+        assert f"{precision}, HTTP POST /generate/ 1 s as an AVX2-only CPU (avx2 kernels, EnCodec in float32" in printed
+    for http in report["http"].values():
+        assert http["kernels"] == best_kernels.variant.name
+        assert http["audio_decoder_dtype"] == ("bfloat16" if cpu_has_bf16() else "float32")
     if "avx2" in builds:
         assert builds["avx2"]["torch_isa"] == "AVX2"
         assert "int8, NATIVE_KERNELS=avx2 (torch on AVX2):" in printed

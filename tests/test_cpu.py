@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from handler.cpu import cgroup_cpu_quota, cgroup_v1_quota, cgroup_v2_quota, cpu_flags, cpu_quota_threads
+from handler.cpu import cgroup_cpu_quota, cgroup_v1_quota, cgroup_v2_quota, cpu_flags, cpu_has_bf16, cpu_quota_threads
 
 
 def cgroup_v2(root: Path, cpu_max: str) -> Path:
@@ -146,3 +146,25 @@ def test_unreadable_or_flagless_cpuinfo_is_no_flags(tmp_path: Path) -> None:
     assert cpu_flags(tmp_path / "missing") == frozenset()
     (tmp_path / "cpuinfo").write_text("processor\t: 0\nmodel name\t: something\n")
     assert cpu_flags(tmp_path / "cpuinfo") == frozenset()
+
+
+BF16_FLAGS = frozenset({"avx2", "avx512f", "avx512_bf16"})
+
+
+@pytest.mark.parametrize(
+    ("flags", "environ", "native"),
+    [
+        (BF16_FLAGS, {}, True),
+        (frozenset({"avx2", "amx_bf16"}), {}, True),
+        (frozenset({"avx2", "avx512f", "avx512_vnni"}), {}, False),
+        (BF16_FLAGS, {"ONEDNN_MAX_CPU_ISA": "avx2"}, False),
+        (BF16_FLAGS, {"DNNL_MAX_CPU_ISA": "AVX512_CORE_VNNI"}, False),
+        (BF16_FLAGS, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}, True),
+        (BF16_FLAGS, {"ONEDNN_MAX_CPU_ISA": "ALL"}, True),
+        (BF16_FLAGS, {"ONEDNN_MAX_CPU_ISA": ""}, True),
+    ],
+)
+def test_bf16_is_native_where_the_cpu_has_it_and_onednn_is_not_held_below_it(
+    flags: frozenset[str], environ: dict[str, str], native: bool
+) -> None:
+    assert cpu_has_bf16(flags, environ) is native

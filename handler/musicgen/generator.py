@@ -155,6 +155,10 @@ class ArtifactInfo:
     precision: Precision
     origin: str
     artifact: str | None
+    kernels: str | None = None
+    """The native kernels' build that runs the decode step, None where torch runs it."""
+    audio_decoder_dtype: str = "float32"
+    """What EnCodec's upsampling computes in: bfloat16 where torch has bf16 natively."""
 
 
 @dataclass(frozen=True)
@@ -286,7 +290,13 @@ def _load(model_id: str, precision: Precision, cache_dir: Path) -> _LoadedModel:
     return _LoadedModel(
         model=model,
         tokenizer=loaded.tokenizer,
-        info=ArtifactInfo(loaded.precision, loaded.origin, loaded.artifact),
+        info=ArtifactInfo(
+            loaded.precision,
+            loaded.origin,
+            loaded.artifact,
+            kernels=model.kernel_build,
+            audio_decoder_dtype=str(model.audio_decoder.compute_dtype).removeprefix("torch."),
+        ),
         sample_rate=model.sampling_rate,
         frame_rate=model.frame_rate,
         num_codebooks=model.num_codebooks,

@@ -261,6 +261,12 @@ class MusicgenModel:
             # Unpacked once (bf16, ~100 MB for musicgen-small): a request folds them into its text.
             self._cross_projections = [(q.bfloat16(), o.bfloat16()) for q, o in self._unpacked_cross_projections()]
 
+    @property
+    def kernel_build(self) -> str | None:
+        """The native kernels' build that runs the decode step (``NATIVE_KERNELS``), None where torch does."""
+        kernels = runtime.best() if self.native else None
+        return None if kernels is None else kernels.variant.name
+
     def run_encodec_natively(self) -> None:
         """EnCodec's LSTM recurrence in the native kernel, where one is built, and its ELUs where
         the build is a tuned one (the plain-C reference's is slower than torch's)."""
