@@ -337,6 +337,46 @@ def torch_isa() -> str:
     return str(torch.backends.cpu.get_cpu_capability())
 
 
+PRODUCT_SHAPES = {"int8": (1024, 1024), "int4": (2048, 1024)}
+"""Matrices of musicgen-small's width whose weights (1 MB each) stay in the CPU's caches."""
+
+
+def measure_products(rows: list[int]) -> dict[str, Any]:
+    """Each build's arithmetic alone: its int8 and int4 products of a matrix that stays in the
+    caches, rerun for ~0.1 s at a time with each number of `rows` (2: one take with guidance; 8:
+    four), builds alternating, the median of five, as GB/s of weights. A build whose figure is
+    below a machine's streaming bandwidth cannot reach that machine's memory-bound floor."""
+    import torch
+
+    from handler.native import runtime
+    from handler.native.build import variants
+    from handler.native.packing import Int4Linear, Int8Linear
+
+    builds = {variant.name: runtime.load(variant) for variant in variants() if runtime.runnable(variant)}
+    result: dict[str, dict[str, dict[str, float]]] = {}
+    for precision, packed in (("int8", Int8Linear), ("int4", Int4Linear)):
+        out_features, in_features = PRODUCT_SHAPES[precision]
+        lin = packed(torch.randn(out_features, in_features, generator=torch.Generator().manual_seed(0)) * 0.02, None)
+        megabytes = lin.weight.numel() * lin.weight.element_size() / 1e6
+        for count in rows:
+            x = torch.randn(count, in_features, generator=torch.Generator().manual_seed(count))
+            products = {name: kernels.product(lin, x) for name, kernels in builds.items() if kernels is not None}
+            times: dict[str, list[float]] = {name: [] for name in products}
+            for _ in range(5):
+                for name, product in products.items():
+                    product()
+                    calls, started = 0, time.perf_counter()
+                    while (elapsed := time.perf_counter() - started) < 0.1:
+                        for _ in range(20):
+                            product()
+                        calls += 20
+                    times[name].append(elapsed / calls)
+            for name, seconds in times.items():
+                rate = megabytes / 1e3 / statistics.median(seconds)
+                result.setdefault(precision, {}).setdefault(name, {})[str(count)] = rate
+    return {"gb_per_s": result, "rows": rows}
+
+
 def measure_encodec(directory: Path, seconds: int, float32_only: bool = False) -> dict[str, Any]:
     """EnCodec's decode of `seconds` of random codes as served (best of three), in each dtype this
     CPU can serve it in: float32 is what a CPU without bf16 gets, so a bf16 machine measures both.
@@ -628,6 +668,7 @@ MEASUREMENTS: dict[str, Callable[..., dict[str, Any]]] = {
     "quality": measure_quality,
     "build": measure_build,
     "encodec": measure_encodec,
+    "products": measure_products,
     "takes": measure_takes,
     "prompts": measure_prompts,
     "long": measure_long,
@@ -752,6 +793,17 @@ def table(report: dict[str, Any]) -> str:
             f"{precision}, a {long['seconds']} s clip (windows of 30 s): {long['wall_s']:.1f} s"
             f" (RTF {long['rtf']:.2f}), peak resident memory {long['peak_rss_mb']:.0f} MB (target <= 2500 MB)"
         )
+    if products := report.get("products"):
+        lines.append("")
+        counts = " and ".join(str(count) for count in products["rows"])
+        lines.append(
+            f"Products from the caches, GB/s of weights with {counts} rows (a build's ceiling, whatever the memory):"
+        )
+        for precision, builds in products["gb_per_s"].items():
+            cells = ", ".join(
+                f"{name} " + " / ".join(f"{rate:.1f}" for rate in by_rows.values()) for name, by_rows in builds.items()
+            )
+            lines.append(f"  {precision}: {cells}")
     if encodec := report.get("encodec"):
         lines.append("")
         decoded = ", ".join(f"{name} {value:.2f} s" for name, value in encodec["decode_s"].items())
@@ -852,6 +904,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         precision: run_isolated("long", directory=directory, seconds=extended_seconds, precision=precision)
         for precision in extras
     }
+    report["products"] = run_isolated("products", rows=[2, 8])
     report["encodec"] = run_isolated("encodec", directory=directory, seconds=seconds)
     if beyond_avx2():
         report["encodec_at_avx2"] = run_isolated(

@@ -91,6 +91,13 @@ def test_smoke_benchmark_measures_baseline_engine_http_takes_prompts_long_clips_
     for http in report["http"].values():
         assert http["kernels"] == best_kernels.variant.name
         assert http["audio_decoder_dtype"] == ("bfloat16" if cpu_has_bf16() else "float32")
+    products = report["products"]
+    assert products["rows"] == [2, 8]
+    for precision in ("int8", "int4"):
+        rates = products["gb_per_s"][precision]
+        assert list(rates) == [variant.name for variant in RUNNABLE]
+        assert all(rate > 0 for by_rows in rates.values() for rate in by_rows.values())
+    assert "Products from the caches, GB/s of weights with 2 and 8 rows" in printed
     if "avx2" in builds:
         assert builds["avx2"]["torch_isa"] == "AVX2"
         assert "int8, NATIVE_KERNELS=avx2 (torch on AVX2):" in printed

@@ -5,10 +5,11 @@ the same arithmetic in torch (the packed layers' `forward`), only slower."""
 import ctypes
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -113,24 +114,21 @@ class NativeKernels:
     def linear(self, lin: PackedLinear, x: torch.Tensor) -> torch.Tensor:
         """`lin` applied to the rows of `x` (rows, in) by the kernel, MAX_ROWS rows a call: every row
         quantised at once, each call pointed at its rows (a prefill makes thousands of calls)."""
-        n, k = lin.padded_shape
         rows = int(x.shape[0])
-        q, row_scale = quantize_rows(x.float())
-        quant = torch.zeros((rows, k), dtype=torch.int8)
-        quant[:, : lin.in_features] = q
-        quant_sum = quant.view(rows, k // BLOCK_K, BLOCK_K).sum(dim=-1, dtype=torch.int32)
-        row_scale = row_scale.reshape(rows).contiguous()
-        out = torch.empty((rows, n))
-        weights = _linear_struct(lin)
-        holder = Decoder(threads=torch.get_num_threads(), in_stride=k)
+        out = torch.empty((rows, lin.padded_shape[0]))
+        inputs = _QuantizedRows(lin, x)
         for start in range(0, rows, MAX_ROWS):
-            count = min(MAX_ROWS, rows - start)
-            holder.rows = count
-            holder.quant = quant[start].data_ptr()
-            holder.row_scale = row_scale[start].data_ptr()
-            holder.quant_sum = quant_sum[start].data_ptr()
-            self._linear(ctypes.byref(holder), ctypes.byref(weights), count, out[start].data_ptr(), n)
+            _Product(self._linear, lin, inputs, start, min(MAX_ROWS, rows - start), out[start:])()
         return out[:, : lin.out_features]
+
+    def product(self, lin: PackedLinear, x: torch.Tensor) -> Callable[[], torch.Tensor]:
+        """The kernel's product of `lin` with the rows of `x` (at most MAX_ROWS), quantised now: a
+        call that reruns the product alone and returns its (rows, padded outputs) result (the
+        benchmark times the builds' arithmetic with it)."""
+        rows = int(x.shape[0])
+        if rows > MAX_ROWS:
+            raise ValueError(f"at most {MAX_ROWS} rows a product, not {rows}")
+        return _Product(self._linear, lin, _QuantizedRows(lin, x), 0, rows, torch.empty((rows, lin.padded_shape[0])))
 
     def lstm_layer(self, w_hh: Int8Linear, gates_in: torch.Tensor) -> torch.Tensor:
         """One LSTM layer's recurrence from zero state (`srm_lstm`): `gates_in` (steps, batch, 4
@@ -193,6 +191,42 @@ class NativeKernels:
         run.x.copy_(x)
         self._step(ctypes.byref(run.struct), run.x.data_ptr(), pos)
         return run.logits
+
+
+class _QuantizedRows:
+    """The rows of `x` as the kernel's products take them for `lin`: int8, zero padded to its
+    inputs, with each row's scale and its groups' sums."""
+
+    def __init__(self, lin: PackedLinear, x: torch.Tensor) -> None:
+        k = lin.padded_shape[1]
+        rows = int(x.shape[0])
+        q, row_scale = quantize_rows(x.float())
+        self.quant = torch.zeros((rows, k), dtype=torch.int8)
+        self.quant[:, : lin.in_features] = q
+        self.quant_sum = self.quant.view(rows, k // BLOCK_K, BLOCK_K).sum(dim=-1, dtype=torch.int32)
+        self.row_scale = row_scale.reshape(rows).contiguous()
+
+
+class _Product:
+    """The kernel's product of `lin` with `count` of `inputs`' rows from `start` into `out`: each
+    call runs it (it holds what the pointers it passes point at)."""
+
+    def __init__(
+        self, function: Any, lin: PackedLinear, inputs: _QuantizedRows, start: int, count: int, out: torch.Tensor
+    ) -> None:
+        self.function, self.inputs, self.out, self.count = function, inputs, out, count
+        self.outputs, k = lin.padded_shape
+        self.weights = _linear_struct(lin)
+        self.holder = Decoder(threads=torch.get_num_threads(), in_stride=k, rows=count)
+        self.holder.quant = inputs.quant[start].data_ptr()
+        self.holder.row_scale = inputs.row_scale[start].data_ptr()
+        self.holder.quant_sum = inputs.quant_sum[start].data_ptr()
+
+        self.arguments = (ctypes.byref(self.holder), ctypes.byref(self.weights), count, out.data_ptr(), self.outputs)
+
+    def __call__(self) -> torch.Tensor:
+        self.function(*self.arguments)
+        return self.out
 
 
 def rows_of(x: torch.Tensor) -> int | None:

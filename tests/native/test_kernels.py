@@ -41,6 +41,19 @@ def test_linear_equals_torch(
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
 
 
+@pytest.mark.parametrize("packed", [Int8Linear, Int4Linear])
+def test_a_prepared_product_reruns_what_linear_computes(kernels: NativeKernels, packed: type[PackedLinear]) -> None:
+    torch.manual_seed(3)
+    lin = packed(torch.randn(72, 200), None)
+    x = torch.randn(packing.MAX_ROWS, 200)
+    product = kernels.product(lin, x)
+    first = product()[:, : lin.out_features].clone()
+    assert torch.equal(first, kernels.linear(lin, x))
+    assert torch.equal(product()[:, : lin.out_features], first)
+    with pytest.raises(ValueError, match="at most"):
+        kernels.product(lin, torch.randn(packing.MAX_ROWS + 1, 200))
+
+
 class Steps:
     """Random layers, text keys and values and step inputs for one shape, and running them."""
 
