@@ -287,7 +287,8 @@ class FoldedCrossAttention:
         sqrt(head_dim), value (h, t) = values[h, t] @ output_weight[h]."""
         heads, length, head_dim = (int(size) for size in keys.shape)
         hidden = int(query_weight.shape[-1])
-        # In the weights' dtype (bfloat16 as served: half the time of float32), summed in float32.
+        # In the weights' dtype (bfloat16 as served on CPUs with bf16 dot products, float32
+        # elsewhere: see MusicgenModel.prepare_to_serve), summed in float32.
         folded_keys = torch.bmm(keys.to(query_weight.dtype), query_weight).float() * head_dim**-0.5
         folded_values = torch.bmm(values.to(output_weight.dtype), output_weight).float().view(heads * length, hidden)
         quantized, scale = quantize_rows(folded_values)
