@@ -116,9 +116,9 @@ class NativeKernels:
         quantised at once, each call pointed at its rows (a prefill makes thousands of calls)."""
         rows = int(x.shape[0])
         out = torch.empty((rows, lin.padded_shape[0]))
-        inputs = _QuantizedRows(lin, x)
+        inputs, weights = _QuantizedRows(lin, x), _linear_struct(lin)
         for start in range(0, rows, MAX_ROWS):
-            _Product(self._linear, lin, inputs, start, min(MAX_ROWS, rows - start), out[start:])()
+            _Product(self._linear, lin, weights, inputs, start, min(MAX_ROWS, rows - start), out[start:])()
         return out[:, : lin.out_features]
 
     def product(self, lin: PackedLinear, x: torch.Tensor) -> Callable[[], torch.Tensor]:
@@ -128,7 +128,8 @@ class NativeKernels:
         rows = int(x.shape[0])
         if rows > MAX_ROWS:
             raise ValueError(f"at most {MAX_ROWS} rows a product, not {rows}")
-        return _Product(self._linear, lin, _QuantizedRows(lin, x), 0, rows, torch.empty((rows, lin.padded_shape[0])))
+        inputs, out = _QuantizedRows(lin, x), torch.empty((rows, lin.padded_shape[0]))
+        return _Product(self._linear, lin, _linear_struct(lin), inputs, 0, rows, out)
 
     def lstm_layer(self, w_hh: Int8Linear, gates_in: torch.Tensor) -> torch.Tensor:
         """One LSTM layer's recurrence from zero state (`srm_lstm`): `gates_in` (steps, batch, 4
@@ -208,21 +209,26 @@ class _QuantizedRows:
 
 
 class _Product:
-    """The kernel's product of `lin` with `count` of `inputs`' rows from `start` into `out`: each
-    call runs it (it holds what the pointers it passes point at)."""
+    """The kernel's product of `lin` (its `weights` struct) with `count` of `inputs`' rows from
+    `start` into `out`: each call runs it (it holds what the pointers it passes point at)."""
 
     def __init__(
-        self, function: Any, lin: PackedLinear, inputs: _QuantizedRows, start: int, count: int, out: torch.Tensor
+        self,
+        function: Any,
+        lin: PackedLinear,
+        weights: Linear,
+        inputs: _QuantizedRows,
+        start: int,
+        count: int,
+        out: torch.Tensor,
     ) -> None:
-        self.function, self.inputs, self.out, self.count = function, inputs, out, count
-        self.outputs, k = lin.padded_shape
-        self.weights = _linear_struct(lin)
+        self.function, self.weights, self.inputs, self.out = function, weights, inputs, out
+        outputs, k = lin.padded_shape
         self.holder = Decoder(threads=torch.get_num_threads(), in_stride=k, rows=count)
         self.holder.quant = inputs.quant[start].data_ptr()
         self.holder.row_scale = inputs.row_scale[start].data_ptr()
         self.holder.quant_sum = inputs.quant_sum[start].data_ptr()
-
-        self.arguments = (ctypes.byref(self.holder), ctypes.byref(self.weights), count, out.data_ptr(), self.outputs)
+        self.arguments = (ctypes.byref(self.holder), ctypes.byref(weights), count, out.data_ptr(), outputs)
 
     def __call__(self) -> torch.Tensor:
         self.function(*self.arguments)

@@ -143,6 +143,18 @@ def test_serving_in_bfloat16_stays_close_to_float32() -> None:
     assert 30.0 < -10 * torch.log10(noise) < 80.0  # close, yet really computed in bfloat16
 
 
+def test_serving_in_float32_at_musicgen_smalls_shape_matches_transformers_up_to_rounding() -> None:
+    # its first upsampling (1024 channels in) runs as two products, the others as convolutions
+    codec = random_codec(**MUSICGEN_SMALL_CODEC)
+    decoder = EncodecAudioDecoder.from_transformers(codec)
+    decoder.prepare_to_serve(torch.float32)
+    upsamplers = [m for m in decoder.modules() if isinstance(m, TrimmedConvTranspose1d)]
+    assert [m.phase_products is not None for m in upsamplers] == [True, False, False, False]
+    codes = random_codes(codec, batch=1, frames=20)
+    expected = reference(codec, codes)
+    torch.testing.assert_close(ours(decoder, codes), expected, rtol=0, atol=1e-5 * float(expected.abs().max()))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_serving_keeps_the_upsampling_activations_time_major(dtype: torch.dtype) -> None:
     # stored (batch, time, channels): what oneDNN's convolutions take without reordering, and
