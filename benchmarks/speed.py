@@ -341,10 +341,10 @@ PRODUCT_SHAPES = {"int8": (1024, 1024), "int4": (2048, 1024)}
 """Matrices of musicgen-small's width whose weights (1 MB each) stay in the CPU's caches."""
 
 
-def measure_products(rows: list[int]) -> dict[str, Any]:
+def measure_products(rows: list[int], rounds: int = 5) -> dict[str, Any]:
     """Each build's arithmetic alone: its int8 and int4 products of a matrix that stays in the
     caches, rerun for ~0.1 s at a time with each number of `rows` (2: one take with guidance; 8:
-    four), builds alternating, the median of five, as GB/s of weights. A build whose figure is
+    four), builds alternating, the median of `rounds`, as GB/s of weights. A build whose figure is
     below a machine's streaming bandwidth cannot reach that machine's memory-bound floor."""
     import torch
 
@@ -362,7 +362,7 @@ def measure_products(rows: list[int]) -> dict[str, Any]:
             x = torch.randn(count, in_features, generator=torch.Generator().manual_seed(count))
             products = {name: kernels.product(lin, x) for name, kernels in builds.items() if kernels is not None}
             times: dict[str, list[float]] = {name: [] for name in products}
-            for _ in range(5):
+            for _ in range(rounds):
                 for name, product in products.items():
                     product()
                     calls, started = 0, time.perf_counter()
@@ -904,7 +904,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         precision: run_isolated("long", directory=directory, seconds=extended_seconds, precision=precision)
         for precision in extras
     }
-    report["products"] = run_isolated("products", rows=[2, 8])
+    report["products"] = run_isolated("products", rows=[2, 8], rounds=1 if args.smoke else 5)
     report["encodec"] = run_isolated("encodec", directory=directory, seconds=seconds)
     if beyond_avx2():
         report["encodec_at_avx2"] = run_isolated(
