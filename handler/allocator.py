@@ -1,6 +1,10 @@
-"""glibc's malloc, tuned for each phase: loading returns what it frees, serving keeps it."""
+"""Memory for each phase: glibc's malloc tuned (loading returns what it frees, serving keeps it),
+and the decode step's streamed weights on 2 MB pages."""
 
 import ctypes
+import mmap
+
+import torch
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD_MAX = 32 * 2**20
@@ -36,3 +40,25 @@ def return_freed_memory(threshold: int = 256 * 2**10) -> bool:
         return False
     malloc_trim(0)
     return bool(mallopt(M_MMAP_THRESHOLD, threshold)) and bool(mallopt(M_TRIM_THRESHOLD, threshold))
+
+
+HUGE_PAGE = 2 * 2**20
+"""x86-64's and arm64's (with 4 KB base pages) transparent huge page size."""
+
+
+def huge_page_tensor(numel: int, dtype: torch.dtype) -> torch.Tensor:
+    """A zeroed 1-D tensor in its own anonymous mapping, aligned to 2 MB and advised to be backed by
+    transparent huge pages where the kernel offers them (Linux `MADV_HUGEPAGE`; else 4 KB pages).
+
+    For memory read front to back at every decode step: on 4 KB pages each 4 KB costs a TLB miss,
+    a page walk that a virtual machine's nested paging makes longer, and two threads streaming
+    int8 weights read ~25-30% less per second than on 2 MB pages (measured on a 2-vCPU EPYC).
+    """
+    nbytes = numel * torch.empty((), dtype=dtype).element_size()
+    # private: shared anonymous memory is shmem, which THP's `madvise` mode leaves on 4 KB pages
+    mapping = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        mapping.madvise(mmap.MADV_HUGEPAGE)
+    raw = torch.frombuffer(mapping, dtype=torch.uint8)  # keeps the mapping alive as long as any view
+    start = -raw.data_ptr() % HUGE_PAGE
+    return raw[start : start + nbytes].view(dtype)

@@ -8,6 +8,8 @@ from typing import Self
 import torch
 from torch import nn
 
+from handler.allocator import huge_page_tensor
+
 BLOCK_N, BLOCK_N4, BLOCK_K, MAX_ROWS, KEY_TILE, MAX_HEAD_DIM, VALUE_BLOCK = 4, 16, 64, 8, 32, 256, 64
 
 C_CONSTANTS = {
@@ -203,14 +205,15 @@ PackedLinear = Int8Linear | Int4Linear
 def gather(linears: Sequence[PackedLinear]) -> None:
     """Move the buffers the step streams (weights, group scales) into one block of memory per
     dtype, in `linears`' order: anonymous memory read front to back keeps the prefetchers running
-    across layers (read from a file mapping, the same weights stream ~15% slower). One dtype a
-    block, because `torch.save` refuses views of one storage as different types."""
+    across layers (read from a file mapping, the same weights stream ~15% slower), on 2 MB pages
+    where the kernel gives them (`huge_page_tensor`). One dtype a block, because `torch.save`
+    refuses views of one storage as different types."""
     by_dtype: dict[torch.dtype, list[tuple[PackedLinear, str]]] = {}
     for lin in linears:
         for name in lin.streamed:
             by_dtype.setdefault(getattr(lin, name).dtype, []).append((lin, name))
     for dtype, streamed in by_dtype.items():
-        block = torch.empty(sum(getattr(lin, name).numel() for lin, name in streamed), dtype=dtype)
+        block = huge_page_tensor(sum(getattr(lin, name).numel() for lin, name in streamed), dtype)
         offset = 0
         for lin, name in streamed:
             tensor: torch.Tensor = getattr(lin, name)

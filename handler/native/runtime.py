@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from handler.allocator import huge_page_tensor
 from handler.cpu import cpu_flags
 from handler.native import abi
 from handler.native.abi import Decoder, Generation, Layer, Linear, Pointer
@@ -303,8 +304,10 @@ class NativeRun:
         if not head_dim_supported(head_dim):
             raise ValueError(f"attention heads need a multiple of 4 dimensions, at most {MAX_HEAD_DIM}")
         shape = (len(layers), rows, heads)
-        self.k_cache = torch.empty((*shape, tiles, head_dim // 4, KEY_TILE, 4), dtype=torch.int8)
-        self.v_cache = torch.empty((*shape, capacity, head_dim), dtype=torch.int8)
+        # Every step reads each row's cache so far, front to back, as it does the weights: 2 MB pages.
+        key_shape, value_shape = (*shape, tiles, head_dim // 4, KEY_TILE, 4), (*shape, capacity, head_dim)
+        self.k_cache = huge_page_tensor(math.prod(key_shape), torch.int8).view(key_shape)
+        self.v_cache = huge_page_tensor(math.prod(value_shape), torch.int8).view(value_shape)
         self.k_scale = _per_position((*shape, capacity), torch.float32)
         self.v_scale = _per_position((*shape, capacity), torch.float32)
         self.k_sum = _per_position((*shape, capacity), torch.int32)

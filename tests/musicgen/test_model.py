@@ -1,5 +1,6 @@
 """The lean decode loop against transformers' own `generate`, on the tiny model."""
 
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
+from handler.allocator import HUGE_PAGE
 from handler.cpu import cpu_has_bf16
 from handler.musicgen.audio_decoder import SkipLSTM
 from handler.musicgen.model import MusicgenModel
@@ -223,11 +225,18 @@ def test_step_bytes_count_the_streamed_weights_and_the_cache_written_so_far(tiny
     assert run is not None
     caches = (run.k_cache, run.v_cache, run.k_scale, run.v_scale, run.k_sum)
     per_position = sum(cache.nbytes for cache in caches) // capacity
-    # What a step streams was gathered into one block of memory per dtype: those blocks, whole.
+    # What a step streams was gathered into one block of memory per dtype, each starting on a 2 MB
+    # page: every buffer starts where the one before it of its dtype ended.
     streamed = [getattr(lin, name) for lin in engine._step_linears() for name in lin.streamed]
-    blocks = {tensor.untyped_storage().data_ptr(): tensor.untyped_storage().nbytes() for tensor in streamed}
-    assert len(blocks) == 3  # int4 layer weights, their bf16 scales, int8 heads
-    weights = sum(blocks.values())
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for tensor in streamed:
+        by_dtype.setdefault(tensor.dtype, []).append(tensor)
+    assert len(by_dtype) == 3  # int4 layer weights, their bf16 scales, int8 heads
+    for block in by_dtype.values():
+        assert block[0].data_ptr() % HUGE_PAGE == 0
+        for before, after in itertools.pairwise(block):
+            assert after.data_ptr() == before.data_ptr() + before.nbytes
+    weights = sum(tensor.nbytes for tensor in streamed)
     assert engine.step_bytes(0, rows=2) == weights + per_position
     assert engine.step_bytes(capacity - 1, rows=2) == weights + capacity * per_position
 
