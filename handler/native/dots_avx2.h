@@ -6,6 +6,7 @@
 
 #define SRM_DOTS "avx2"
 #define SRM_INT4_PASSES 2 /* dot_block4 goes over a block in two halves of 8 channels */
+#define SRM_INT4_CHUNK 16 /* groups of 64 inputs dot_block4 takes both halves of before going on */
 #define SRM_QUERY_SHIFT 0 /* the query's dots with the keys are plain C's, exact: nothing to take off */
 
 #include "dots_plain.h"
@@ -59,38 +60,46 @@ static inline __attribute__((always_inline)) void dot_block4(const uint8_t *w, c
     /* Eight channels a register: half h of each 64-byte run. vpmaddubsw's int16 pair sums of
      * weights <= 15 and inputs within +-127 stay below 2^15 when eight of them are added. */
     const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
-    for (int half = 0; half < 2; half++) {
-        __m256 sum[SRM_MAX_ROWS];
-        for (int64_t r = 0; r < rows; r++) sum[r] = _mm256_setzero_ps();
-        for (int64_t g = 0; g < groups; g++) {
-            const uint8_t *wg = w + g * SRM_BLOCK_K * SRM_BLOCK_N4 / 2 + half * 32;
-            /* the second half rereads L1: the memory fetches the next block meanwhile */
-            if (half == 1) prefetch_ahead(ahead, g * SRM_BLOCK_K * SRM_BLOCK_N4 / 2, SRM_BLOCK_K * SRM_BLOCK_N4 / 2);
-            __m256i pairs[SRM_MAX_ROWS][2];
-            for (int64_t r = 0; r < rows; r++) pairs[r][0] = pairs[r][1] = _mm256_setzero_si256();
-            for (int c = 0; c < 8; c++) {
-                const __m256i packed = _mm256_loadu_si256((const __m256i *)(wg + c * 64));
-                const __m256i lo = _mm256_and_si256(packed, low);
-                const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low);
+    __m256 sum[2][SRM_MAX_ROWS];
+    for (int half = 0; half < 2; half++)
+        for (int64_t r = 0; r < rows; r++) sum[half][r] = _mm256_setzero_ps();
+    /* Both halves a chunk of SRM_INT4_CHUNK groups at a time (8 KB of weights): the second half
+     * rereads the chunk from L1, where a whole block of a long product (32 KB for 4096 inputs)
+     * would have been evicted to L2 by the time its second half came. */
+    for (int64_t g0 = 0; g0 < groups; g0 += SRM_INT4_CHUNK) {
+        const int64_t g1 = g0 + SRM_INT4_CHUNK < groups ? g0 + SRM_INT4_CHUNK : groups;
+        for (int half = 0; half < 2; half++) {
+            for (int64_t g = g0; g < g1; g++) {
+                const uint8_t *wg = w + g * SRM_BLOCK_K * SRM_BLOCK_N4 / 2 + half * 32;
+                /* the second half rereads L1: the memory fetches the next block meanwhile */
+                if (half == 1) prefetch_ahead(ahead, g * SRM_BLOCK_K * SRM_BLOCK_N4 / 2, SRM_BLOCK_K * SRM_BLOCK_N4 / 2);
+                __m256i pairs[SRM_MAX_ROWS][2];
+                for (int64_t r = 0; r < rows; r++) pairs[r][0] = pairs[r][1] = _mm256_setzero_si256();
+                for (int c = 0; c < 8; c++) {
+                    const __m256i packed = _mm256_loadu_si256((const __m256i *)(wg + c * 64));
+                    const __m256i lo = _mm256_and_si256(packed, low);
+                    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low);
+                    for (int64_t r = 0; r < rows; r++) {
+                        const int32_t *x = (const int32_t *)(quant + r * stride + g * SRM_BLOCK_K);
+                        pairs[r][c / 4] = _mm256_add_epi16(pairs[r][c / 4], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(x[2 * c])));
+                        pairs[r][c / 4] = _mm256_add_epi16(pairs[r][c / 4], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(x[2 * c + 1])));
+                        /* keeps gcc from reassociating the running sums into a tree of live registers,
+                         * which spills them to the stack (a third slower, measured) */
+                        __asm__("" : "+x"(pairs[r][c / 4]));
+                    }
+                }
+                const __m128i scale_bits = _mm_loadu_si128((const __m128i *)(group_scale + g * SRM_BLOCK_N4 + half * 8));
+                const __m256 scale = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(scale_bits), 16));
                 for (int64_t r = 0; r < rows; r++) {
-                    const int32_t *x = (const int32_t *)(quant + r * stride + g * SRM_BLOCK_K);
-                    pairs[r][c / 4] = _mm256_add_epi16(pairs[r][c / 4], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(x[2 * c])));
-                    pairs[r][c / 4] = _mm256_add_epi16(pairs[r][c / 4], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(x[2 * c + 1])));
-                    /* keeps gcc from reassociating the running sums into a tree of live registers,
-                     * which spills them to the stack (a third slower, measured) */
-                    __asm__("" : "+x"(pairs[r][c / 4]));
+                    __m256i dot = _mm256_add_epi32(_mm256_madd_epi16(pairs[r][0], ones), _mm256_madd_epi16(pairs[r][1], ones));
+                    dot = _mm256_sub_epi32(dot, _mm256_set1_epi32(8 * quant_sum[r * sum_stride + g]));
+                    sum[half][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, sum[half][r]);
                 }
             }
-            const __m128i scale_bits = _mm_loadu_si128((const __m128i *)(group_scale + g * SRM_BLOCK_N4 + half * 8));
-            const __m256 scale = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(scale_bits), 16));
-            for (int64_t r = 0; r < rows; r++) {
-                __m256i dot = _mm256_add_epi32(_mm256_madd_epi16(pairs[r][0], ones), _mm256_madd_epi16(pairs[r][1], ones));
-                dot = _mm256_sub_epi32(dot, _mm256_set1_epi32(8 * quant_sum[r * sum_stride + g]));
-                sum[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, sum[r]);
-            }
         }
-        for (int64_t r = 0; r < rows; r++) _mm256_storeu_ps(out[r] + half * 8, sum[r]);
     }
+    for (int half = 0; half < 2; half++)
+        for (int64_t r = 0; r < rows; r++) _mm256_storeu_ps(out[r] + half * 8, sum[half][r]);
 }
 
 /* dots[j] = query . key j for the SRM_KEY_TILE keys of one tile, laid out (head_dim / 4, 32, 4):
