@@ -1,5 +1,4 @@
-/* The AVX2 dot kernels (x86-64-v3): 256-bit integer products with vpmaddwd (int8 weights by inputs
- * widened to int16) and vpmaddubsw (4-bit weights, attention keys). */
+/* The AVX2 dot kernels (x86-64-v3): 256-bit integer products with vpmaddubsw. */
 #ifndef SRM_DOTS_AVX2_H
 #define SRM_DOTS_AVX2_H
 
@@ -12,34 +11,25 @@
 
 #include "dots_plain.h"
 
-/* The int8 products read their inputs widened to int16 (see widen_inputs): vpmaddwd then multiplies
- * signed weights by signed inputs exactly, where vpmaddubsw (unsigned by signed bytes) needed the
- * sign trick (|w| times x with w's signs), one more instruction per 32 products and row on the
- * multiply ports; the weights are widened once for all rows. ~8-10% more products per second from
- * the caches on two Zen 4 cores held to AVX2 (57-62 -> 62-68 GB/s of weights). */
-#define SRM_WIDE_INPUTS
-typedef int16_t srm_input;
-
-static inline void widen_inputs(const int8_t *quant, int64_t stride, int64_t rows, int64_t k, int16_t *wide) {
-    for (int64_t r = 0; r < rows; r++)
-        for (int64_t i = 0; i < k; i += 16)
-            _mm256_storeu_si256((__m256i *)(wide + r * k + i), _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(quant + r * stride + i))));
-}
-
-/* acc[i][r] = sum_k weight[block row i, k] * input[r, k] for one block of 4 output channels. */
-static inline __attribute__((always_inline)) void dot_block(const int8_t *w, const int8_t *ahead, const int16_t *input, int64_t stride, int64_t rows, int64_t k,
+/* acc[i][r] = sum_k weight[block row i, k] * quant[r, k] for one block of 4 output channels. */
+static inline __attribute__((always_inline)) void dot_block(const int8_t *w, const int8_t *ahead, const int8_t *quant, int64_t stride, int64_t rows, int64_t k,
                                                             int32_t acc[SRM_BLOCK_N][SRM_MAX_ROWS]) {
+    /* vpmaddubsw multiplies unsigned by signed bytes with int16 saturation: |w| times x with w's
+     * sign keeps every pair sum within int16 (weights and inputs are in [-127, 127]). */
     __m256i sum[SRM_BLOCK_N][SRM_MAX_ROWS];
+    const __m256i ones = _mm256_set1_epi16(1);
     for (int i = 0; i < SRM_BLOCK_N; i++)
         for (int64_t r = 0; r < rows; r++) sum[i][r] = _mm256_setzero_si256();
     for (int64_t kb = 0; kb < k; kb += SRM_BLOCK_K) {
         prefetch_ahead(ahead, kb * SRM_BLOCK_N, SRM_BLOCK_N * SRM_BLOCK_K);
-        for (int quarter = 0; quarter < 4; quarter++) {
+        for (int half = 0; half < 2; half++) {
             for (int i = 0; i < SRM_BLOCK_N; i++) {
-                const __m256i wv = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + kb * SRM_BLOCK_N + i * 64 + quarter * 16)));
+                const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + kb * SRM_BLOCK_N + i * 64 + half * 32));
+                const __m256i w_abs = _mm256_sign_epi8(wv, wv);
                 for (int64_t r = 0; r < rows; r++) {
-                    const __m256i x = _mm256_loadu_si256((const __m256i *)(input + r * stride + kb + quarter * 16));
-                    sum[i][r] = _mm256_add_epi32(sum[i][r], _mm256_madd_epi16(wv, x));
+                    const __m256i x = _mm256_loadu_si256((const __m256i *)(quant + r * stride + kb + half * 32));
+                    const __m256i pairs = _mm256_maddubs_epi16(w_abs, _mm256_sign_epi8(x, wv));
+                    sum[i][r] = _mm256_add_epi32(sum[i][r], _mm256_madd_epi16(pairs, ones));
                     __asm__("" : "+x"(sum[i][r])); /* see below: no reassociation */
                 }
             }

@@ -40,9 +40,6 @@
 #include "dots_plain.h"
 #endif
 
-#ifndef SRM_WIDE_INPUTS
-typedef int8_t srm_input; /* what the build's int8 dot_block reads its inputs as: the quantised rows as they are */
-#endif
 #ifndef SRM_ROWS_PER_PASS
 #define SRM_ROWS_PER_PASS 2 /* input rows whose accumulators the dot kernels keep in registers at once */
 #endif
@@ -141,7 +138,7 @@ static void quantize_input(const srm_decoder *m, const float *src, int64_t k, in
  * prompt with guidance) and one (folded cross-attention, the LSTM) are the common cases; more
  * rows (several takes) go through in passes of SRM_ROWS_PER_PASS, as many as the instruction
  * set's registers hold, the weight block staying in L1 between passes. */
-static inline __attribute__((always_inline)) void dot_rows(const int8_t *w, const srm_input *quant, int64_t stride,
+static inline __attribute__((always_inline)) void dot_rows(const int8_t *w, const int8_t *quant, int64_t stride,
                                                            int64_t rows, int64_t k,
                                                            int32_t acc[SRM_BLOCK_N][SRM_MAX_ROWS]) {
     for (int64_t r0 = 0; r0 < rows; r0 += SRM_ROWS_PER_PASS) {
@@ -223,20 +220,10 @@ static void linear(const srm_decoder *m, const srm_linear *lin, int64_t rows, fl
         }
         return;
     }
-#ifdef SRM_WIDE_INPUTS
-    /* each thread its own copy of the inputs, widened as its dot_block reads them: at most
-     * SRM_MAX_ROWS * k int16 on its stack (64 KB for 4096 inputs) */
-    srm_input inputs[rows * lin->k];
-    widen_inputs(m->quant, m->in_stride, rows, lin->k, inputs);
-    const int64_t input_stride = lin->k;
-#else
-    const srm_input *inputs = m->quant;
-    const int64_t input_stride = m->in_stride;
-#endif
 #pragma omp for schedule(static)
     for (int64_t nb = 0; nb < lin->n; nb += SRM_BLOCK_N) {
         int32_t acc[SRM_BLOCK_N][SRM_MAX_ROWS];
-        dot_rows(lin->weight + nb * lin->k, inputs, input_stride, rows, lin->k, acc);
+        dot_rows(lin->weight + nb * lin->k, m->quant, m->in_stride, rows, lin->k, acc);
         for (int i = 0; i < SRM_BLOCK_N && nb + i < lin->out_features; i++) {
             const int32_t shift = dot_block_excess(lin, nb + i);
             const int64_t n = nb + i;
