@@ -1,5 +1,5 @@
 """Memory for each phase: glibc's malloc tuned (loading returns what it frees, serving keeps it),
-and the decode step's streamed weights on 2 MB pages."""
+and what the decode step streams (its weights, the KV caches) on 2 MB pages."""
 
 import ctypes
 import mmap

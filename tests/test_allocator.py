@@ -79,5 +79,6 @@ def test_a_huge_page_tensor_is_backed_by_2_mb_pages_where_the_kernel_offers_them
     huge_kb = mapping_of(tensor.data_ptr())["AnonHugePages"]
     if transparent_huge_pages() == "never":
         assert huge_kb == 0
-    else:  # `always` or `madvise`: the mapping asked for them
-        assert huge_kb >= 8 * HUGE_PAGE // 1024
+    else:  # `always` or `madvise`: the mapping asked for them (a 2 MB page can be refused when
+        # memory is fragmented, so at least one of its eight, not all)
+        assert huge_kb >= HUGE_PAGE // 1024
