@@ -186,6 +186,21 @@ def test_deleting_the_last_clip_of_a_page_steps_back(local_studio: StudioServer,
     assert names[0] not in local_studio.filenames()
 
 
+def test_a_delete_asked_again_before_the_last_dialogs_close_event_still_deletes(
+    local_studio: StudioServer, pages: PageFactory
+) -> None:
+    # A dialog's close event is a queued task: dismissed and opened again within one task (as a
+    # busy machine can run a quick Escape and Enter), the first close's event comes after the second
+    # open, and once cleared the pending delete so that "Delete" deleted nothing.
+    [name] = fill(local_studio.storage, 1)
+    page = pages.open(local_studio.page_url)
+    delete = page.get_by_role("listitem").filter(has_text=name).get_by_role("button", name="Delete")
+    delete.evaluate("button => { button.click(); document.getElementById('delete-dialog').close(); button.click(); }")
+    page.get_by_role("dialog").get_by_role("button", name="Delete").click()
+    expect(page.locator("#library-status")).to_have_text(re.compile("^Deleted"))
+    assert name not in local_studio.filenames()
+
+
 def test_errors_are_the_apis_words(local_studio: StudioServer, pages: PageFactory) -> None:
     page = pages.open(local_studio.page_url)
     page.get_by_label("Prompt", exact=True).fill("   ")

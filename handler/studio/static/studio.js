@@ -551,7 +551,9 @@ element("delete-confirm").addEventListener("click", async () => {
   }
 });
 deleteDialog.addEventListener("close", () => {
-  pendingDelete = null;
+  // The close event is a queued task: on a busy machine, one from an Escape can come after the
+  // dialog was opened again for the next clip, whose pending delete it must not clear.
+  if (!deleteDialog.open) pendingDelete = null;
 });
 
 library.addEventListener("click", async (event) => {
