@@ -324,9 +324,10 @@ def measure_build(directory: Path, seconds: int, precision: str, build: str) -> 
     generator = MusicgenGenerator(str(directory), precision)  # type: ignore[arg-type]
     generator.generate(GenerationParams(PROMPT, 1, 3.0, 1.0, seed=0))  # loads, and pays the one-off costs
     stamps, on_step = step_timer(steps_for(seconds) / DECODE_SHARE)
+    before = streaming_bandwidth()
     generator.generate(GenerationParams(PROMPT, seconds, 3.0, 1.0, seed=0), on_progress=on_step)
     return {"ms_per_step": ms_per_step(stamps[:-1]), "torch_isa": torch_isa()} | memory_floor(
-        directory, precision, steps_for(seconds)
+        directory, precision, steps_for(seconds), before
     )
 
 
@@ -416,22 +417,15 @@ def measure_encodec(directory: Path, seconds: int, float32_only: bool = False) -
     return {"seconds": seconds, "decode_s": result, "torch_isa": torch_isa(), "kernels": kernels}
 
 
-def memory_floor(directory: Path, precision: str, steps: int) -> dict[str, Any]:
-    """The fastest a memory-bound step could be here: the bytes each step reads (weights and KV
-    cache, averaged over the clip) at the bandwidth a plain streaming read gets, measured now, of
-    memory on 2 MB pages as the step's (on 4 KB pages the same read is ~25% slower here)."""
+def streaming_bandwidth() -> float:
+    """Bytes a second a plain streaming read of 256 MB gets now, of memory on 2 MB pages as the
+    step's (on 4 KB pages the same read was ~25% slower on a Zen 4 EPYC)."""
     import torch
 
     from handler.allocator import huge_page_tensor
-    from handler.musicgen.artifact import artifact_dir_name, load_artifact
     from handler.musicgen.generator import on_engine_thread
 
-    artifact = load_artifact(Path(directory) / artifact_dir_name(precision))  # type: ignore[arg-type]
-    engine = artifact.model
-    text_length = int(artifact.tokenizer([PROMPT])[0].shape[1])
-    folded = text_length if engine.folds_cross_attention(1, text_length, steps) else None
-    mean_bytes = sum(engine.step_bytes(position, 2, folded) for position in range(steps)) / steps
-    values = huge_page_tensor(2**26, torch.float32).fill_(1.0)  # 256 MB, far beyond the caches
+    values = huge_page_tensor(2**26, torch.float32).fill_(1.0)  # far beyond the caches
 
     def read_once() -> float:
         started = time.perf_counter()
@@ -441,15 +435,29 @@ def memory_floor(directory: Path, precision: str, steps: int) -> dict[str, Any]:
     # On the engine thread, like the steps: the same OpenMP threads read. The median of 20: the
     # neighbours' traffic moves single reads both ways.
     typical = on_engine_thread(lambda: statistics.median(read_once() for _ in range(20)))
-    bandwidth = values.nbytes / typical
-    floor_ms = 1000 * mean_bytes / bandwidth
+    return values.nbytes / typical
+
+
+def memory_floor(directory: Path, precision: str, steps: int, bandwidth_before: float | None = None) -> dict[str, Any]:
+    """The fastest a memory-bound step could be here: the bytes each step reads (weights and KV
+    cache, averaged over the clip) at the `streaming_bandwidth` measured now, with the one
+    measured just before the clip where given (the machine's bandwidth can change between)."""
+    from handler.musicgen.artifact import artifact_dir_name, load_artifact
+
+    artifact = load_artifact(Path(directory) / artifact_dir_name(precision))  # type: ignore[arg-type]
+    engine = artifact.model
+    text_length = int(artifact.tokenizer([PROMPT])[0].shape[1])
+    folded = text_length if engine.folds_cross_attention(1, text_length, steps) else None
+    mean_bytes = sum(engine.step_bytes(position, 2, folded) for position in range(steps)) / steps
+    bandwidth = streaming_bandwidth()
+    before = {} if bandwidth_before is None else {"stream_gbs_before": bandwidth_before / 1e9}
     return {
         "step_mb": mean_bytes / 1e6,
         "stream_gbs": bandwidth / 1e9,
-        "floor_ms_per_step": floor_ms,
+        "floor_ms_per_step": 1000 * mean_bytes / bandwidth,
         "prompt_tokens": text_length,
         "cross_attention_folded": folded is not None,
-    }
+    } | before
 
 
 def measure_quality(directory: Path, seconds: int, precisions: list[str]) -> dict[str, Any]:
@@ -768,7 +776,7 @@ def table(report: dict[str, Any]) -> str:
             lines.append(
                 f"{precision}, NATIVE_KERNELS={name}{limited}: {figures['ms_per_step']:.1f} ms per step, warm"
                 f" (floor {figures['floor_ms_per_step']:.1f} ms: {figures['step_mb']:.0f} MB"
-                f" at {figures['stream_gbs']:.1f} GB/s)"
+                f" at {figures['stream_gbs']:.1f} GB/s just after; {figures['stream_gbs_before']:.1f} GB/s just before)"
             )
     for precision, http in report.get("http_as_avx2_only", {}).items():
         lines.append("")

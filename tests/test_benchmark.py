@@ -61,6 +61,8 @@ def test_smoke_benchmark_measures_baseline_engine_http_takes_prompts_long_clips_
     builds = report["builds"]["int8"]
     assert list(builds) == [variant.name for variant in RUNNABLE]  # every build this CPU runs, best first
     assert all(figures["ms_per_step"] > 0 and figures["floor_ms_per_step"] > 0 for figures in builds.values())
+    # the bandwidth read on both sides of the timed clip: the machine's can change between
+    assert all(figures["stream_gbs_before"] > 0 and figures["stream_gbs"] > 0 for figures in builds.values())
     takes = report["takes"]["int8"]
     assert takes["takes"] == 4
     assert takes["ratio"] == takes["takes_s"] / takes["one_take_s"] > 0
