@@ -57,8 +57,19 @@ def huge_page_tensor(numel: int, dtype: torch.dtype) -> torch.Tensor:
     nbytes = numel * torch.empty((), dtype=dtype).element_size()
     # private: shared anonymous memory is shmem, which THP's `madvise` mode leaves on 4 KB pages
     mapping = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    if hasattr(mmap, "MADV_HUGEPAGE"):
-        mapping.madvise(mmap.MADV_HUGEPAGE)
+    advise_huge_pages(mapping)
     raw = torch.frombuffer(mapping, dtype=torch.uint8)  # keeps the mapping alive as long as any view
     start = -raw.data_ptr() % HUGE_PAGE
     return raw[start : start + nbytes].view(dtype)
+
+
+def advise_huge_pages(mapping: mmap.mmap) -> bool:
+    """Ask for `mapping` on transparent huge pages; False where the platform has no such advice
+    or the kernel refuses it (EINVAL from a kernel built without THP): 4 KB pages serve then."""
+    if not hasattr(mmap, "MADV_HUGEPAGE"):
+        return False
+    try:
+        mapping.madvise(mmap.MADV_HUGEPAGE)
+    except OSError:
+        return False
+    return True

@@ -2,6 +2,7 @@
 step's streamed memory is on 2 MB pages."""
 
 import gc
+import mmap
 import platform
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from handler.allocator import HUGE_PAGE, huge_page_tensor
+from handler.allocator import HUGE_PAGE, advise_huge_pages, huge_page_tensor
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,3 +83,16 @@ def test_a_huge_page_tensor_is_backed_by_2_mb_pages_where_the_kernel_offers_them
     else:  # `always` or `madvise`: the mapping asked for them (a 2 MB page can be refused when
         # memory is fragmented, so at least one of its eight, not all)
         assert huge_kb >= HUGE_PAGE // 1024
+
+
+class RefusingMapping:
+    """A mapping whose kernel has no transparent huge pages: `madvise` fails as Linux's does."""
+
+    def madvise(self, option: int) -> None:
+        raise OSError(22, "Invalid argument")
+
+
+def test_a_kernel_that_refuses_huge_pages_leaves_the_mapping_on_4_kb_pages() -> None:
+    assert advise_huge_pages(RefusingMapping()) is False  # type: ignore[arg-type]
+    with mmap.mmap(-1, HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS) as mapping:
+        assert advise_huge_pages(mapping) is True
