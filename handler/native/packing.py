@@ -3,6 +3,7 @@ and the block layout constants shared with `srm.h`."""
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Self
 
 import torch
@@ -98,7 +99,7 @@ class Int8Linear(_PackedLinear):
         (oneDNN's int8 matrix product: many rows at once, as a prefill has, run ~5x faster than
         through the kernel, which is built for a step's few), rescaled as the kernel rescales."""
         q, row_scale = quantize_rows(x.reshape(-1, self.in_features).float())
-        sums = torch._int_mm(q, self.int8_weight().contiguous().t())
+        sums = int8_matmul(q, self.int8_weight().contiguous().t())
         y = (row_scale * self.scale[: self.out_features]).mul_(sums)
         if self.bias is not None:
             y += self.bias[: self.out_features]
@@ -242,6 +243,26 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     top = x.abs().amax(dim=-1, keepdim=True)
     inv = torch.where(top > 0, 127.0 / top, torch.zeros_like(top))
     return (x * inv).round_().to(torch.int8), top / 127.0
+
+
+def int8_matmul(quant: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """`quant @ weight` of int8 matrices, exactly, in int32 (torch's int8 matrix product, oneDNN's).
+
+    Where that product saturates (oneDNN without VNNI, e.g. on AVX2-only CPUs: it adds 128 to the
+    inputs and sums pairs of unsigned-by-signed products in int16, as vpmaddubsw does), the
+    weights go in two halves within its range: w = 2 (w >> 1) + (w & 1), two products."""
+    if not int8_matmul_saturates():
+        return torch._int_mm(quant, weight)
+    high = torch._int_mm(quant, torch.bitwise_right_shift(weight, 1))
+    return high.mul_(2).add_(torch._int_mm(quant, torch.bitwise_and(weight, 1)))
+
+
+@cache
+def int8_matmul_saturates() -> bool:
+    """Whether torch's int8 matrix product loses a sum in int16 on this CPU: 32 rows and columns of
+    127s (inputs past 127 once shifted to unsigned, as oneDNN shifts them without VNNI)."""
+    ones = torch.full((32, 64), 127, dtype=torch.int8)
+    return bool((torch._int_mm(ones, ones.t().contiguous()) != 64 * 127 * 127).any())
 
 
 def _round_up(value: int, multiple: int) -> int:

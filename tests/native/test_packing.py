@@ -1,5 +1,11 @@
 """Packing weights as the native step reads them: int8 and int4 Linear layers, folded
-cross-attention."""
+cross-attention; torch's int8 matrix product made exact."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +16,23 @@ from handler.native.packing import (
     FoldedCrossAttention,
     Int4Linear,
     Int8Linear,
+    int8_matmul,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+EXTREME_PRODUCTS = textwrap.dedent(
+    """
+    import torch
+    from handler.native.packing import int8_matmul, int8_matmul_saturates
+    torch.manual_seed(0)
+    # every input and weight at +-127, their signs at random: pairs of products past int16
+    quant = (torch.randint(0, 2, (40, 96)) * 254 - 127).to(torch.int8)
+    weight = (torch.randint(0, 2, (96, 24)) * 254 - 127).to(torch.int8)
+    exact = (quant.long() @ weight.long()).int()
+    assert torch.equal(int8_matmul(quant, weight), exact)
+    print(int8_matmul_saturates(), torch.equal(torch._int_mm(quant, weight), exact))
+    """
 )
 
 
@@ -125,3 +148,25 @@ def test_folded_cross_attention_equals_attention_through_the_projections() -> No
     output = weights @ by_vector[:, :hidden].float()
     torch.testing.assert_close(output, expected, rtol=0, atol=0.02 * float(expected.abs().max()))
     assert folded.keys.padded_shape[0] >= heads * length
+
+
+@pytest.mark.parametrize("isa", [None, "AVX2"], ids=["this-cpu", "onednn-held-to-avx2"])
+def test_int8_matmul_is_exact_where_torchs_saturates(isa: str | None) -> None:
+    # oneDNN reads its instruction-set cap once, at its start: a fresh process for each
+    environment = {key: value for key, value in os.environ.items() if key != "ONEDNN_MAX_CPU_ISA"}
+    if isa is not None:
+        environment["ONEDNN_MAX_CPU_ISA"] = isa
+    command = [sys.executable, "-c", EXTREME_PRODUCTS]
+    done = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, check=True)
+    saturates, torch_exact = done.stdout.split()
+    assert saturates == str(torch_exact == "False")
+    if isa == "AVX2":  # vpmaddubsw's int16 pair sums: torch's own product is off there
+        assert (saturates, torch_exact) == ("True", "False")
+
+
+def test_int8_matmul_gives_torchs_product_in_int32() -> None:
+    quant = torch.randint(-127, 128, (20, 64), dtype=torch.int8)
+    weight = torch.randint(-127, 128, (64, 8), dtype=torch.int8)
+    got = int8_matmul(quant, weight)
+    assert got.dtype == torch.int32
+    assert torch.equal(got, (quant.long() @ weight.long()).int())
