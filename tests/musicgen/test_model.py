@@ -13,7 +13,7 @@ from transformers import AutoProcessor, MusicgenForConditionalGeneration
 from handler.allocator import HUGE_PAGE
 from handler.cpu import cpu_has_bf16
 from handler.musicgen.audio_decoder import SkipLSTM
-from handler.musicgen.model import MusicgenModel
+from handler.musicgen.model import DECODE_CHUNK_FRAMES, MusicgenModel
 from handler.musicgen.pattern import delay_forced, given_positions, sequence_from_codes
 from handler.musicgen.windows import Window
 from handler.native import packing, runtime
@@ -192,7 +192,11 @@ def test_serving_runs_encodecs_elus_natively_on_a_tuned_build(
     forced_kernels(name)
     model, _ = load(tiny_model_dir)
     engine = MusicgenModel.from_transformers(model, precision="int8")
-    codes = torch.randint(0, model.config.decoder.vocab_size, (1, 2, 4, 60), generator=torch.Generator().manual_seed(3))
+    # two chunks of frames a take, whose context frames overlap
+    frames = DECODE_CHUNK_FRAMES + 30
+    codes = torch.randint(
+        0, model.config.decoder.vocab_size, (1, 2, 4, frames), generator=torch.Generator().manual_seed(3)
+    )
     with torch.inference_mode():
         before = engine.decode_audio(codes)
     engine.prepare_to_serve()
@@ -206,6 +210,7 @@ def test_serving_runs_encodecs_elus_natively_on_a_tuned_build(
         last = decoder.upsample_layers[-1]
         assert isinstance(last, NativeELU)
         assert last.dtype == torch.float32
+        assert last.inplace  # on the last residual block's fresh output (a copy where the dtype changes)
         assert not any(isinstance(module, NativeELU) for module in decoder.output_layers)
     with torch.inference_mode():
         after = engine.decode_audio(codes)
