@@ -394,14 +394,16 @@ def measure_encodec(directory: Path, seconds: int, float32_only: bool = False) -
     frames = 50 * seconds
     result: dict[str, Any] = {}
     for dtype, native in [*((dtype, True) for dtype in dtypes), *([] if float32_only else [(torch.float32, False)])]:
-        model = load_artifact(Path(directory) / artifact_dir_name("int8")).model
-        codebooks, codebook_size, _ = model.audio_decoder.codebooks.shape
-        codes = torch.randint(0, codebook_size, (1, 1, codebooks, frames), generator=torch.Generator().manual_seed(0))
-        model.audio_decoder.prepare_to_serve(dtype)  # as MusicgenModel.prepare_to_serve, in this dtype
-        if native:
-            model.run_encodec_natively()
 
-        def best_of_three(model: Any = model, codes: Any = codes) -> float:
+        def best_of_three(dtype: torch.dtype = dtype, native: bool = native) -> float:
+            # Loaded and prepared on the engine thread, as served: built on the main thread, the
+            # same LSTM's recurrence ran up to 2.4x slower on that thread (glibc arenas differ).
+            model = load_artifact(Path(directory) / artifact_dir_name("int8")).model
+            codebooks, size, _ = model.audio_decoder.codebooks.shape
+            codes = torch.randint(0, size, (1, 1, codebooks, frames), generator=torch.Generator().manual_seed(0))
+            model.audio_decoder.prepare_to_serve(dtype)  # as MusicgenModel.prepare_to_serve, in this dtype
+            if native:
+                model.run_encodec_natively()
             times = []
             with torch.inference_mode():
                 for _ in range(3):
