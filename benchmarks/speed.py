@@ -397,7 +397,7 @@ def measure_encodec(directory: Path, seconds: int, float32_only: bool = False) -
 
         def best_of_three(dtype: torch.dtype = dtype, native: bool = native) -> float:
             # Loaded and prepared on the engine thread, as served: built on the main thread, the
-            # same LSTM's recurrence ran up to 2.4x slower on that thread (glibc arenas differ).
+            # same LSTM's recurrence ran up to 2.4x slower on that thread.
             model = load_artifact(Path(directory) / artifact_dir_name("int8")).model
             codebooks, size, _ = model.audio_decoder.codebooks.shape
             codes = torch.randint(0, size, (1, 1, codebooks, frames), generator=torch.Generator().manual_seed(0))
