@@ -396,8 +396,9 @@ def measure_encodec(directory: Path, seconds: int, float32_only: bool = False) -
     for dtype, native in [*((dtype, True) for dtype in dtypes), *([] if float32_only else [(torch.float32, False)])]:
 
         def best_of_three(dtype: torch.dtype = dtype, native: bool = native) -> float:
-            # Loaded and prepared on the engine thread, as served: built on the main thread, the
-            # same LSTM's recurrence ran up to 2.4x slower on that thread.
+            # Loaded and prepared on the engine thread, as served: torch's work on the main thread
+            # started a second OpenMP pool, whose threads made the engine's barriers sleep (the
+            # LSTM's recurrence ran up to 2.4x slower; see `on_engine_thread`).
             model = load_artifact(Path(directory) / artifact_dir_name("int8")).model
             codebooks, size, _ = model.audio_decoder.codebooks.shape
             codes = torch.randint(0, size, (1, 1, codebooks, frames), generator=torch.Generator().manual_seed(0))
