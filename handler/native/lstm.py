@@ -51,10 +51,10 @@ class NativeLSTM:
             input_weight = weights["weight_ih"].t().contiguous()
             products: Callable[[torch.Tensor], torch.Tensor]
             if input_weight.dtype == torch.float32 and not int8_matmul_saturates():
-                # float32 where the CPU has no bf16 products: in int8 where it has VNNI, the LSTM
-                # ~1.5x faster (110 -> 73 ms for 10 s of the 32 kHz codec), ~75 dB from float32 at
-                # EnCodec's output. Not on AVX2 alone, where the exact product takes two passes
-                # and was slower than float32's.
+                # float32 where the CPU has no bf16 products: in int8 where its int8 product is
+                # exact in one pass (VNNI), the LSTM ~1.5x faster (110 -> 73 ms for 10 s of the
+                # 32 kHz codec), ~75 dB from float32 at EnCodec's output. Not on AVX2 alone, where
+                # the exact product takes two passes and was slower than float32's.
                 products = Int8Products(input_weight, bias)
             else:
                 # bfloat16 where EnCodec serves in it (its LSTM weights are already rounded to it),
