@@ -8,35 +8,17 @@ from functools import partial
 import torch
 from torch import nn
 
-from handler.native.packing import Int8Linear, int8_matmul, int8_matmul_saturates, quantize_rows
+from handler.native.packing import Int8Linear, int8_matmul_saturates
 from handler.native.runtime import NativeKernels
-
-
-class Int8Products:
-    """`x @ weight + bias` for many rows at once in int8: each row of x quantised with its own scale,
-    each column of `weight` (in, out) with its own, as the decoder's int8 linears; the integer
-    product is `int8_matmul`'s, the rescale and bias in float32."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        w = weight.detach().float()
-        self.scale = w.abs().amax(dim=0).clamp(min=1e-12) / 127.0
-        self.weight = torch.round(w / self.scale).clamp(-127, 127).to(torch.int8)
-        self.bias = bias
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """(rows, in) float32 -> (rows, out) float32."""
-        quant, row_scale = quantize_rows(x)
-        out = (row_scale * self.scale).mul_(int8_matmul(quant, self.weight))
-        return out if self.bias is None else out.add_(self.bias)
 
 
 class NativeLSTM:
     """`lstm(x)[0]` for a unidirectional, time-major `lstm` without projections: the input products
-    of all steps in one torch matrix product per layer (in the LSTM's dtype, or in int8 for a
-    float32 one where the CPU multiplies int8 without saturating: see `Int8Products`), the recurrence in
-    `srm_lstm` with the recurrent weights in int8 (one scale per gate row, the decoder's `int8`
-    numerics), every sequence of the batch in one pass (each step streams the recurrent weights
-    once for them all)."""
+    of all steps in one torch matrix product per layer (in the LSTM's dtype, or for a float32 one
+    in int8 as `Int8Linear.forward` computes it, where the CPU's int8 product is exact in one
+    pass), the recurrence in `srm_lstm` with the recurrent weights in int8 (one scale per gate
+    row, the decoder's `int8` numerics), every sequence of the batch in one pass (each step
+    streams the recurrent weights once for them all)."""
 
     def __init__(self, lstm: nn.LSTM, kernels: NativeKernels) -> None:
         if not self.supports(lstm):
@@ -48,18 +30,17 @@ class NativeLSTM:
             bias = None
             if lstm.bias:
                 bias = (getattr(lstm, f"bias_ih_l{index}") + getattr(lstm, f"bias_hh_l{index}")).detach().float()
-            input_weight = weights["weight_ih"].t().contiguous()
             products: Callable[[torch.Tensor], torch.Tensor]
-            if input_weight.dtype == torch.float32 and not int8_matmul_saturates():
+            if weights["weight_ih"].dtype == torch.float32 and not int8_matmul_saturates():
                 # float32 where the CPU has no bf16 products: in int8 where its int8 product is
                 # exact in one pass (VNNI), the LSTM ~1.5x faster (110 -> 73 ms for 10 s of the
                 # 32 kHz codec), ~75 dB from float32 at EnCodec's output. Not on AVX2 alone, where
                 # the exact product takes two passes and was slower than float32's.
-                products = Int8Products(input_weight, bias)
+                products = Int8Linear(weights["weight_ih"], bias)
             else:
                 # bfloat16 where EnCodec serves in it (its LSTM weights are already rounded to it),
                 # ~3x faster than float32 there
-                products = partial(_products_in_dtype, input_weight, bias)
+                products = partial(_products_in_dtype, weights["weight_ih"].t().contiguous(), bias)
             self.layers.append((products, Int8Linear(weights["weight_hh"].float(), None)))
 
     @staticmethod

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from handler.native.lstm import Int8Products, NativeLSTM
-from handler.native.packing import int8_matmul_saturates, quantize_rows
+from handler.native.lstm import NativeLSTM
+from handler.native.packing import Int8Linear, int8_matmul_saturates
 from handler.native.runtime import NativeKernels
 
 
@@ -58,25 +58,13 @@ def test_builds_agree_with_the_plain_reference(kernels: NativeKernels, reference
         torch.testing.assert_close(NativeLSTM(lstm, kernels)(x), NativeLSTM(lstm, reference)(x), rtol=1e-4, atol=1e-5)
 
 
-def test_int8_products_rescale_the_exact_integer_product() -> None:
-    torch.manual_seed(2)
-    weight, bias, x = torch.randn(48, 256), torch.randn(256), torch.randn(40, 48)
-    products = Int8Products(weight, bias)
-    got = products(x)
-    quant, row_scale = quantize_rows(x)
-    integer = quant.double() @ products.weight.double()  # exact in float64 (sums below 2^53)
-    expected = (integer * row_scale.double() * products.scale.double() + bias.double()).float()
-    torch.testing.assert_close(got, expected)
-    assert snr_db(x @ weight + bias, got) > 30  # int8 of both sides: ~40 dB from float32
-
-
 def test_a_float32_lstm_s_input_products_run_in_int8_where_exact_in_one_pass(
     kernels: NativeKernels, lstm: nn.LSTM
 ) -> None:
     in_int8 = not int8_matmul_saturates()
-    assert all(isinstance(products, Int8Products) == in_int8 for products, _ in NativeLSTM(lstm, kernels).layers)
+    assert all(isinstance(products, Int8Linear) == in_int8 for products, _ in NativeLSTM(lstm, kernels).layers)
     halved = nn.LSTM(48, 64, num_layers=2).eval().to(torch.bfloat16)
-    assert not any(isinstance(products, Int8Products) for products, _ in NativeLSTM(halved, kernels).layers)
+    assert not any(isinstance(products, Int8Linear) for products, _ in NativeLSTM(halved, kernels).layers)
 
 
 def test_input_dtype_is_kept(kernels: NativeKernels, lstm: nn.LSTM) -> None:
