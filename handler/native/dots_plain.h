@@ -4,6 +4,8 @@
 #ifndef SRM_DOTS_PLAIN_H
 #define SRM_DOTS_PLAIN_H
 
+#include <math.h>
+
 #include "srm.h"
 
 /* acc[i][r] = sum_k weight[block row i, k] * quant[r, k] for one block of 4 output channels. */
@@ -60,6 +62,32 @@ static inline __attribute__((always_inline)) void plain_tile_dots(const int8_t *
                 dots[j] += ((int32_t)query[4 * g + e] + shift) * (int32_t)tile[(g * SRM_KEY_TILE + j) * 4 + e];
 }
 
+/* sum[r][j] = sum over taps t and chunks of SRM_CONV_CHUNK channels of scales[r][t * scale_step] *
+ * (the chunk's exact int32 dot of input row inputs[r] + t * row_step with output channel j of the
+ * weight block `panel`), for the SRM_CONV_ROWS output rows of a tile and the 16 channels of a block
+ * (see srm_conv). The float sums are fused multiply-adds in this order in every build: the builds
+ * agree bit for bit. */
+static inline __attribute__((always_inline)) void plain_conv_tile(const int16_t *const inputs[SRM_CONV_ROWS], const float *const scales[SRM_CONV_ROWS],
+                                                                  int64_t row_step, int64_t scale_step, int64_t taps, int64_t channels,
+                                                                  const int16_t *panel, float sum[SRM_CONV_ROWS][SRM_CONV_BLOCK_N]) {
+    for (int r = 0; r < SRM_CONV_ROWS; r++)
+        for (int j = 0; j < SRM_CONV_BLOCK_N; j++) sum[r][j] = 0.0f;
+    for (int64_t t = 0; t < taps; t++) {
+        const int16_t *w = panel + t * channels * SRM_CONV_BLOCK_N;
+        for (int64_t c0 = 0; c0 < channels; c0 += SRM_CONV_CHUNK) {
+            const int64_t c1 = c0 + SRM_CONV_CHUNK < channels ? c0 + SRM_CONV_CHUNK : channels;
+            for (int r = 0; r < SRM_CONV_ROWS; r++) {
+                const int16_t *x = inputs[r] + t * row_step;
+                for (int j = 0; j < SRM_CONV_BLOCK_N; j++) {
+                    int32_t dot = 0;
+                    for (int64_t c = c0; c < c1; c++) dot += (int32_t)x[c] * (int32_t)w[(c & ~(int64_t)1) * SRM_CONV_BLOCK_N + 2 * j + (c & 1)];
+                    sum[r][j] = fmaf((float)dot, scales[r][t * scale_step], sum[r][j]);
+                }
+            }
+        }
+    }
+}
+
 #endif
 
 /* Included as the build's own kernels rather than as a tuned file's fallback (a tuned file defines
@@ -100,4 +128,9 @@ static inline __attribute__((always_inline)) void tile_dots(const int8_t *restri
     plain_tile_dots(query, tile, hd, SRM_QUERY_SHIFT, dots);
 }
 
+#endif
+
+/* The builds without a conv_tile of their own (the plain one, NEON's) use the reference's. */
+#ifndef SRM_CONV_TILE
+#define conv_tile plain_conv_tile
 #endif

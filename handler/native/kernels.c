@@ -622,6 +622,82 @@ void srm_elu(const void *in, int64_t in_stride, void *out, int64_t out_stride, i
     }
 }
 
+/* ---------------------------------------------------------------- EnCodec's convolutions */
+
+#define SRM_CONV_GROUP_BYTES (256 << 10) /* weight blocks a pass over the tiles takes: they stay in L2 */
+
+/* Rows pad_left + rows + pad_right of a convolution's input, each quantised to int16 with its own
+ * scale (row_scale: the largest magnitude / SRM_CONV_INPUT_MAX), after an ELU where `elu`. Padding
+ * rows are zero, or where `reflect` the rows mirrored about the first and last (rows > pad). */
+void srm_conv_quantize(const float *in, int64_t in_stride, int64_t rows, int64_t channels, int64_t pad_left,
+                       int64_t pad_right, int32_t reflect, int32_t elu, float alpha, int16_t *q, int64_t q_stride,
+                       float *row_scale, int32_t threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t j = 0; j < pad_left + rows + pad_right; j++) {
+        int16_t *dst = q + j * q_stride;
+        int64_t src = j - pad_left;
+        if ((src < 0 || src >= rows) && !reflect) {
+            memset(dst, 0, (size_t)channels * sizeof *dst);
+            row_scale[j] = 0.0f;
+            continue;
+        }
+        src = src < 0 ? -src : (src >= rows ? 2 * (rows - 1) - src : src);
+        const float *x = in + src * in_stride;
+        float values[SRM_CONV_MAX_CHANNELS];
+        float top = 0.0f;
+#pragma omp simd reduction(max : top)
+        for (int64_t c = 0; c < channels; c++) {
+            const float v = elu ? elu_value(x[c], alpha) : x[c];
+            values[c] = v;
+            top = fabsf(v) > top ? fabsf(v) : top;
+        }
+        const float inv = top > 0.0f ? (float)SRM_CONV_INPUT_MAX / top : 0.0f;
+        row_scale[j] = top / (float)SRM_CONV_INPUT_MAX;
+#pragma omp simd
+        for (int64_t c = 0; c < channels; c++) dst[c] = (int16_t)__builtin_rintf(values[c] * inv);
+    }
+}
+
+/* out[t, o] = bias[o] + weight_scale[o] * sum over taps i and channels c of q[t + i dilation, c] *
+ * weight[o, i, c] (with q's row scales), for t < out_rows and o < out_features: a stride-1
+ * convolution over quantised rows (srm_conv_quantize). Tiles of SRM_CONV_ROWS rows times one weight
+ * block; the blocks go in groups whose weights stay in L2 while every tile passes them, the tiles
+ * of a group split between the threads. */
+void srm_conv(const int16_t *q, const float *row_scale, int64_t q_stride, int64_t out_rows, int64_t taps,
+              int64_t dilation, int64_t channels, const int16_t *weight, const float *weight_scale, const float *bias,
+              int64_t n, float *out, int64_t out_stride, int64_t out_features, int32_t threads) {
+    const int64_t tiles = (out_rows + SRM_CONV_ROWS - 1) / SRM_CONV_ROWS, blocks = n / SRM_CONV_BLOCK_N;
+    const int64_t panel = taps * channels * SRM_CONV_BLOCK_N;
+    const int64_t fit = SRM_CONV_GROUP_BYTES / (panel * (int64_t)sizeof *weight);
+    const int64_t group = fit > 0 ? fit : 1;
+#pragma omp parallel num_threads(threads)
+    for (int64_t b0 = 0; b0 < blocks; b0 += group) {
+        const int64_t b1 = b0 + group < blocks ? b0 + group : blocks;
+#pragma omp for collapse(2) schedule(static)
+        for (int64_t tile = 0; tile < tiles; tile++)
+            for (int64_t b = b0; b < b1; b++) {
+                const int64_t t0 = tile * SRM_CONV_ROWS;
+                const int64_t rows = out_rows - t0 < SRM_CONV_ROWS ? out_rows - t0 : SRM_CONV_ROWS;
+                const int16_t *inputs[SRM_CONV_ROWS];
+                const float *scales[SRM_CONV_ROWS];
+                for (int r = 0; r < SRM_CONV_ROWS; r++) {
+                    const int64_t t = t0 + (r < rows ? r : rows - 1); /* a short tile repeats its last row */
+                    inputs[r] = q + t * q_stride;
+                    scales[r] = row_scale + t;
+                }
+                float sum[SRM_CONV_ROWS][SRM_CONV_BLOCK_N];
+                conv_tile(inputs, scales, q_stride * dilation, dilation, taps, channels, weight + b * panel, sum);
+                const int64_t first = b * SRM_CONV_BLOCK_N;
+                const int64_t width = out_features - first < SRM_CONV_BLOCK_N ? out_features - first : SRM_CONV_BLOCK_N;
+                for (int64_t r = 0; r < rows; r++) {
+                    float *dst = out + (t0 + r) * out_stride + first;
+                    for (int64_t j = 0; j < width; j++)
+                        dst[j] = fmaf(sum[r][j], weight_scale[first + j], bias ? bias[first + j] : 0.0f);
+                }
+            }
+    }
+}
+
 /* ---------------------------------------------------------------- sampling */
 
 /* The k-th largest of values[0:n], 1 <= k <= n (Hoare's selection; reorders `values`). */
@@ -777,7 +853,9 @@ static const srm_abi_field abi_fields[] = {
 static const srm_abi_constant abi_constants[] = {
     SRM_CONSTANT(SRM_BLOCK_K),      SRM_CONSTANT(SRM_BLOCK_N),      SRM_CONSTANT(SRM_BLOCK_N4),
     SRM_CONSTANT(SRM_MAX_ROWS),     SRM_CONSTANT(SRM_KEY_TILE),     SRM_CONSTANT(SRM_MAX_HEAD_DIM),
-    SRM_CONSTANT(SRM_VALUE_BLOCK),  SRM_CONSTANT(SRM_QUERY_SHIFT),
+    SRM_CONSTANT(SRM_VALUE_BLOCK),  SRM_CONSTANT(SRM_QUERY_SHIFT),  SRM_CONSTANT(SRM_CONV_BLOCK_N),
+    SRM_CONSTANT(SRM_CONV_CHUNK),   SRM_CONSTANT(SRM_CONV_INPUT_MAX), SRM_CONSTANT(SRM_CONV_WEIGHT_MAX),
+    SRM_CONSTANT(SRM_CONV_MAX_CHANNELS),
 };
 
 static const srm_abi_info abi_info = {

@@ -1,5 +1,5 @@
-"""Weights as the native step reads them: packed int8 and int4 Linear layers, folded cross-attention,
-and the block layout constants shared with `srm.h`."""
+"""Weights as the native kernels read them: packed int8 and int4 Linear layers, folded
+cross-attention, EnCodec's convolutions in int16, and the block layout constants shared with `srm.h`."""
 
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,6 +13,16 @@ from handler.allocator import huge_page_tensor
 
 BLOCK_N, BLOCK_N4, BLOCK_K, MAX_ROWS, KEY_TILE, MAX_HEAD_DIM, VALUE_BLOCK = 4, 16, 64, 8, 32, 256, 64
 
+CONV_BLOCK_N = 16
+"""Output channels a block of `PackedConvolution` holds: (n / 16, taps, channels / 2, 16, 2)."""
+CONV_CHUNK = 128
+"""Input channels of one tap summed exactly in int32 before their rescale."""
+CONV_INPUT_MAX = 8191
+"""The largest quantised input: 128 * 8191 * 2047 < 2^31, no chunk's sum can overflow."""
+CONV_WEIGHT_MAX = 2047
+"""The largest quantised weight."""
+CONV_MAX_CHANNELS = 4096
+"""The most input channels a convolution may have (the quantiser's row buffer)."""
 C_CONSTANTS = {
     "SRM_BLOCK_N": BLOCK_N,
     "SRM_BLOCK_N4": BLOCK_N4,
@@ -21,6 +31,11 @@ C_CONSTANTS = {
     "SRM_KEY_TILE": KEY_TILE,
     "SRM_MAX_HEAD_DIM": MAX_HEAD_DIM,
     "SRM_VALUE_BLOCK": VALUE_BLOCK,
+    "SRM_CONV_BLOCK_N": CONV_BLOCK_N,
+    "SRM_CONV_CHUNK": CONV_CHUNK,
+    "SRM_CONV_INPUT_MAX": CONV_INPUT_MAX,
+    "SRM_CONV_WEIGHT_MAX": CONV_WEIGHT_MAX,
+    "SRM_CONV_MAX_CHANNELS": CONV_MAX_CHANNELS,
 }
 """The constants above by their names in srm.h: a library compiled with other values is refused at
 load (see `abi.check`)."""
@@ -320,3 +335,37 @@ class FoldedCrossAttention:
         blocks[:, :hidden] = quantized
         values_by_block = blocks.view(heads * length, -1, VALUE_BLOCK).transpose(0, 1).contiguous()
         return cls(Int8Linear(folded_keys.view(heads * length, hidden), None), values_by_block, scale.view(-1))
+
+
+class PackedConvolution:
+    """A convolution's weight (out, in, taps) in `srm_conv`'s blocks: int16 with one scale per
+    output channel, zero padded to whole blocks and an even number of input channels."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int) -> None:
+        out_features, channels, taps = (int(size) for size in weight.shape)
+        if channels > CONV_MAX_CHANNELS:
+            raise ValueError(f"at most {CONV_MAX_CHANNELS} input channels, not {channels}")
+        self.out_features, self.channels, self.taps, self.dilation = out_features, channels, taps, dilation
+        self.padded_channels = channels + channels % 2
+        n = -(-out_features // CONV_BLOCK_N) * CONV_BLOCK_N
+        w = weight.detach().float()
+        scale = w.abs().amax(dim=(1, 2)).clamp(min=1e-30) / CONV_WEIGHT_MAX
+        quantised = torch.round(w / scale[:, None, None]).clamp(-CONV_WEIGHT_MAX, CONV_WEIGHT_MAX)
+        padded = torch.zeros((n, taps, self.padded_channels), dtype=torch.int16)
+        padded[:out_features, :, :channels] = quantised.permute(0, 2, 1).to(torch.int16)
+        blocks = padded.view(n // CONV_BLOCK_N, CONV_BLOCK_N, taps, self.padded_channels // 2, 2)
+        self.weight = blocks.permute(0, 2, 3, 1, 4).contiguous()
+        self.scale = torch.zeros(n)
+        self.scale[:out_features] = scale
+        self.bias = None if bias is None else bias.detach().float().contiguous()
+
+    @property
+    def padded_outputs(self) -> int:
+        """Output channels including the last block's padding."""
+        return int(self.scale.shape[0])
+
+    def dequantized(self) -> torch.Tensor:
+        """The weight (out, in, taps) as the kernel multiplies it, in float32."""
+        n, taps, pairs = self.padded_outputs, self.taps, self.padded_channels // 2
+        rows = self.weight.permute(0, 3, 1, 2, 4).reshape(n, taps, 2 * pairs).float() * self.scale[:, None, None]
+        return rows[: self.out_features, :, : self.channels].permute(0, 2, 1)

@@ -29,6 +29,7 @@ from handler.native.packing import (
     Int4Linear,
     Int8Linear,
     LayerWeights,
+    PackedConvolution,
     PackedLinear,
     quantize_rows,
 )
@@ -102,6 +103,13 @@ class NativeKernels:
             ctypes.c_int32,
             ctypes.c_int32,
         ]
+        i64, i32, f32 = ctypes.c_int64, ctypes.c_int32, ctypes.c_float
+        self._conv_quantize = library.srm_conv_quantize
+        self._conv_quantize.restype = None
+        self._conv_quantize.argtypes = [Pointer, i64, i64, i64, i64, i64, i32, i32, f32, Pointer, i64, Pointer, i32]
+        self._conv = library.srm_conv
+        self._conv.restype = None
+        self._conv.argtypes = [Pointer, Pointer, i64, i64, i64, i64, i64, Pointer, Pointer, Pointer, i64, Pointer, i64, i64, i32]
         self._linear = library.srm_linear_forward
         self._linear.restype = None
         self._linear.argtypes = [
@@ -183,6 +191,50 @@ class NativeKernels:
             out.dtype == torch.bfloat16,
             torch.get_num_threads(),
         )
+
+    def convolve(
+        self,
+        conv: PackedConvolution,
+        x: torch.Tensor,
+        pad_left: int,
+        pad_right: int,
+        reflect: bool,
+        elu_alpha: float | None = None,
+    ) -> torch.Tensor:
+        """`conv` (stride 1) of `x` (batch, channels, time), padded by `pad_left` and `pad_right`
+        time steps (zeros, or mirrored where `reflect`: then time > either padding), after an ELU
+        with `elu_alpha` if given: (batch, time out, out) float32 (`srm_conv`). `x` is float32,
+        copied time-major first unless stored so (its channels contiguous, its steps evenly spaced)."""
+        batch, channels, length = (int(size) for size in x.shape)
+        if channels != conv.channels:
+            raise ValueError(f"the convolution takes {conv.channels} channels, not {channels}")
+        if reflect and length <= max(pad_left, pad_right):
+            raise ValueError(f"mirrored padding of {max(pad_left, pad_right)} needs more than {length} steps")
+        x = x.float()
+        if x.stride(1) != 1 and channels > 1:
+            x = x.transpose(1, 2).contiguous().transpose(1, 2)
+        padded = pad_left + length + pad_right
+        rows = padded - (conv.taps - 1) * conv.dilation
+        out = torch.empty((batch, max(rows, 0), conv.out_features))
+        if rows <= 0:
+            return out
+        # zeroed where the channels are odd: the pair's second input of the last channel
+        quantised = (torch.zeros if conv.padded_channels != channels else torch.empty)(
+            (padded, conv.padded_channels), dtype=torch.int16
+        )
+        scales, threads = torch.empty(padded), torch.get_num_threads()
+        elu, alpha = elu_alpha is not None, 0.0 if elu_alpha is None else elu_alpha
+        for index in range(batch):
+            self._conv_quantize(
+                x[index].data_ptr(), x.stride(2), length, channels, pad_left, pad_right, reflect, elu, alpha,
+                quantised.data_ptr(), conv.padded_channels, scales.data_ptr(), threads,
+            )  # fmt: skip
+            self._conv(
+                quantised.data_ptr(), scales.data_ptr(), conv.padded_channels, rows, conv.taps, conv.dilation,
+                conv.padded_channels, conv.weight.data_ptr(), conv.scale.data_ptr(), _address(conv.bias),
+                conv.padded_outputs, out[index].data_ptr(), conv.out_features, conv.out_features, threads,
+            )  # fmt: skip
+        return out
 
     def generate(self, run: "NativeRun", generation: "NativeGeneration", first: int, last: int) -> None:
         """Decode steps `first` to `last` - 1 of `generation` on `run`, extending its sequence."""

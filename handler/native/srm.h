@@ -20,6 +20,18 @@
 #define SRM_MAX_HEAD_DIM 256
 #define SRM_VALUE_BLOCK 64 /* folded cross-attention values: (hidden / 64, vectors, 64) */
 
+/* EnCodec's float32 convolutions in 16-bit integers (srm_conv): weights (n / 16, taps, channels / 2,
+ * 16, 2) int16, two consecutive input channels of one output channel side by side (vpmaddwd's
+ * pairs), one scale per output channel; inputs one scale per time step. The integer sums stay
+ * exact: a chunk of SRM_CONV_CHUNK channels of one tap is at most 128 * 8191 * 2047 < 2^31, then
+ * rescaled into a float32 sum. */
+#define SRM_CONV_BLOCK_N 16
+#define SRM_CONV_ROWS 6 /* output time steps a tile */
+#define SRM_CONV_CHUNK 128
+#define SRM_CONV_INPUT_MAX 8191
+#define SRM_CONV_WEIGHT_MAX 2047
+#define SRM_CONV_MAX_CHANNELS 4096
+
 typedef struct {
     /* 8 bits: (n / 4, k / 64, 4, 64) int8. 4 bits: (n / 16, k / 64, 8, 16, 4) bytes, weight + 8 in
      * each nibble: in block b, group g, byte (m, j, i) holds input 64 g + 8 m + i of channel
@@ -140,5 +152,11 @@ void srm_sample(const srm_decoder *m, const srm_generation *g, const float *unif
 void srm_lstm(const srm_decoder *m, const srm_linear *w_hh, const float *gates_in, int64_t steps, float *h_out);
 void srm_elu(const void *in, int64_t in_stride, void *out, int64_t out_stride, int64_t rows, int64_t length,
              float alpha, int32_t in_bf16, int32_t out_bf16, int32_t threads);
+void srm_conv_quantize(const float *in, int64_t in_stride, int64_t rows, int64_t channels, int64_t pad_left,
+                       int64_t pad_right, int32_t reflect, int32_t elu, float alpha, int16_t *q, int64_t q_stride,
+                       float *row_scale, int32_t threads);
+void srm_conv(const int16_t *q, const float *row_scale, int64_t q_stride, int64_t out_rows, int64_t taps,
+              int64_t dilation, int64_t channels, const int16_t *weight, const float *weight_scale, const float *bias,
+              int64_t n, float *out, int64_t out_stride, int64_t out_features, int32_t threads);
 
 #endif
