@@ -20,6 +20,11 @@ from torch import nn
 
 _PLAIN_NORMS = ("weight_norm", "none")
 
+NativeConvolver = Callable[[torch.Tensor, int, int, bool, "float | None"], torch.Tensor]
+"""A convolution run natively (``handler.native.convolution.NativeConvolution``): (input stored
+time-major, padding left, padding right, mirrored or zeros, the alpha of an ELU to apply first or
+None) -> (batch, time, out) float32."""
+
 PHASE_PRODUCTS_MIN_CHANNELS = 1024
 """Input channels from which a float32 upsampling runs by phase as two matrix products rather than
 one two-tap convolution: with 1024 (the 32 kHz codec's first upsampling, ~100 frames a chunk)
@@ -103,6 +108,11 @@ class PaddedConv1d(nn.Module):
     """A one-tap convolution's weight as a matrix, once it runs as a product (``convolve_pointwise_as_product``)."""
     time_major_weight: torch.Tensor | None = None
     """The weight for activations stored time-major, once serving so (``compute_time_major``)."""
+    native: NativeConvolver | None = None
+    """What runs the convolution once serving in float32 natively
+    (``EncodecAudioDecoder.run_convolutions_with``)."""
+    elu_alpha: float | None = None
+    """The ELU before this convolution, applied by ``native`` as it reads the input (no layer of its own)."""
 
     def __init__(self, conv: nn.Conv1d, causal: bool, pad_mode: str) -> None:
         super().__init__()
@@ -177,17 +187,31 @@ class PaddedConv1d(nn.Module):
         out[..., -side:] = self._convolve(self._pad(hidden[..., -span:], 0, side), padding=0)
         return out
 
+    def runs_natively(self) -> bool:
+        """Whether ``native`` can run this convolution: stride 1, no groups, zero or mirrored padding."""
+        conv = self.conv
+        return (conv.stride[0], conv.groups) == (1, 1) and self.pad_mode in ("reflect", "constant")
+
+    def _paddings(self, length: int) -> tuple[int, int]:
+        """The padding left and right of `length` steps (the right one with the extra that makes
+        the last stride window full)."""
+        extra = -length % self.stride
+        if self.causal:
+            return self.padding_total, extra
+        right = self.padding_total // 2
+        return self.padding_total - right, right + extra
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """Pad (with the extra right padding that makes the last stride window full) and convolve."""
+        left, right = self._paddings(int(hidden.shape[-1]))
+        reflect = self.pad_mode == "reflect"
+        if self.native is not None and (not reflect or hidden.shape[-1] > max(left, right)):
+            return self.native(hidden, left, right, reflect, self.elu_alpha).transpose(1, 2)
+        if self.elu_alpha is not None:
+            hidden = F.elu(hidden, self.elu_alpha)
         if self.pads_in_convolution and hidden.shape[-1] >= self.kernel_span:
             return self._forward_padding_in_convolution(hidden)
-        extra = -int(hidden.shape[-1]) % self.stride
-        if self.causal:
-            hidden = self._pad(hidden, self.padding_total, extra)
-        else:
-            right = self.padding_total // 2
-            hidden = self._pad(hidden, self.padding_total - right, right + extra)
-        return self._convolve(hidden, padding=0)
+        return self._convolve(self._pad(hidden, left, right), padding=0)
 
     def _one_output_channel(self, hidden: torch.Tensor, side: int) -> torch.Tensor:
         """The zero-padded convolution to one channel (EnCodec's last layer) as one matrix product
@@ -233,6 +257,11 @@ class TrimmedConvTranspose1d(nn.Module):
     """The two taps of ``phase_weight`` as matrices (input u, input u - 1), when run as products."""
     time_major_weight: torch.Tensor | None = None
     """``phase_weight`` as a one-row 2-D convolution's, channels last (``convolve_by_phase``)."""
+    native: NativeConvolver | None = None
+    """What runs the two-tap convolution by phase once serving in float32 natively
+    (``EncodecAudioDecoder.run_convolutions_with``)."""
+    elu_alpha: float | None = None
+    """The ELU before this upsampling, applied by ``native`` as it reads the input (no layer of its own)."""
 
     def __init__(self, conv: nn.ConvTranspose1d, causal: bool, trim_right_ratio: float) -> None:
         super().__init__()
@@ -298,7 +327,10 @@ class TrimmedConvTranspose1d(nn.Module):
     def _forward_by_phase(self, hidden: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
         """The upsampling by phase, its output stored time-major (the phases interleaved by a view)."""
         stride = int(self.conv.stride[0])
-        if self.phase_products is not None:
+        if self.native is not None:
+            # tap 0 reads input u - 1: one zero step each side gives every position 0..time
+            phases = self.native(hidden, 1, 1, False, self.elu_alpha)
+        elif self.phase_products is not None:
             phases = _time_major_phases(hidden, *self.phase_products, self.phase_bias)
         else:
             row = F.conv2d(hidden.unsqueeze(2), kernel, self.phase_bias, padding=(0, 1))
@@ -556,6 +588,32 @@ class EncodecAudioDecoder(nn.Module):
                     if isinstance(layer, nn.ELU):
                         layer.inplace = True
         self.prepared_to_serve = True
+
+    def run_convolutions_with(
+        self, make: Callable[[torch.Tensor, torch.Tensor | None, int], NativeConvolver | None]
+    ) -> None:
+        """Run the upsampling layers' convolutions with ``make(weight, bias, dilation)`` where it
+        gives one (stride 1, over activations stored time-major; transposed ones by phase:
+        ``prepare_to_serve`` first, in float32), and fold each ELU right before one into it: the
+        ELU is applied as the convolution reads its input, a pass over the activations fewer."""
+        if not self.prepared_to_serve or self.compute_dtype != torch.float32:
+            raise ValueError("native convolutions run on a decoder prepared to serve in float32")
+        for module in self.upsample_layers.modules():
+            if isinstance(module, PaddedConv1d) and module.runs_natively():
+                conv = module.conv
+                module.native = make(conv.weight.detach(), _plain_bias(conv), int(conv.dilation[0]))
+            elif isinstance(module, TrimmedConvTranspose1d) and module.phase_weight is not None:
+                module.native = make(module.phase_weight, module.phase_bias, 1)
+        for module in list(self.upsample_layers.modules()):
+            if not isinstance(module, nn.Sequential):
+                continue
+            for index in range(len(module) - 1):
+                layer, after = module[index], module[index + 1]
+                if not isinstance(layer, nn.ELU) or not isinstance(after, PaddedConv1d | TrimmedConvTranspose1d):
+                    continue
+                if after.native is not None and after.elu_alpha is None:
+                    after.elu_alpha = float(layer.alpha)
+                    module[index] = nn.Identity()
 
     def run_elus_with(self, make: Callable[[float, bool, torch.dtype | None], nn.Module]) -> None:
         """Swap every ELU for ``make(alpha, inplace, dtype)`` (``handler.native.elu.NativeELU``).

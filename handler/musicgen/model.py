@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -53,6 +54,7 @@ from handler.musicgen.text_encoder import T5TextEncoder
 from handler.musicgen.windows import Window, WindowShape
 from handler.native import packing, runtime
 from handler.native.build import PLAIN
+from handler.native.convolution import NativeConvolution
 from handler.native.elu import NativeELU
 from handler.native.lstm import NativeLSTM
 from handler.native.packing import FoldedCrossAttention, Int4Linear, Int8Linear
@@ -273,14 +275,18 @@ class MusicgenModel:
         return None if kernels is None else kernels.variant.name
 
     def run_encodec_natively(self) -> None:
-        """EnCodec's LSTM recurrence in the native kernel, where one is built, and its ELUs where
-        the build is a tuned one (the plain-C reference's is slower than torch's)."""
+        """EnCodec's LSTM recurrence in the native kernel, where one is built, its ELUs where the
+        build is a tuned one (the plain-C reference's is slower than torch's), and its float32
+        upsampling convolutions in 16-bit integers where the build has its own kernel for them."""
         kernels = runtime.best()
         if kernels is None:
             return
         for module in self.audio_decoder.modules():
             if isinstance(module, SkipLSTM) and NativeLSTM.supports(module.lstm):
                 module.recurrence = NativeLSTM(module.lstm, kernels)
+        decoder = self.audio_decoder
+        if decoder.compute_dtype == torch.float32 and NativeConvolution.serves_on(kernels):
+            decoder.run_convolutions_with(partial(NativeConvolution.where_faster, kernels=kernels))
         if kernels.variant != PLAIN:
             self.audio_decoder.run_elus_with(lambda alpha, inplace, dtype: NativeELU(alpha, kernels, inplace, dtype))
 

@@ -115,6 +115,8 @@ static inline __attribute__((always_inline)) void tile_dots(const int8_t *restri
         const __m256i xv = _mm256_set1_epi32(pair);                                                       \
         acc##r##a = _mm256_dpwssd_epi32(acc##r##a, xv, w0);                                                       \
         acc##r##b = _mm256_dpwssd_epi32(acc##r##b, xv, w1);                                                       \
+        /* pins the sums to registers here: gcc otherwise kept them on the stack (spilled) */ \
+        __asm__("" : "+x"(acc##r##a), "+x"(acc##r##b));                                                             \
     }
 #define SRM_CONV_FLUSH(r)                                                                                 \
     {                                                                                                     \

@@ -109,7 +109,11 @@ class NativeKernels:
         self._conv_quantize.argtypes = [Pointer, i64, i64, i64, i64, i64, i32, i32, f32, Pointer, i64, Pointer, i32]
         self._conv = library.srm_conv
         self._conv.restype = None
-        self._conv.argtypes = [Pointer, Pointer, i64, i64, i64, i64, i64, Pointer, Pointer, Pointer, i64, Pointer, i64, i64, i32]
+        self._conv.argtypes = [
+            Pointer, Pointer, i64, i64, i64, i64, i64,  # the quantised input and its shape
+            Pointer, Pointer, Pointer, i64,  # the weights
+            Pointer, i64, i64, i32,  # the output
+        ]  # fmt: skip
         self._linear = library.srm_linear_forward
         self._linear.restype = None
         self._linear.argtypes = [
