@@ -8,9 +8,14 @@ from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
 from transformers import EncodecConfig, EncodecModel, MusicgenForConditionalGeneration
 
 from handler.musicgen.audio_decoder import EncodecAudioDecoder, PaddedConv1d, TrimmedConvTranspose1d
+from handler.native import runtime
+from handler.native.convolution import NativeConvolution
+from handler.native.runtime import NativeKernels
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -199,6 +204,59 @@ def test_serving_in_float32_matches_transformers_up_to_rounding(overrides: dict[
     codes = random_codes(codec, batch=2, frames=frames)
     expected = reference(codec, codes)
     torch.testing.assert_close(ours(decoder, codes), expected, rtol=0, atol=1e-5 * float(expected.abs().max()))
+
+
+def loaded_kernels() -> NativeKernels:
+    """The best build this CPU runs (every build is held to the plain reference in tests/native)."""
+    kernels = runtime.best()
+    assert kernels is not None
+    return kernels
+
+
+@pytest.mark.parametrize("overrides", [{}, *CODEC_VARIANTS])
+@pytest.mark.parametrize("frames", [1, 5, 40])
+def test_native_convolutions_in_float32_stay_close_to_transformers(overrides: dict[str, Any], frames: int) -> None:
+    kernels = loaded_kernels()
+    codec = random_codec(**(SMALL_CODEC | overrides))
+    decoder = EncodecAudioDecoder.from_transformers(codec)
+    decoder.prepare_to_serve(torch.float32)
+    decoder.run_convolutions_with(lambda weight, bias, dilation: NativeConvolution(weight, bias, dilation, kernels))
+    layers = list(decoder.upsample_layers.modules())
+    convolutions = [m for m in layers if isinstance(m, PaddedConv1d | TrimmedConvTranspose1d)]
+    assert convolutions
+    assert all(m.native is not None for m in convolutions)
+    # every ELU of the upsampling is applied by the convolution after it
+    assert not any(isinstance(m, nn.ELU) for m in layers)
+    sequences = [m for m in layers if isinstance(m, nn.Sequential)]
+    folded = [layer for sequence in sequences for layer in sequence if isinstance(layer, nn.Identity)]
+    assert len(folded) == sum(m.elu_alpha is not None for m in convolutions) > 0
+    codes = random_codes(codec, batch=2, frames=frames)
+    expected = reference(codec, codes)
+    noise = (ours(decoder, codes) - expected).pow(2).mean() / expected.pow(2).mean()
+    assert -10 * torch.log10(noise) > 50
+
+
+def test_native_convolutions_need_a_decoder_serving_in_float32() -> None:
+    decoder = EncodecAudioDecoder.from_transformers(random_codec(**SMALL_CODEC))
+    decoder.prepare_to_serve(torch.bfloat16)
+    with pytest.raises(ValueError, match="float32"):
+        decoder.run_convolutions_with(lambda weight, bias, dilation: None)
+
+
+def test_a_native_convolution_too_short_to_mirror_runs_in_torch_with_its_elu() -> None:
+    layer = PaddedConv1d(nn.Conv1d(64, 16, 7), causal=False, pad_mode="reflect")
+    x = torch.randn(1, 64, 3)  # a mirrored padding of 3 needs 4 steps
+    with torch.inference_mode():
+        expected = layer(F.elu(x))
+    layer.native = NativeConvolution(layer.conv.weight.detach(), layer.conv.bias, 1, loaded_kernels())
+    layer.elu_alpha = 1.0
+    with torch.inference_mode():
+        assert torch.equal(layer(x), expected)
+        longer = torch.randn(1, 64, 9)
+        natively = layer(longer)
+        layer.native = None
+        in_torch = layer(longer)
+    torch.testing.assert_close(natively, in_torch, rtol=0, atol=1e-3 * float(in_torch.abs().max()))
 
 
 @pytest.mark.parametrize("overrides", [{}, *CODEC_VARIANTS])

@@ -18,6 +18,7 @@ from handler.musicgen.pattern import delay_forced, given_positions, sequence_fro
 from handler.musicgen.windows import Window
 from handler.native import packing, runtime
 from handler.native.build import PLAIN
+from handler.native.convolution import NativeConvolution
 from handler.native.elu import NativeELU
 from handler.native.lstm import NativeLSTM
 from handler.native.packing import Int4Linear, Int8Linear
@@ -215,6 +216,40 @@ def test_serving_runs_encodecs_elus_natively_on_a_tuned_build(
     with torch.inference_mode():
         after = engine.decode_audio(codes)
     assert after.dtype == torch.float32
+    snr = 10 * torch.log10(before.pow(2).sum() / (after - before).pow(2).sum())
+    assert snr > 30
+
+
+@pytest.mark.parametrize("name", [variant.name for variant in RUNNABLE])
+def test_serving_float32_encodec_runs_its_wide_convolutions_natively_on_a_tuned_build(
+    tiny_model_dir: Path, forced_kernels: Callable[[str], None], monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    forced_kernels(name)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # as on a CPU without bf16: EnCodec in float32
+    model, _ = load(tiny_model_dir)
+    engine = MusicgenModel.from_transformers(model, precision="int8")
+    frames = DECODE_CHUNK_FRAMES + 30
+    codes = torch.randint(
+        0, model.config.decoder.vocab_size, (1, 1, 4, frames), generator=torch.Generator().manual_seed(4)
+    )
+    with torch.inference_mode():
+        before = engine.decode_audio(codes)
+    engine.prepare_to_serve()
+    decoder = engine.audio_decoder
+    assert decoder.compute_dtype == torch.float32
+    kernels = runtime.best()
+    assert kernels is not None
+    native = [m for m in decoder.modules() if getattr(m, "native", None) is not None]
+    if NativeConvolution.serves_on(kernels):
+        # the tiny codec's first upsampling reads 64 channels, its later layers fewer (torch's there)
+        first = decoder.upsample_layers[1]
+        assert native == [first]
+        assert isinstance(decoder.upsample_layers[0], nn.Identity)  # its ELU, folded into it
+        assert first.elu_alpha == 1.0
+    else:
+        assert native == []
+    with torch.inference_mode():
+        after = engine.decode_audio(codes)
     snr = 10 * torch.log10(before.pow(2).sum() / (after - before).pow(2).sum())
     assert snr > 30
 
