@@ -8,17 +8,19 @@ from functools import partial
 import torch
 from torch import nn
 
+from handler.native.convolution import NativeConvolution
 from handler.native.packing import Int8Linear, int8_matmul_saturates
 from handler.native.runtime import NativeKernels
 
 
 class NativeLSTM:
     """`lstm(x)[0]` for a unidirectional, time-major `lstm` without projections: the input products
-    of all steps in one torch matrix product per layer (in the LSTM's dtype, or for a float32 one
-    in int8 as `Int8Linear.forward` computes it, where the CPU's int8 product is exact in one
-    pass), the recurrence in `srm_lstm` with the recurrent weights in int8 (one scale per gate
-    row, the decoder's `int8` numerics), every sequence of the batch in one pass (each step
-    streams the recurrent weights once for them all)."""
+    of all steps in one matrix product per layer (in torch in the LSTM's dtype, or for a float32
+    one in int8 as `Int8Linear.forward` computes it where the CPU's int8 product is exact in one
+    pass, else in int16 by `NativeConvolution` where the build has its kernel), the recurrence
+    in `srm_lstm` with the recurrent weights in int8 (one scale per gate row, the decoder's `int8`
+    numerics), every sequence of the batch in one pass (each step streams the recurrent weights
+    once for them all)."""
 
     def __init__(self, lstm: nn.LSTM, kernels: NativeKernels) -> None:
         if not self.supports(lstm):
@@ -34,9 +36,13 @@ class NativeLSTM:
             if weights["weight_ih"].dtype == torch.float32 and not int8_matmul_saturates():
                 # float32 where the CPU has no bf16 products: in int8 where its int8 product is
                 # exact in one pass (VNNI), the LSTM ~1.5x faster (110 -> 73 ms for 10 s of the
-                # 32 kHz codec), ~75 dB from float32 at EnCodec's output. Not on AVX2 alone, where
-                # the exact product takes two passes and was slower than float32's.
+                # 32 kHz codec), ~75 dB from float32 at EnCodec's output.
                 products = Int8Linear(weights["weight_ih"], bias)
+            elif weights["weight_ih"].dtype == torch.float32 and NativeConvolution.serves_on(kernels):
+                # AVX2 alone: in 16 bits through the convolution kernel (one tap), ~1.7x float32's
+                # products (the exact int8 product takes two passes there and was slower)
+                convolution = NativeConvolution(weights["weight_ih"].unsqueeze(-1), bias, 1, kernels)
+                products = partial(_products_by_convolution, convolution)
             else:
                 # bfloat16 where EnCodec serves in it (its LSTM weights are already rounded to it),
                 # ~3x faster than float32 there
@@ -64,3 +70,8 @@ def _products_in_dtype(weight: torch.Tensor, bias: torch.Tensor | None, rows: to
     """`rows @ weight` in the weight's dtype, plus `bias`, in float32."""
     gates = torch.mm(rows.to(weight.dtype), weight).float()
     return gates if bias is None else gates.add_(bias)
+
+
+def _products_by_convolution(convolution: NativeConvolution, rows: torch.Tensor) -> torch.Tensor:
+    """`rows` (steps, input) through a one-tap `convolution`: (steps, output) float32."""
+    return convolution(rows.float().unsqueeze(0).transpose(1, 2), 0, 0, False)[0]
