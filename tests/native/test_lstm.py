@@ -1,6 +1,12 @@
 """EnCodec's LSTM in the native kernel (`srm_lstm` through `NativeLSTM`) against torch's `nn.LSTM`,
 on every build this CPU runs."""
 
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -8,6 +14,30 @@ from torch import nn
 from handler.native.lstm import NativeLSTM
 from handler.native.packing import Int8Linear, int8_matmul_saturates
 from handler.native.runtime import NativeKernels
+
+ROOT = Path(__file__).resolve().parents[2]
+
+HELD_TO_AVX2 = textwrap.dedent("""
+    import torch
+    from torch import nn
+    from handler.native import runtime
+    from handler.native.convolution import NativeConvolution
+    from handler.native.lstm import NativeLSTM
+    from handler.native.packing import int8_matmul_saturates
+    kernels = runtime.best()
+    torch.manual_seed(0)
+    lstm = nn.LSTM(128, 64, num_layers=2).eval()
+    native = NativeLSTM(lstm, kernels)
+    x = torch.randn(40, 1, 128)
+    with torch.inference_mode():
+        expected, got = lstm(x)[0], native(x)
+    snr = float(10 * torch.log10(expected.pow(2).sum() / (got - expected).pow(2).sum()))
+    names = [getattr(getattr(products, "func", None), "__name__", "") for products, _ in native.layers]
+    by_convolution = [name == "_products_by_convolution" for name in names]
+    print(int8_matmul_saturates(), NativeConvolution.serves_on(kernels), all(by_convolution), snr)
+""")
+"""A float32 LSTM where torch's int8 product saturates (oneDNN held to AVX2: it reads the cap at
+its start, so in a fresh process)."""
 
 
 def snr_db(reference: torch.Tensor, got: torch.Tensor) -> float:
@@ -65,6 +95,16 @@ def test_a_float32_lstm_s_input_products_run_in_int8_where_exact_in_one_pass(
     assert all(isinstance(products, Int8Linear) == in_int8 for products, _ in NativeLSTM(lstm, kernels).layers)
     halved = nn.LSTM(48, 64, num_layers=2).eval().to(torch.bfloat16)
     assert not any(isinstance(products, Int8Linear) for products, _ in NativeLSTM(halved, kernels).layers)
+
+
+def test_where_the_int8_product_saturates_a_float32_lstm_s_input_products_run_in_int16() -> None:
+    environment = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    command = [sys.executable, "-c", HELD_TO_AVX2]
+    done = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, check=True)
+    saturates, tuned, by_convolution, snr = done.stdout.split()
+    assert saturates == "True"
+    assert by_convolution == tuned  # through the convolution kernel where the build has one
+    assert float(snr) > 40
 
 
 def test_input_dtype_is_kept(kernels: NativeKernels, lstm: nn.LSTM) -> None:
