@@ -6,10 +6,12 @@
 #include <immintrin.h>
 
 #define SRM_DOTS "avx512vnni"
-#define SRM_CONV_TILE /* the build has its own conv_tile, below */
 #define SRM_QUERY_SHIFT 128 /* vpdpbusd takes the query unsigned: shifted by +128, see tile_dots */
 #define SRM_ROWS_PER_PASS 4 /* 16 of the 32 zmm registers accumulate int8 dots, 4 int4 ones beside 16 unpacked weights */
 
+/* EnCodec's convolution tile: pairs of int16 products added to 32-bit sums by vpdpwssd */
+#define SRM_CONV_PAIRS(sums, inputs, weights) _mm256_dpwssd_epi32(sums, inputs, weights)
+#include "conv_tile_256.h"
 #include "dots_plain.h"
 
 /* acc[i][r] = sum_k weight[block row i, k] * quant[r, k] for one block of 4 output channels. */
@@ -105,48 +107,5 @@ static inline __attribute__((always_inline)) void tile_dots(const int8_t *restri
     plain_tile_dots(query, tile, hd, SRM_QUERY_SHIFT, dots);
 }
 
-/* conv_tile (see plain_conv_tile) with 256-bit vpdpwssd: the 6 rows x 16 channels of int32 sums in 12 registers, each
- * row's pair of inputs broadcast against the block's pairs of weights. */
-#define SRM_CONV_ZERO(r) __m256i acc##r##a = _mm256_setzero_si256(), acc##r##b = _mm256_setzero_si256();
-#define SRM_CONV_ROW(r)                                                                                   \
-    {                                                                                                     \
-        int32_t pair;                                                                                     \
-        memcpy(&pair, x##r + p, sizeof pair);                                                             \
-        const __m256i xv = _mm256_set1_epi32(pair);                                                       \
-        acc##r##a = _mm256_dpwssd_epi32(acc##r##a, xv, w0);                                                       \
-        acc##r##b = _mm256_dpwssd_epi32(acc##r##b, xv, w1);                                                       \
-        /* pins the sums to registers here: gcc otherwise kept them on the stack (spilled) */ \
-        __asm__("" : "+x"(acc##r##a), "+x"(acc##r##b));                                                             \
-    }
-#define SRM_CONV_FLUSH(r)                                                                                 \
-    {                                                                                                     \
-        const __m256 scale = _mm256_set1_ps(scales[r][t * scale_step]);                                   \
-        _mm256_storeu_ps(sum[r], _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc##r##a), scale, _mm256_loadu_ps(sum[r])));         \
-        _mm256_storeu_ps(sum[r] + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc##r##b), scale, _mm256_loadu_ps(sum[r] + 8))); \
-    }
-static inline __attribute__((always_inline)) void conv_tile(const int16_t *const inputs[SRM_CONV_ROWS], const float *const scales[SRM_CONV_ROWS],
-                                                            int64_t row_step, int64_t scale_step, int64_t taps, int64_t channels,
-                                                            const int16_t *panel, float sum[SRM_CONV_ROWS][SRM_CONV_BLOCK_N]) {
-    for (int r = 0; r < SRM_CONV_ROWS; r++)
-        for (int j = 0; j < SRM_CONV_BLOCK_N; j++) sum[r][j] = 0.0f;
-    for (int64_t t = 0; t < taps; t++) {
-        const int16_t *w = panel + t * channels * SRM_CONV_BLOCK_N;
-        const int16_t *x0 = inputs[0] + t * row_step, *x1 = inputs[1] + t * row_step, *x2 = inputs[2] + t * row_step;
-        const int16_t *x3 = inputs[3] + t * row_step, *x4 = inputs[4] + t * row_step, *x5 = inputs[5] + t * row_step;
-        for (int64_t c0 = 0; c0 < channels; c0 += SRM_CONV_CHUNK) {
-            const int64_t c1 = c0 + SRM_CONV_CHUNK < channels ? c0 + SRM_CONV_CHUNK : channels;
-            SRM_CONV_ZERO(0) SRM_CONV_ZERO(1) SRM_CONV_ZERO(2) SRM_CONV_ZERO(3) SRM_CONV_ZERO(4) SRM_CONV_ZERO(5)
-            for (int64_t p = c0; p < c1; p += 2) {
-                const __m256i w0 = _mm256_loadu_si256((const __m256i *)(w + p * SRM_CONV_BLOCK_N));
-                const __m256i w1 = _mm256_loadu_si256((const __m256i *)(w + p * SRM_CONV_BLOCK_N + 16));
-                SRM_CONV_ROW(0) SRM_CONV_ROW(1) SRM_CONV_ROW(2) SRM_CONV_ROW(3) SRM_CONV_ROW(4) SRM_CONV_ROW(5)
-            }
-            SRM_CONV_FLUSH(0) SRM_CONV_FLUSH(1) SRM_CONV_FLUSH(2) SRM_CONV_FLUSH(3) SRM_CONV_FLUSH(4) SRM_CONV_FLUSH(5)
-        }
-    }
-}
-#undef SRM_CONV_ZERO
-#undef SRM_CONV_ROW
-#undef SRM_CONV_FLUSH
 
 #endif
