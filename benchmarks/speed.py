@@ -428,17 +428,22 @@ def streaming_bandwidth() -> float:
     from handler.allocator import huge_page_tensor
     from handler.musicgen.generator import on_engine_thread
 
-    values = huge_page_tensor(2**26, torch.float32).fill_(1.0)  # far beyond the caches
+    def median_read() -> float:
+        values = huge_page_tensor(2**26, torch.float32).fill_(1.0)  # far beyond the caches
 
-    def read_once() -> float:
-        started = time.perf_counter()
-        values.sum()
-        return time.perf_counter() - started
+        def read_once() -> float:
+            started = time.perf_counter()
+            values.sum()
+            return time.perf_counter() - started
 
-    # On the engine thread, like the steps: the same OpenMP threads read. The median of 20: the
-    # neighbours' traffic moves single reads both ways.
-    typical = on_engine_thread(lambda: statistics.median(read_once() for _ in range(20)))
-    return values.nbytes / typical
+        # The median of 20: the neighbours' traffic moves single reads both ways.
+        return values.nbytes / statistics.median(read_once() for _ in range(20))
+
+    # All of it on the engine thread, like the steps: the same OpenMP threads read. Filled on the
+    # main thread, the buffer's fill started a second OpenMP pool there, and every decode step
+    # after it ran 1.4-1.8x slower (its barriers sleeping): the builds' figures, measured just
+    # after a read, were 15.2-15.7 ms a step where a clip without the read took 8.0-11.3.
+    return on_engine_thread(median_read)
 
 
 def memory_floor(directory: Path, precision: str, steps: int, bandwidth_before: float | None = None) -> dict[str, Any]:

@@ -626,7 +626,7 @@ void srm_elu(const void *in, int64_t in_stride, void *out, int64_t out_stride, i
 
 #define SRM_CONV_GROUP_BYTES (256 << 10) /* weight blocks a pass over the tiles takes: they stay in L2 */
 
-/* Rows pad_left + rows + pad_right of a convolution's input, each quantised to int16 with its own
+/* Rows pad_left + rows + pad_right of a convolution's input (channels <= SRM_CONV_MAX_CHANNELS), each quantised to int16 with its own
  * scale (row_scale: the largest magnitude / SRM_CONV_INPUT_MAX), after an ELU where `elu`. Padding
  * rows are zero, or where `reflect` the rows mirrored about the first and last (rows > pad). */
 void srm_conv_quantize(const float *in, int64_t in_stride, int64_t rows, int64_t channels, int64_t pad_left,
