@@ -32,6 +32,23 @@ def load(model_dir: Path) -> tuple[Any, Any]:
     return model, AutoProcessor.from_pretrained(model_dir)  # type: ignore[no-untyped-call]
 
 
+def served_int8_engine(model_dir: Path, takes: int, seed: int) -> tuple[MusicgenModel, torch.Tensor, torch.Tensor]:
+    """An `int8` engine prepared to serve, random codes for two chunks of EnCodec frames a take
+    (their context frames overlap), and their audio as the engine decoded it before serving."""
+    model, _ = load(model_dir)
+    engine = MusicgenModel.from_transformers(model, precision="int8")
+    shape = (1, takes, 4, DECODE_CHUNK_FRAMES + 30)
+    codes = torch.randint(0, engine.vocab_size, shape, generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        before = engine.decode_audio(codes)
+    engine.prepare_to_serve()
+    return engine, codes, before
+
+
+def snr_db(reference: torch.Tensor, got: torch.Tensor) -> float:
+    return float(10 * torch.log10(reference.pow(2).sum() / (got - reference).pow(2).sum()))
+
+
 @pytest.mark.parametrize("guidance", [3.0, 1.0])
 @pytest.mark.parametrize("prompts", [PROMPTS[:1], PROMPTS])
 def test_fp32_greedy_audio_equals_transformers_generate(
@@ -182,8 +199,8 @@ def test_serving_runs_encodecs_lstm_natively_except_in_fp32(tiny_model_dir: Path
     assert isinstance(lstm.recurrence, NativeLSTM) == (precision != "fp32")
     with torch.inference_mode():
         after = engine.decode_audio(codes)
-    snr = 10 * torch.log10(before.pow(2).sum() / (after - before).pow(2).sum())
-    assert snr > (30 if precision != "fp32" else 200)  # bf16 EnCodec where the CPU has it, and the int8 LSTM
+    # bf16 EnCodec where the CPU has it, and the int8 LSTM
+    assert snr_db(before, after) > (30 if precision != "fp32" else 200)
 
 
 @pytest.mark.parametrize("name", [variant.name for variant in RUNNABLE])
@@ -191,16 +208,7 @@ def test_serving_runs_encodecs_elus_natively_on_a_tuned_build(
     tiny_model_dir: Path, forced_kernels: Callable[[str], None], name: str
 ) -> None:
     forced_kernels(name)
-    model, _ = load(tiny_model_dir)
-    engine = MusicgenModel.from_transformers(model, precision="int8")
-    # two chunks of frames a take, whose context frames overlap
-    frames = DECODE_CHUNK_FRAMES + 30
-    codes = torch.randint(
-        0, model.config.decoder.vocab_size, (1, 2, 4, frames), generator=torch.Generator().manual_seed(3)
-    )
-    with torch.inference_mode():
-        before = engine.decode_audio(codes)
-    engine.prepare_to_serve()
+    engine, codes, before = served_int8_engine(tiny_model_dir, takes=2, seed=3)
     decoder = engine.audio_decoder
     elus = [module for module in decoder.modules() if isinstance(module, nn.ELU | NativeELU)]
     tuned = name != PLAIN.name  # the plain build's ELU is slower than torch's
@@ -216,8 +224,7 @@ def test_serving_runs_encodecs_elus_natively_on_a_tuned_build(
     with torch.inference_mode():
         after = engine.decode_audio(codes)
     assert after.dtype == torch.float32
-    snr = 10 * torch.log10(before.pow(2).sum() / (after - before).pow(2).sum())
-    assert snr > 30
+    assert snr_db(before, after) > 30
 
 
 @pytest.mark.parametrize("name", [variant.name for variant in RUNNABLE])
@@ -226,15 +233,7 @@ def test_serving_float32_encodec_runs_its_wide_convolutions_natively_on_a_tuned_
 ) -> None:
     forced_kernels(name)
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # as on a CPU without bf16: EnCodec in float32
-    model, _ = load(tiny_model_dir)
-    engine = MusicgenModel.from_transformers(model, precision="int8")
-    frames = DECODE_CHUNK_FRAMES + 30
-    codes = torch.randint(
-        0, model.config.decoder.vocab_size, (1, 1, 4, frames), generator=torch.Generator().manual_seed(4)
-    )
-    with torch.inference_mode():
-        before = engine.decode_audio(codes)
-    engine.prepare_to_serve()
+    engine, codes, before = served_int8_engine(tiny_model_dir, takes=1, seed=4)
     decoder = engine.audio_decoder
     assert decoder.compute_dtype == torch.float32
     kernels = runtime.best()
@@ -250,8 +249,7 @@ def test_serving_float32_encodec_runs_its_wide_convolutions_natively_on_a_tuned_
         assert native == []
     with torch.inference_mode():
         after = engine.decode_audio(codes)
-    snr = 10 * torch.log10(before.pow(2).sum() / (after - before).pow(2).sum())
-    assert snr > 30
+    assert snr_db(before, after) > 30
 
 
 def test_step_bytes_count_the_streamed_weights_and_the_cache_written_so_far(tiny_model_dir: Path) -> None:
