@@ -107,5 +107,4 @@ static inline __attribute__((always_inline)) void tile_dots(const int8_t *restri
     plain_tile_dots(query, tile, hd, SRM_QUERY_SHIFT, dots);
 }
 
-
 #endif
