@@ -521,6 +521,14 @@ def measure_quality(directory: Path, seconds: int, precisions: list[str]) -> dic
     return report
 
 
+def around(http: dict[str, Any]) -> str:
+    """The warm requests' times, each between the bandwidth reads around it."""
+    reads = http["stream_gbs_around"]
+    times = (f"{seconds:.2f} s" for seconds in http["warm_requests_s"])
+    between = (f"{gbs:.0f} GB/s, {step}," for gbs, step in zip(reads, times, strict=False))
+    return " ".join(between) + f" {reads[-1]:.0f} GB/s"
+
+
 def measure_http(directory: Path, seconds: int, precision: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     """`POST /generate/` against the local server (`env` added to its environment): the number
     users feel, and what served it (kernels, EnCodec's dtype) as `GET /` reports."""
@@ -531,12 +539,14 @@ def measure_http(directory: Path, seconds: int, precision: str, env: dict[str, s
         t0 = time.perf_counter()
         first = client.post("/generate/", json=body)
         cold = time.perf_counter() - t0
-        # One request is at the mercy of the neighbours' memory traffic: the best of two warm ones.
-        warm_requests = []
+        # One request is at the mercy of the neighbours' memory traffic: the best of two warm ones,
+        # with the bandwidth read around them (the machine's memory can change speed between).
+        warm_requests, bandwidths = [], [streaming_bandwidth()]
         for _ in range(2):
             t0 = time.perf_counter()
             again = client.post("/generate/", json=body)
             warm_requests.append(time.perf_counter() - t0)
+            bandwidths.append(streaming_bandwidth())
             assert again.status_code == 200, again.text
         warm = min(warm_requests)
         assert first.status_code == 200, first.text
@@ -547,6 +557,7 @@ def measure_http(directory: Path, seconds: int, precision: str, env: dict[str, s
         "warm_request_s": warm,
         "warm_requests_s": warm_requests,
         "warm_rtf": warm / seconds,
+        "stream_gbs_around": [bandwidth / 1e9 for bandwidth in bandwidths],
         "server_rss_mb": rss,
         "kernels": served["kernels"],
         "audio_decoder_dtype": served["audio_decoder_dtype"],
@@ -732,7 +743,7 @@ def engine_column(base: dict[str, Any], ours: dict[str, Any], http: dict[str, An
         f"{ours['ready_s']:.2f} s",
         f"{ours['peak_rss_mb']:.0f} MB ({ours['peak_rss_clip_s']} s clip)",
         first_and_warm(ours, "encodec_s", "{:.2f} s"),
-        f"{http['warm_request_s']:.2f} s (RTF {http['warm_rtf']:.2f})",
+        f"{http['warm_request_s']:.2f} s (RTF {http['warm_rtf']:.2f}; {around(http)})",
         f"{http['first_request_s']:.2f} s",
         f"{speed_up[0]:.1f}x first, {speed_up[1]:.1f}x warm",
     ]
@@ -791,7 +802,7 @@ def table(report: dict[str, Any]) -> str:
         lines.append(
             f"{precision}, HTTP POST /generate/ {seconds} s as an AVX2-only CPU ({http['kernels']} kernels, EnCodec in"
             f" {http['audio_decoder_dtype']}, torch on AVX2), warm (best of 2): {http['warm_request_s']:.2f} s"
-            f" (RTF {http['warm_rtf']:.2f})"
+            f" (RTF {http['warm_rtf']:.2f}; {around(http)})"
         )
     for precision, takes in report.get("takes", {}).items():
         lines.append("")

@@ -39,6 +39,8 @@ def test_smoke_benchmark_measures_baseline_engine_http_takes_prompts_long_clips_
         assert engine["warm_ms_per_step"] > 0
         assert engine["warm_wall_s"] > 0
         assert report["http"][precision]["warm_request_s"] > 0
+        assert len(report["http"][precision]["stream_gbs_around"]) == 3  # before, between and after
+        assert all(gbs > 0 for gbs in report["http"][precision]["stream_gbs_around"])
         assert engine["stream_gbs"] > 0
         assert 0 < engine["floor_ms_per_step"] < engine["warm_ms_per_step"]
         quality = report["quality"][precision]
