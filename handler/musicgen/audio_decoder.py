@@ -324,7 +324,7 @@ class TrimmedConvTranspose1d(nn.Module):
             self.phase_products = (self.phase_weight[:, :, 1].contiguous(), self.phase_weight[:, :, 0].contiguous())
         return True
 
-    def _forward_by_phase(self, hidden: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    def _forward_by_phase(self, hidden: torch.Tensor) -> torch.Tensor:
         """The upsampling by phase, its output stored time-major (the phases interleaved by a view)."""
         stride = int(self.conv.stride[0])
         if self.native is not None:
@@ -333,7 +333,8 @@ class TrimmedConvTranspose1d(nn.Module):
         elif self.phase_products is not None:
             phases = _time_major_phases(hidden, *self.phase_products, self.phase_bias)
         else:
-            row = F.conv2d(hidden.unsqueeze(2), kernel, self.phase_bias, padding=(0, 1))
+            assert self.time_major_weight is not None
+            row = F.conv2d(hidden.unsqueeze(2), self.time_major_weight, self.phase_bias, padding=(0, 1))
             phases = row.squeeze(2).transpose(1, 2)
         batch, positions, _ = phases.shape
         out = phases.reshape(batch, positions * stride, -1).transpose(1, 2)
@@ -341,8 +342,8 @@ class TrimmedConvTranspose1d(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """Upsample, then trim."""
-        if self.time_major_weight is not None:
-            return self._forward_by_phase(hidden, self.time_major_weight)
+        if self.native is not None or self.time_major_weight is not None:
+            return self._forward_by_phase(hidden)
         out: torch.Tensor = self.conv(hidden)
         if self.trim_left == self.trim_right == 0:
             return out
@@ -606,6 +607,8 @@ class EncodecAudioDecoder(nn.Module):
                 module.native = make(conv.weight.detach(), _plain_bias(conv), int(conv.dilation[0]))
             elif isinstance(module, TrimmedConvTranspose1d) and module.phase_weight is not None:
                 module.native = make(module.phase_weight, module.phase_bias, 1)
+                if module.native is not None:  # its float32 copies for torch go unused (64 MB for the first)
+                    module.phase_products = module.time_major_weight = None
         for module in list(self.upsample_layers.modules()):
             if not isinstance(module, nn.Sequential):
                 continue

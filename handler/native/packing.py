@@ -347,7 +347,7 @@ class PackedConvolution:
             raise ValueError(f"at most {CONV_MAX_CHANNELS} input channels, not {channels}")
         self.out_features, self.channels, self.taps, self.dilation = out_features, channels, taps, dilation
         self.padded_channels = channels + channels % 2
-        n = -(-out_features // CONV_BLOCK_N) * CONV_BLOCK_N
+        n = _round_up(out_features, CONV_BLOCK_N)
         w = weight.detach().float()
         scale = w.abs().amax(dim=(1, 2)).clamp(min=1e-30) / CONV_WEIGHT_MAX
         quantised = torch.round(w / scale[:, None, None]).clamp(-CONV_WEIGHT_MAX, CONV_WEIGHT_MAX)
