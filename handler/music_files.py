@@ -84,7 +84,7 @@ def make_music_file(
         raise MusicFileError(503, "Storage unavailable") from exc
     record_audio_stored(sum(audio.seconds for audio in encoded), output.format.value)
     try:
-        pruned = prune(services.storage, services.settings.max_files, protect=saved)
+        pruned = prune(services.storage, services.settings.max_files)
         JobStore(services.storage).prune(services.settings.max_files, pruned)
     except Exception:
         # The new files are safe; the next save prunes again.

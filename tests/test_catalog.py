@@ -89,7 +89,7 @@ def test_a_sidecar_written_before_formats_lists_its_parameters() -> None:
         "sample_rate": 32000,
         "created_at": "2025-05-28T13:42:11.250000+00:00",
     }
-    listed = entry(StoredFile(name, 2048, START), old)
+    listed = entry(StoredFile(name, 2048, START, START), old)
     assert (listed.prompt, listed.duration, listed.seed, listed.normalize, listed.loudness_lufs) == (
         "rain",
         3.0,
@@ -101,7 +101,7 @@ def test_a_sidecar_written_before_formats_lists_its_parameters() -> None:
 
 def test_a_sidecar_with_nonsense_values_lists_as_nulls() -> None:
     name = new_filename(START, AudioFormat.OGG)
-    listed = entry(StoredFile(name, 2048, START), {"prompt": ["not", "text"], "seed": "many"})
+    listed = entry(StoredFile(name, 2048, START, START), {"prompt": ["not", "text"], "seed": "many"})
     assert (listed.format, listed.prompt, listed.seed) == (AudioFormat.OGG, None, None)
 
 

@@ -1,7 +1,7 @@
 """The interface every storage backend implements, the types it speaks in, and the file cap."""
 
 import json
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -30,6 +30,8 @@ class StoredFile:
     filename: str
     size_bytes: int
     created_at: datetime
+    saved_at: datetime
+    """When the storage wrote it, by the storage's own clock (S3's LastModified: whole seconds)."""
 
 
 @dataclass(frozen=True)
@@ -136,16 +138,19 @@ def newest_first(files: list[StoredFile]) -> list[StoredFile]:
     return sorted(files, key=lambda f: f.filename, reverse=True)
 
 
-def prune(storage: Storage, keep: int, protect: Collection[str] = ()) -> list[str]:
-    """Delete all but the newest `keep` files in one batch; returns the names deleted.
+def prune(storage: Storage, keep: int) -> list[str]:
+    """Delete all but the `keep` files saved last, in one batch; returns the names deleted.
 
-    `protect` (the files just saved: a request's takes) are never among them, even when their names,
-    given when their request arrived, sort older than files saved before them. Job records are
-    pruned by their store (`handler.job_records.JobStore.prune`), which knows which jobs have ended.
+    Ranked by when the storage saved them, then by name: one order every instance sees alike
+    (names are given when requests arrive, and a long request saves after shorter ones that
+    arrived later). So instances pruning one bucket at once, each from its own listing, never
+    delete one of the `keep` saved last between them, and whichever lists last leaves exactly
+    `keep`. A file just saved is among them unless `keep` others were saved in the same second
+    (S3's clock) with names after its own. Job records are pruned by their store
+    (`handler.job_records.JobStore.prune`), which knows which jobs have ended.
     """
-    listed = [f.filename for f in newest_first(storage.list_files())]
-    kept = [name for name in listed if name in protect]
-    excess = [name for name in listed if name not in protect][max(0, keep - len(kept)) :]
+    saved_last_first = sorted(storage.list_files(), key=lambda f: (f.saved_at, f.filename), reverse=True)
+    excess = [f.filename for f in saved_last_first[keep:]]
     if excess:
         storage.delete(excess)
     return excess

@@ -7,6 +7,7 @@ import os
 import stat
 import tempfile
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,11 @@ def _temporary_file_pid(name: str) -> int | None:
     return int(pid) if name.startswith(TEMPORARY_PREFIX) and dash and pid.isdigit() else None
 
 
+def _stored_file(filename: str, info: os.stat_result) -> StoredFile:
+    saved_at = datetime.fromtimestamp(info.st_mtime_ns / 1e9, UTC)
+    return StoredFile(filename, info.st_size, created_at(filename), saved_at)
+
+
 class LocalStorage:
     """Files in a local directory; each write is atomic (temporary file, then rename)."""
 
@@ -61,7 +67,7 @@ class LocalStorage:
             return []
         try:
             files = [
-                StoredFile(entry.name, entry.stat().st_size, created_at(entry.name))
+                _stored_file(entry.name, entry.stat())
                 for entry in os.scandir(self.directory)
                 if is_valid_filename(entry.name) and entry.is_file()
             ]
@@ -79,7 +85,7 @@ class LocalStorage:
             raise StorageError("could not read local storage") from exc
         if not stat.S_ISREG(info.st_mode):
             return None
-        return StoredFile(filename, info.st_size, created_at(filename))
+        return _stored_file(filename, info)
 
     def read_metadata(self, filenames: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The sidecars of `filenames` that exist and hold a JSON object."""

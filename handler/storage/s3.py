@@ -42,6 +42,10 @@ def _is_access_denied(exc: ClientError) -> bool:
     return exc.response.get("Error", {}).get("Code") in {"403", "AccessDenied"}
 
 
+def _stored_file(filename: str, listed: Mapping[str, Any]) -> StoredFile:
+    return StoredFile(filename, int(listed["Size"]), created_at(filename), listed["LastModified"])
+
+
 class S3Storage:
     """Files as objects under a prefix of an S3 bucket; downloads are presigned GET URLs."""
 
@@ -81,7 +85,7 @@ class S3Storage:
                 for obj in page.get("Contents", []):
                     name = obj["Key"][len(self.prefix) :]
                     if is_valid_filename(name):
-                        files.append(StoredFile(name, int(obj["Size"]), created_at(name)))
+                        files.append(_stored_file(name, obj))
         except S3_ERRORS as exc:
             raise StorageError("could not list S3 objects") from exc
         return newest_first(files)
@@ -89,7 +93,7 @@ class S3Storage:
     def stat(self, filename: str) -> StoredFile | None:
         """The file as listed, or None if there is none."""
         found = self._find(self._key(filename))
-        return None if found is None else StoredFile(filename, int(found["Size"]), created_at(filename))
+        return None if found is None else _stored_file(filename, found)
 
     def read_metadata(self, filenames: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The sidecars of `filenames` that exist and hold a JSON object, read in parallel.

@@ -1,7 +1,7 @@
 """What every storage backend does alike: each test here runs once per backend."""
 
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from handler.audio.output import AudioFormat
 from handler.filenames import job_id_for, new_filename
 from handler.storage import LocalFile, RemoteFile, Storage, StoredFile, metadata_name, prune
-from tests.support.storage import START, fill
+from tests.support.storage import START, ListedOnce, after_the_latest_save, fill
 
 EVERY_FORMAT = tuple(AudioFormat)
 
@@ -47,19 +47,27 @@ def test_prune_deletes_the_oldest_in_one_batch(storage: Storage) -> None:
     assert prune(storage, keep=3) == []
 
 
-def test_prune_never_deletes_the_file_just_saved(storage: Storage) -> None:
-    older_name_saved_last, *others = fill(storage, 3)
-    assert prune(storage, keep=2, protect=[older_name_saved_last]) == [others[0]]
-    assert {f.filename for f in storage.list_files()} == {older_name_saved_last, others[1]}
+def test_prune_keeps_the_files_saved_last_though_their_names_sort_older(storage: Storage) -> None:
+    others = fill(storage, 3)
+    after_the_latest_save(storage)
+    # A long request's file: named when it arrived, before the others were made, saved after them.
+    long_request = new_filename(START - timedelta(minutes=1))
+    storage.save(long_request, b"RIFF", {})
+    assert sorted(prune(storage, keep=2)) == sorted(others[:2])
+    assert {f.filename for f in storage.list_files()} == {long_request, others[2]}
 
 
-def test_prune_keeps_every_take_just_saved_and_counts_each(storage: Storage) -> None:
-    oldest, older, *others = fill(storage, 5)
-    # Two takes whose names sort older than files saved before them: each one file of the cap.
-    assert sorted(prune(storage, keep=3, protect=[oldest, older])) == sorted(others[:2])
-    assert {f.filename for f in storage.list_files()} == {oldest, older, others[2]}
-    # More takes than the cap: all of them stay.
-    assert sorted(prune(storage, keep=1, protect=[oldest, older])) == [others[2]]
+def test_two_instances_pruning_at_once_keep_exactly_the_cap(storage: Storage) -> None:
+    older = fill(storage, 3)
+    after_the_latest_save(storage)
+    # Each instance has just saved one file named before the others, and both list before either deletes.
+    just_saved = [new_filename(START - timedelta(minutes=i)) for i in (1, 2)]
+    for name in just_saved:
+        storage.save(name, b"RIFF", {})
+    first, second = ListedOnce(storage), ListedOnce(storage)
+    prune(cast(Storage, first), keep=3)
+    prune(cast(Storage, second), keep=3)
+    assert {f.filename for f in storage.list_files()} == {*just_saved, older[2]}
 
 
 def test_job_records_round_trip(storage: Storage) -> None:
@@ -100,7 +108,11 @@ def test_stat_is_the_listing_entry_of_one_file(storage: Storage) -> None:
     names = fill(storage, 2, (AudioFormat.FLAC, AudioFormat.MP3))
     for name in names:
         [listed] = [f for f in storage.list_files() if f.filename == name]
-        assert storage.stat(name) == listed == StoredFile(name, len(b"RIFF" + name.encode()), listed.created_at)
+        assert (
+            storage.stat(name)
+            == listed
+            == StoredFile(name, len(b"RIFF" + name.encode()), listed.created_at, listed.saved_at)
+        )
     assert storage.stat(new_filename(START, AudioFormat.OGG)) is None
     assert storage.stat(names[0].replace(".flac", ".wav")) is None
 
