@@ -36,7 +36,7 @@ def make_music_file(
     on_progress: ProgressCallback | None = None,
 ) -> list[EncodedAudio]:
     """Generate `params` into `filenames` (one per take), encoded as `output` asks, then delete the
-    oldest files beyond the cap; each take counts as one file, and the new ones are never deleted.
+    files saved before the last `max_files` (`prune`); each take counts as one file.
 
     Raises MusicFileError (503 model or storage unavailable, 500 generation failed); on any
     failure nothing is stored: takes saved before a failed save are deleted again.
