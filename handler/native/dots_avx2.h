@@ -82,7 +82,7 @@ static inline __attribute__((always_inline)) void dot_block4(const uint8_t *w, c
         for (int half = 0; half < 2; half++) {
             for (int64_t g = g0; g < g1; g++) {
                 const uint8_t *wg = w + g * SRM_BLOCK_K * SRM_BLOCK_N4 / 2 + half * 32;
-                /* the second half rereads L1: the memory fetches the next block meanwhile */
+                /* the second half rereads L1: the memory fetches the weights ahead meanwhile */
                 if (half == 1) prefetch_ahead(ahead, g * SRM_BLOCK_K * SRM_BLOCK_N4 / 2, SRM_BLOCK_K * SRM_BLOCK_N4 / 2);
                 __m256i pairs[SRM_MAX_ROWS][2];
                 for (int64_t r = 0; r < rows; r++) pairs[r][0] = pairs[r][1] = _mm256_setzero_si256();

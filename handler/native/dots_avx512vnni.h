@@ -53,13 +53,13 @@ static inline __attribute__((always_inline)) int32_t dot_block_excess(const srm_
 static inline __attribute__((always_inline)) void dot_block4(const uint8_t *w, const uint8_t *ahead, const uint16_t *group_scale, const int8_t *quant,
                                                              const int32_t *quant_sum, int64_t stride, int64_t sum_stride, int64_t rows, int64_t k,
                                                              float out[SRM_MAX_ROWS][SRM_BLOCK_N4]) {
-    (void)ahead; /* one pass over the block: nothing to overlap */
     const int64_t groups = k / SRM_BLOCK_K;
     __m512 sum[SRM_MAX_ROWS];
     const __m512i low = _mm512_set1_epi8(0x0F);
     for (int64_t r = 0; r < rows; r++) sum[r] = _mm512_setzero_ps();
     for (int64_t g = 0; g < groups; g++) {
         const uint8_t *wg = w + g * SRM_BLOCK_K * SRM_BLOCK_N4 / 2;
+        prefetch_ahead(ahead, g * SRM_BLOCK_K * SRM_BLOCK_N4 / 2, SRM_BLOCK_K * SRM_BLOCK_N4 / 2);
         __m512i wv[16];
         for (int c = 0; c < 8; c++) {
             const __m512i packed = _mm512_loadu_si512(wg + c * 64);

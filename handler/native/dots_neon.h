@@ -124,7 +124,6 @@ static inline __attribute__((always_inline)) int32_t dot_block_excess(const srm_
 static inline __attribute__((always_inline)) void dot_block4(const uint8_t *w, const uint8_t *ahead, const uint16_t *group_scale, const int8_t *quant,
                                                              const int32_t *quant_sum, int64_t stride, int64_t sum_stride, int64_t rows, int64_t k,
                                                              float out[SRM_MAX_ROWS][SRM_BLOCK_N4]) {
-    (void)ahead; /* one pass over the block */
     const int64_t groups = k / SRM_BLOCK_K;
     const uint8x16_t low = vdupq_n_u8(0x0F);
     float32x4_t sum[SRM_MAX_ROWS][4];
@@ -132,6 +131,7 @@ static inline __attribute__((always_inline)) void dot_block4(const uint8_t *w, c
         for (int q = 0; q < 4; q++) sum[r][q] = vdupq_n_f32(0.0f);
     for (int64_t g = 0; g < groups; g++) {
         const uint8_t *wg = w + g * SRM_BLOCK_K * SRM_BLOCK_N4 / 2;
+        prefetch_ahead(ahead, g * SRM_BLOCK_K * SRM_BLOCK_N4 / 2, SRM_BLOCK_K * SRM_BLOCK_N4 / 2);
 #if defined(__ARM_FEATURE_DOTPROD)
         const int64_t paired = NEON_PAIRED(rows);
         int32x4_t dot[SRM_MAX_ROWS][4];

@@ -143,7 +143,7 @@ static inline __attribute__((always_inline)) void dot_rows(const int8_t *w, cons
                                                            int32_t acc[SRM_BLOCK_N][SRM_MAX_ROWS]) {
     for (int64_t r0 = 0; r0 < rows; r0 += SRM_ROWS_PER_PASS) {
         const int64_t left = rows - r0;
-        const int8_t *ahead = r0 == 0 && rows > SRM_ROWS_PER_PASS ? w + SRM_BLOCK_N * k : NULL;
+        const int8_t *ahead = r0 == 0 && rows > SRM_ROWS_PER_PASS ? w + SRM_PREFETCH_DISTANCE : NULL;
         int32_t part[SRM_BLOCK_N][SRM_MAX_ROWS];
         if (left >= SRM_ROWS_PER_PASS)
             dot_block(w, ahead, quant + r0 * stride, stride, SRM_ROWS_PER_PASS, k, part);
@@ -167,7 +167,7 @@ static inline __attribute__((always_inline)) void dot_rows4(const uint8_t *w, co
         const int64_t left = rows - r0;
         const int8_t *q = quant + r0 * stride;
         const int32_t *qs = quant_sum + r0 * sum_stride;
-        const uint8_t *ahead = r0 == 0 && SRM_INT4_PASSES > 1 ? w + k / 2 * SRM_BLOCK_N4 : NULL;
+        const uint8_t *ahead = r0 == 0 && (rows > SRM_ROWS_PER_PASS || SRM_INT4_PASSES > 1) ? w + SRM_PREFETCH_DISTANCE : NULL;
         if (left >= SRM_ROWS_PER_PASS)
             dot_block4(w, ahead, group_scale, q, qs, stride, sum_stride, SRM_ROWS_PER_PASS, k, out + r0);
         else if (left == 2)
