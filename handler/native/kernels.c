@@ -628,7 +628,8 @@ void srm_elu(const void *in, int64_t in_stride, void *out, int64_t out_stride, i
 
 /* Rows pad_left + rows + pad_right of a convolution's input (channels <= SRM_CONV_MAX_CHANNELS), each quantised to int16 with its own
  * scale (row_scale: the largest magnitude / SRM_CONV_INPUT_MAX), after an ELU where `elu`. Padding
- * rows are zero, or where `reflect` the rows mirrored about the first and last (rows > pad). */
+ * rows are zero, or where `reflect` the rows mirrored about the first and last (rows > pad). A row
+ * with a NaN or infinity is zeros with a NaN scale. */
 void srm_conv_quantize(const float *in, int64_t in_stride, int64_t rows, int64_t channels, int64_t pad_left,
                        int64_t pad_right, int32_t reflect, int32_t elu, float alpha, int16_t *q, int64_t q_stride,
                        float *row_scale, int32_t threads) {
@@ -651,8 +652,18 @@ void srm_conv_quantize(const float *in, int64_t in_stride, int64_t rows, int64_t
             x = activated;
         }
         float top = 0.0f;
-#pragma omp simd reduction(max : top)
-        for (int64_t c = 0; c < channels; c++) top = fabsf(x[c]) > top ? fabsf(x[c]) : top;
+        int32_t finite = 1;
+#pragma omp simd reduction(max : top) reduction(& : finite)
+        for (int64_t c = 0; c < channels; c++) {
+            const float magnitude = fabsf(x[c]);
+            top = magnitude > top ? magnitude : top;
+            finite &= magnitude <= FLT_MAX;
+        }
+        if (!finite) { /* as torch's sums would be: every output that reads this step NaN */
+            memset(dst, 0, (size_t)channels * sizeof *dst);
+            row_scale[j] = NAN;
+            continue;
+        }
         const float inv = top > 0.0f ? (float)SRM_CONV_INPUT_MAX / top : 0.0f;
         row_scale[j] = top / (float)SRM_CONV_INPUT_MAX;
 #pragma omp simd

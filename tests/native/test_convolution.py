@@ -111,6 +111,19 @@ def test_silent_steps_give_the_bias(kernels: NativeKernels) -> None:
     assert torch.equal(got, bias.expand(1, 10, 16))
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_step_that_is_not_finite_makes_the_outputs_that_read_it_nan(kernels: NativeKernels, bad: float) -> None:
+    weight, bias, x = case(64, 16, 3, 20)
+    conv = NativeConvolution(weight, bias, 1, kernels)
+    broken = x.clone()
+    broken[0, 5, 10] = bad
+    got, clean = conv(broken, 1, 1, reflect=False), conv(x, 1, 1, reflect=False)
+    reads_it = torch.zeros(20, dtype=torch.bool)
+    reads_it[9:12] = True  # three taps, one step of padding each side: outputs 9, 10 and 11
+    assert got[0, reads_it].isnan().all()
+    assert torch.equal(got[0, ~reads_it], clean[0, ~reads_it])
+
+
 def test_mirrored_padding_needs_more_steps_than_it_pads(kernels: NativeKernels) -> None:
     weight, bias, x = case(64, 16, 7, 3)
     with pytest.raises(ValueError, match="mirrored padding"):
