@@ -337,6 +337,7 @@ after it differ by at most this share of the larger: the development machine's m
 between ~35 and ~65 GB/s every few minutes, and a clip across a switch fits neither floor."""
 
 BUILD_ATTEMPTS = 3
+"""The most times a build's step is measured while its clip straddles a change of memory speed."""
 
 
 def in_one_mode(figures: dict[str, Any]) -> bool:
