@@ -343,8 +343,10 @@ class MusicgenModel:
         return [lin for layer in self._layers for lin in (layer.xq, layer.xo)]  # type: ignore[misc]
 
     def _folded_cross_bytes(self, text_length: int) -> int:
-        """A folded prompt's keys and values: per layer, two vectors of the decoder's width per head and token."""
-        return len(self._layers) * self.num_heads * text_length * 2 * self.hidden
+        """A folded prompt's keys and values: per layer, a vector of the decoder's width per head
+        and token of each, the values' text in whole groups (`packing.value_text`)."""
+        text = text_length + packing.value_text(text_length)
+        return len(self._layers) * self.num_heads * text * self.hidden
 
     def _unpacked_cross_projections(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per layer, the cross-attention's query and output weights as (heads, head_dim, hidden)."""

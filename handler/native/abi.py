@@ -38,6 +38,7 @@ class Layer(ctypes.Structure):
         ("cross_keys", Linear),
         ("cross_values", Pointer),
         ("cross_value_scale", Pointer),
+        ("cross_value_sum", Pointer),
     ]
 
 
@@ -58,7 +59,18 @@ class Decoder(ctypes.Structure):
         ("cross_mask", Pointer),
         *(
             (name, Pointer)
-            for name in ("normed", "quant", "row_scale", "quant_sum", "wide", "attn", "scores", "logits")
+            for name in (
+                "normed",
+                "quant",
+                "row_scale",
+                "quant_sum",
+                "wide",
+                "attn",
+                "scores",
+                "cross_weights",
+                "cross_weight_scale",
+                "logits",
+            )
         ),
         ("in_stride", ctypes.c_int64),
         ("out_stride", ctypes.c_int64),

@@ -11,7 +11,12 @@ from torch import nn
 
 from handler.allocator import huge_page_tensor
 
-BLOCK_N, BLOCK_N4, BLOCK_K, MAX_ROWS, KEY_TILE, MAX_HEAD_DIM, VALUE_BLOCK = 4, 16, 64, 8, 32, 256, 64
+BLOCK_N, BLOCK_N4, BLOCK_K, MAX_ROWS, KEY_TILE, MAX_HEAD_DIM = 4, 16, 64, 8, 32, 256
+
+VALUE_GROUP = 4
+"""Text positions the folded values hold side by side (see `FoldedCrossAttention`)."""
+VALUE_WEIGHT_MAX = 127
+"""The largest quantised weight of a folded value (the kernel's softmax weights in int8)."""
 
 CONV_BLOCK_N = 16
 """Output channels a block of `PackedConvolution` holds: (n / 16, taps, channels / 2, 16, 2)."""
@@ -30,7 +35,8 @@ C_CONSTANTS = {
     "SRM_MAX_ROWS": MAX_ROWS,
     "SRM_KEY_TILE": KEY_TILE,
     "SRM_MAX_HEAD_DIM": MAX_HEAD_DIM,
-    "SRM_VALUE_BLOCK": VALUE_BLOCK,
+    "SRM_VALUE_GROUP": VALUE_GROUP,
+    "SRM_VALUE_WEIGHT_MAX": VALUE_WEIGHT_MAX,
     "SRM_CONV_BLOCK_N": CONV_BLOCK_N,
     "SRM_CONV_CHUNK": CONV_CHUNK,
     "SRM_CONV_INPUT_MAX": CONV_INPUT_MAX,
@@ -307,6 +313,11 @@ class LayerWeights:
         return (self.qkv, self.out, self.cross_q, self.cross_out, self.fc1, self.fc2)
 
 
+def value_text(length: int) -> int:
+    """A text of `length` positions as the folded values hold it: in whole groups (srm_value_text)."""
+    return _round_up(length, VALUE_GROUP)
+
+
 @dataclass
 class FoldedCrossAttention:
     """One prompt's cross-attention for one layer with its query and output projections folded
@@ -314,8 +325,11 @@ class FoldedCrossAttention:
     key vector and a value vector of the decoder's width."""
 
     keys: Int8Linear  # (heads * text length, hidden): the scores are one product of the normed row
-    values: torch.Tensor  # (hidden / VALUE_BLOCK, heads * text length, VALUE_BLOCK) int8, zero padded
-    value_scale: torch.Tensor  # (heads * text length)
+    # (hidden / KEY_TILE, heads, text / VALUE_GROUP, KEY_TILE, VALUE_GROUP) int8, the text padded to
+    # whole groups, the hidden size to whole tiles, with zeros (srm.h's SRM_VALUE_GROUP)
+    values: torch.Tensor
+    value_scale: torch.Tensor  # (heads * text length): one per value vector
+    value_sum: torch.Tensor  # (heads, hidden padded): each head's int8 values summed over the text
 
     @classmethod
     def fold(
@@ -331,10 +345,21 @@ class FoldedCrossAttention:
         folded_keys = torch.bmm(keys.to(query_weight.dtype), query_weight).float() * head_dim**-0.5
         folded_values = torch.bmm(values.to(output_weight.dtype), output_weight).float().view(heads * length, hidden)
         quantized, scale = quantize_rows(folded_values)
-        blocks = torch.zeros((heads * length, _round_up(hidden, VALUE_BLOCK)), dtype=torch.int8)
-        blocks[:, :hidden] = quantized
-        values_by_block = blocks.view(heads * length, -1, VALUE_BLOCK).transpose(0, 1).contiguous()
-        return cls(Int8Linear(folded_keys.view(heads * length, hidden), None), values_by_block, scale.view(-1))
+        text, width = value_text(length), _round_up(hidden, KEY_TILE)
+        padded = torch.zeros((heads, text, width), dtype=torch.int8)
+        padded[:, :length, :hidden] = quantized.view(heads, length, hidden)
+        tiles = padded.view(heads, text // VALUE_GROUP, VALUE_GROUP, width // KEY_TILE, KEY_TILE)
+        value_sum = padded.sum(dim=1, dtype=torch.int32)
+        keys_linear = Int8Linear(folded_keys.view(heads * length, hidden), None)
+        return cls(keys_linear, tiles.permute(3, 0, 1, 4, 2).contiguous(), scale.view(-1), value_sum)
+
+    def dequantized_values(self) -> torch.Tensor:
+        """The value vectors (heads * text length, hidden) as the kernel multiplies them, in float32."""
+        tiles, heads, groups, tile, group = (int(size) for size in self.values.shape)
+        vectors = self.values.permute(1, 2, 4, 0, 3).reshape(heads, groups * group, tiles * tile)
+        length = self.value_scale.numel() // heads
+        hidden = int(self.keys.in_features)
+        return vectors[:, :length, :hidden].reshape(heads * length, hidden).float() * self.value_scale[:, None]
 
 
 class PackedConvolution:

@@ -32,6 +32,7 @@ from handler.native.packing import (
     PackedConvolution,
     PackedLinear,
     quantize_rows,
+    value_text,
 )
 from handler.settings import AUTO, get_settings
 
@@ -42,10 +43,15 @@ def _address(tensor: torch.Tensor | None) -> int | None:
     return None if tensor is None else tensor.data_ptr()
 
 
-def _folded_fields(folded: FoldedCrossAttention | None) -> tuple[Linear, int | None, int | None]:
+def _folded_fields(folded: FoldedCrossAttention | None) -> tuple[Linear, int | None, int | None, int | None]:
     if folded is None:
-        return Linear(), None, None  # n == 0: the step runs the projections
-    return _linear_struct(folded.keys), folded.values.data_ptr(), folded.value_scale.data_ptr()
+        return Linear(), None, None, None  # n == 0: the step runs the projections
+    return (
+        _linear_struct(folded.keys),
+        folded.values.data_ptr(),
+        folded.value_scale.data_ptr(),
+        folded.value_sum.data_ptr(),
+    )
 
 
 def _one_prompt(cross_k: Sequence[torch.Tensor], cross_v: Sequence[torch.Tensor]) -> bool:
@@ -376,11 +382,13 @@ class NativeRun:
         wide = torch.empty((rows, out_stride))
         attn = torch.zeros((rows, in_stride))
         scores = torch.empty((rows * heads, max(cross_len, 1)))
+        cross_weights = torch.empty((cond_rows * heads, value_text(cross_len)), dtype=torch.int8)
+        cross_weight_scale = torch.empty(cond_rows * heads)
         mask = None if cross_mask is None else cross_mask.to(torch.uint8).contiguous()
         keys = [k.contiguous() for k in cross_k]
         values = [v.contiguous() for v in cross_v]
         # The C side holds raw pointers: keep every tensor it points to alive as long as the run.
-        scratch = [normed, quant, row_scale, quant_sum, wide, attn, scores]
+        scratch = [normed, quant, row_scale, quant_sum, wide, attn, scores, cross_weights, cross_weight_scale]
         self._keep = [*scratch, mask, keys, values, layers, final_norm, head, folded_cross]
         self._layers = (Layer * len(layers))(
             *(
@@ -422,6 +430,8 @@ class NativeRun:
             wide=wide.data_ptr(),
             attn=attn.data_ptr(),
             scores=scores.data_ptr(),
+            cross_weights=cross_weights.data_ptr(),
+            cross_weight_scale=cross_weight_scale.data_ptr(),
             logits=self.logits.data_ptr(),
             in_stride=in_stride,
             out_stride=out_stride,

@@ -18,7 +18,11 @@
 #define SRM_MAX_ROWS 8
 #define SRM_KEY_TILE 32 /* key cache: (capacity / 32, head_dim / 4, 32, 4) per (row, head) */
 #define SRM_MAX_HEAD_DIM 256
-#define SRM_VALUE_BLOCK 64 /* folded cross-attention values: (hidden / 64, vectors, 64) */
+/* Folded cross-attention values: (hidden / SRM_KEY_TILE, heads, text / 4, SRM_KEY_TILE, 4) int8, the
+ * text padded to whole groups of SRM_VALUE_GROUP positions with zero vectors: tile_dots's layout,
+ * the softmax weights (int8, at most SRM_VALUE_WEIGHT_MAX) in the place of the query. */
+#define SRM_VALUE_GROUP 4
+#define SRM_VALUE_WEIGHT_MAX 127
 
 /* EnCodec's float32 convolutions in 16-bit integers (srm_conv): weights (n / 16, taps, channels / 2,
  * 16, 2) int16, two consecutive input channels of one output channel side by side (vpmaddwd's
@@ -63,8 +67,9 @@ typedef struct {
      * vector (h, t) of cross_keys is key t of head h times the head's query weights / sqrt(head_dim),
      * so one product gives every score; value (h, t) is the head's value t times its output weights. */
     srm_linear cross_keys;           /* (heads * cross_len, hidden) 8 bits */
-    const int8_t *cross_values;      /* (hidden / 64, heads * cross_len, 64), zero padded: one scale per vector */
+    const int8_t *cross_values;      /* see SRM_VALUE_GROUP, one scale per vector */
     const float *cross_value_scale;  /* (heads * cross_len) */
+    const int32_t *cross_value_sum;  /* (heads, hidden padded to SRM_KEY_TILE): each head's values summed over the text */
 } srm_layer;
 
 typedef struct {
@@ -83,6 +88,8 @@ typedef struct {
     float *wide;     /* (rows, out_stride) */
     float *attn;     /* (rows, in_stride) */
     float *scores;   /* (rows * heads, cross_len): the cross-attention's weights */
+    int8_t *cross_weights;     /* (cond_rows * heads, cross_len padded to SRM_VALUE_GROUP): folded, quantised */
+    float *cross_weight_scale; /* (cond_rows * heads) */
     float *logits;   /* (rows, head.n) */
     int64_t in_stride, out_stride;
 } srm_decoder;
@@ -133,6 +140,11 @@ static inline float bf16_to_float(uint16_t h) {
         float value;
     } u = {.bits = (uint32_t)h << 16};
     return u.value;
+}
+
+/* A text of `length` positions as the folded values hold it: in whole groups of SRM_VALUE_GROUP. */
+static inline int64_t srm_value_text(int64_t length) {
+    return (length + SRM_VALUE_GROUP - 1) / SRM_VALUE_GROUP * SRM_VALUE_GROUP;
 }
 
 #define SRM_PREFETCH_DISTANCE 16384 /* how far ahead in a thread's weights prefetch_ahead fetches */

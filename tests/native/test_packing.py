@@ -13,6 +13,8 @@ import torch
 from handler.native.packing import (
     INT4_CHUNK_GROUPS,
     INT4_SCALE_FACTORS,
+    KEY_TILE,
+    VALUE_GROUP,
     FoldedCrossAttention,
     Int4Linear,
     Int8Linear,
@@ -142,12 +144,26 @@ def test_folded_cross_attention_equals_attention_through_the_projections() -> No
 
     folded = FoldedCrossAttention.fold(keys, values, query_weight, output_weight)
     scores = (folded.keys.dequantized_weight() @ row).view(heads, length)
-    weights = torch.softmax(scores, dim=-1).view(-1) * folded.value_scale
-    by_vector = folded.values.transpose(0, 1).reshape(heads * length, -1)  # stored in blocks of 64 dimensions
-    assert torch.all(by_vector[:, hidden:] == 0)
-    output = weights @ by_vector[:, :hidden].float()
+    output = torch.softmax(scores, dim=-1).view(-1) @ folded.dequantized_values()
     torch.testing.assert_close(output, expected, rtol=0, atol=0.02 * float(expected.abs().max()))
     assert folded.keys.padded_shape[0] >= heads * length
+
+
+def test_folded_values_are_padded_with_zeros_and_summed_per_head() -> None:
+    torch.manual_seed(1)
+    heads, length, head_dim = 2, 5, 12  # a text of 5 in groups of 4, 24 dimensions in a tile of 32
+    hidden = heads * head_dim
+    keys, values = torch.randn(heads, length, head_dim), torch.randn(heads, length, head_dim)
+    weights = torch.randn(heads, head_dim, hidden)
+    folded = FoldedCrossAttention.fold(keys, values, weights, weights)
+    assert folded.values.shape == (1, heads, 2, KEY_TILE, VALUE_GROUP)
+    by_head = folded.values.permute(1, 2, 4, 0, 3).reshape(heads, 2 * VALUE_GROUP, KEY_TILE)
+    assert torch.all(by_head[:, length:] == 0)
+    assert torch.all(by_head[:, :, hidden:] == 0)
+    assert torch.equal(folded.value_sum, by_head.sum(dim=1, dtype=torch.int32))
+    expected = torch.bmm(values, weights).view(heads * length, hidden)
+    rounding = expected.abs().amax(dim=1, keepdim=True) / 254  # half a step of each vector's int8
+    assert torch.all((folded.dequantized_values() - expected).abs() <= rounding * 1.001)
 
 
 @pytest.mark.parametrize("isa", [None, "AVX2"], ids=["this-cpu", "onednn-held-to-avx2"])

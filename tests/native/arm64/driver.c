@@ -268,13 +268,21 @@ static srm_decoder random_decoder(const decoder_config *c) {
         const srm_linear *all[] = {&l->qkv, &l->out, &l->fc1, &l->fc2, &l->cross_q, &l->cross_out, &l->cross_keys};
         if (c->folded) {
             l->cross_keys = random_linear(8, vectors, d, 0);
-            const int64_t blocks = round_up(d, SRM_VALUE_BLOCK) / SRM_VALUE_BLOCK;
-            int8_t *values = zeroed((size_t)(blocks * vectors * SRM_VALUE_BLOCK));
-            for (int64_t v = 0; v < vectors; v++)
-                for (int64_t i = 0; i < d; i++)
-                    values[((i / SRM_VALUE_BLOCK) * vectors + v) * SRM_VALUE_BLOCK + i % SRM_VALUE_BLOCK] = (int8_t)uniform_int(-127, 127);
+            /* (tiles, heads, text / 4, SRM_KEY_TILE, 4): see SRM_VALUE_GROUP */
+            const int64_t tiles = round_up(d, SRM_KEY_TILE) / SRM_KEY_TILE, text = srm_value_text(c->cross_len);
+            int8_t *values = zeroed((size_t)(tiles * c->heads * text * SRM_KEY_TILE));
+            int32_t *value_sum = zeroed((size_t)(c->heads * tiles * SRM_KEY_TILE) * sizeof(int32_t));
+            for (int64_t h = 0; h < c->heads; h++)
+                for (int64_t t = 0; t < c->cross_len; t++)
+                    for (int64_t i = 0; i < d; i++) {
+                        const int8_t v = (int8_t)uniform_int(-127, 127);
+                        const int64_t tile = i / SRM_KEY_TILE, j = i % SRM_KEY_TILE;
+                        values[(((tile * c->heads + h) * text + t - t % 4) * SRM_KEY_TILE + 4 * j) + t % 4] = v;
+                        value_sum[h * tiles * SRM_KEY_TILE + i] += v;
+                    }
             l->cross_values = values;
             l->cross_value_scale = random_floats(vectors, 1e-3f, 1e-2f);
+            l->cross_value_sum = value_sum;
         } else {
             l->cross_q = random_linear(c->bits, d, d, 1);
             l->cross_out = random_linear(c->bits, d, d, 1);
@@ -312,6 +320,8 @@ static srm_decoder random_decoder(const decoder_config *c) {
     m.wide = zeroed((size_t)(c->rows * out_stride) * sizeof(float));
     m.attn = zeroed((size_t)(c->rows * in_stride) * sizeof(float));
     m.scores = zeroed((size_t)(pairs * (c->capacity > c->cross_len ? c->capacity : c->cross_len)) * sizeof(float));
+    m.cross_weights = zeroed((size_t)(c->cond_rows * c->heads * srm_value_text(c->cross_len)));
+    m.cross_weight_scale = zeroed((size_t)(c->cond_rows * c->heads) * sizeof(float));
     m.logits = zeroed((size_t)(c->rows * m.head.n) * sizeof(float));
     return m;
 }
@@ -445,6 +455,7 @@ int main(int argc, char **argv) {
         {8, 1, 3, 3, 64, 4, 128, 30, 70, 3, 0, 66},
         {4, 1, 5, 5, 64, 4, 128, 30, 40, 3, 0, 6},
         {8, 1, 8, 4, 64, 4, 128, 30, 40, 3, 0, 6},
+        {8, 1, 6, 3, 80, 4, 128, 30, 40, 9, 1, 6}, /* folded, three takes, a text of 9: two groups and one padded */
     };
     for (size_t i = 0; i < sizeof configs / sizeof configs[0]; i++) check_decoder(&ref, &cand, &configs[i]);
     check_elu(&ref, &cand);
