@@ -90,19 +90,22 @@ static inline float gelu(float x) {
 
 /* ---------------------------------------------------------------- row operations */
 
-/* Quantise `src[0:k]` to int8 with one symmetric scale. */
+/* Quantise `src[0:k]` to int8 with one symmetric scale. A row with a NaN or an infinity is zeros
+ * with a NaN scale (float-to-int8 of either is undefined): every output that reads it is NaN, as
+ * torch's sums would be. */
 static void quantize_row(const float *src, int64_t k, int8_t *dst, float *scale) {
     float top = 0.0f;
-#pragma omp simd reduction(max : top)
+    int32_t finite = 1;
+#pragma omp simd reduction(max : top) reduction(& : finite)
     for (int64_t i = 0; i < k; i++) {
         const float magnitude = fabsf(src[i]);
         top = magnitude > top ? magnitude : top; /* not fmaxf: a libm call the compiler won't vectorise */
+        finite &= magnitude <= FLT_MAX;
     }
-    const float s = top / 127.0f;
-    const float inv = top > 0.0f ? 127.0f / top : 0.0f;
+    const float inv = finite && top > 0.0f ? 127.0f / top : 0.0f;
 #pragma omp simd
-    for (int64_t i = 0; i < k; i++) dst[i] = (int8_t)__builtin_rintf(src[i] * inv);
-    *scale = s;
+    for (int64_t i = 0; i < k; i++) dst[i] = finite ? (int8_t)__builtin_rintf(src[i] * inv) : 0;
+    *scale = finite ? top / 127.0f : NAN;
 }
 
 static void layer_norm_row(const float *x, int64_t d, const float *w, const float *b, float eps, float *out) {

@@ -184,6 +184,20 @@ def test_each_take_steps_as_it_would_alone(kernels: NativeKernels, packed: type[
         assert torch.equal(alone.run(kernels), batch[:, rows])
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("folded", [False, True])
+def test_a_row_that_is_not_finite_makes_only_its_own_outputs_nan(
+    kernels: NativeKernels, folded: bool, bad: float
+) -> None:
+    steps = Steps(64, 4, 128, Int8Linear, folded, takes=2)
+    clean = steps.run(kernels)
+    steps.inputs[0, 1, 3] = bad  # the second take's conditional row, at the first step
+    got = steps.run(kernels)
+    assert got[:, 1].isnan().all()  # its cache holds the bad step: every later step reads it
+    others = [0, 2, 3]
+    assert torch.equal(got[:, others], clean[:, others])
+
+
 def reference_draws(
     logits: torch.Tensor, guidance: float, temperature: float, top_k: int, uniforms: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
