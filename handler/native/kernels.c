@@ -425,7 +425,7 @@ static void folded_cross_attention(const srm_decoder *m, const srm_layer *l, flo
         int finite = 1;
         for (int64_t t = 0; t < s; t++) {
             row[t] *= l->cross_value_scale[h * s + t];
-            top = fmaxf(top, row[t]);
+            top = row[t] > top ? row[t] : top; /* not fmaxf: a libm call, as in quantize_row */
             finite &= isfinite(row[t]) != 0;
         }
         /* a score that is not finite: a NaN scale, so the row's output is NaN, as torch's is */
