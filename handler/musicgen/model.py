@@ -362,8 +362,10 @@ class MusicgenModel:
 
     def _fold_cross_attention(self, cross: _CrossKV) -> list[FoldedCrossAttention]:
         projections = self._cross_projections or self._unpacked_cross_projections()
+        native = runtime.best() if self.native else None
+        fold = native.fold_cross_attention if native else FoldedCrossAttention.fold
         return [
-            FoldedCrossAttention.fold(keys[0], values[0], query, output)
+            fold(keys[0], values[0], query, output)
             for keys, values, (query, output) in zip(cross.k, cross.v, projections, strict=True)
         ]
 

@@ -140,7 +140,7 @@ class LibraryAbi:
     constants: Mapping[str, int]
 
 
-FUNCTIONS = ("srm_decoder_step", "srm_generate", "srm_linear_forward", "srm_lstm", "srm_elu")
+FUNCTIONS = ("srm_decoder_step", "srm_generate", "srm_linear_forward", "srm_lstm", "srm_elu", "srm_fold_quantize")
 """What the runtime calls besides `srm_abi`: a library built before one of them existed lacks it."""
 
 

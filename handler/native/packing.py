@@ -106,6 +106,18 @@ class Int8Linear(_PackedLinear):
         self.register_buffer("row_sum", q.sum(dim=1, dtype=torch.int32))
         self.register_buffer("bias", None if bias is None else _padded(bias.detach().float(), n))
 
+    @classmethod
+    def from_packed(
+        cls, weight: torch.Tensor, scale: torch.Tensor, row_sum: torch.Tensor, shape: tuple[int, int]
+    ) -> Self:
+        """A bias-free layer of `shape` (out, in) from buffers already quantised and packed as
+        `__init__` packs them (the native fold's)."""
+        linear = cls.__new__(cls)
+        _PackedLinear.__init__(linear, torch.empty(shape, device="meta"))
+        for name, buffer in (("weight", weight), ("scale", scale), ("row_sum", row_sum), ("bias", None)):
+            linear.register_buffer(name, buffer)
+        return linear
+
     def int8_weight(self) -> torch.Tensor:
         """The (out, in) int8 weights, unpacked."""
         n, k = self.padded_shape
@@ -337,21 +349,52 @@ class FoldedCrossAttention:
     ) -> Self:
         """From one prompt's keys and values (heads, length, head_dim) and the layer's query and
         output weights, each (heads, head_dim, hidden): key (h, t) = keys[h, t] @ query_weight[h] /
-        sqrt(head_dim), value (h, t) = values[h, t] @ output_weight[h]."""
+        sqrt(head_dim), value (h, t) = values[h, t] @ output_weight[h]. Quantised in torch: the
+        reference for the kernel's `srm_fold_quantize` (`NativeKernels.fold_cross_attention`)."""
         heads, length, head_dim = (int(size) for size in keys.shape)
         hidden = int(query_weight.shape[-1])
-        # In the weights' dtype (bfloat16 as served on CPUs with bf16 dot products, float32
-        # elsewhere: see MusicgenModel.prepare_to_serve), summed in float32.
-        folded_keys = torch.bmm(keys.to(query_weight.dtype), query_weight).float() * head_dim**-0.5
-        folded_values = torch.bmm(values.to(output_weight.dtype), output_weight).float().view(heads * length, hidden)
+        projected_keys, folded_values = cls.project(keys, values, query_weight, output_weight)
+        folded_keys = projected_keys * cls.key_factor(head_dim)
         quantized, scale = quantize_rows(folded_values)
         text, width = value_text(length), _round_up(hidden, KEY_TILE)
         padded = torch.zeros((heads, text, width), dtype=torch.int8)
         padded[:, :length, :hidden] = quantized.view(heads, length, hidden)
         tiles = padded.view(heads, text // VALUE_GROUP, VALUE_GROUP, width // KEY_TILE, KEY_TILE)
         value_sum = padded.sum(dim=1, dtype=torch.int32)
-        keys_linear = Int8Linear(folded_keys.view(heads * length, hidden), None)
+        keys_linear = Int8Linear(folded_keys, None)
         return cls(keys_linear, tiles.permute(3, 0, 1, 4, 2).contiguous(), scale.view(-1), value_sum)
+
+    @staticmethod
+    def project(
+        keys: torch.Tensor, values: torch.Tensor, query_weight: torch.Tensor, output_weight: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`fold`'s keys (before `key_factor`) and values, (heads * length, hidden) float32 each."""
+        heads, length, _ = (int(size) for size in keys.shape)
+        hidden = int(query_weight.shape[-1])
+        # In the weights' dtype (bfloat16 as served on CPUs with bf16 dot products, float32
+        # elsewhere: see MusicgenModel.prepare_to_serve), summed in float32.
+        folded_keys = torch.bmm(keys.to(query_weight.dtype), query_weight).float()
+        folded_values = torch.bmm(values.to(output_weight.dtype), output_weight).float()
+        return folded_keys.view(heads * length, hidden), folded_values.view(heads * length, hidden)
+
+    @staticmethod
+    def key_factor(head_dim: int) -> float:
+        """What the folded keys are multiplied by: attention's 1 / sqrt(head_dim)."""
+        return float(head_dim**-0.5)
+
+    @classmethod
+    def empty(cls, heads: int, length: int, hidden: int) -> Self:
+        """Zeroed buffers of the fold of `heads` heads' `length` text positions (the kernel's output)."""
+        n, k = _round_up(heads * length, BLOCK_N), _round_up(hidden, BLOCK_K)
+        text, width = value_text(length), _round_up(hidden, KEY_TILE)
+        keys = Int8Linear.from_packed(
+            torch.zeros((n // BLOCK_N, k // BLOCK_K, BLOCK_N, BLOCK_K), dtype=torch.int8),
+            torch.zeros(n),
+            torch.zeros(n, dtype=torch.int32),
+            (heads * length, hidden),
+        )
+        values = torch.zeros((width // KEY_TILE, heads, text // VALUE_GROUP, KEY_TILE, VALUE_GROUP), dtype=torch.int8)
+        return cls(keys, values, torch.zeros(heads * length), torch.zeros((heads, width), dtype=torch.int32))
 
     def dequantized_values(self) -> torch.Tensor:
         """The value vectors (heads * text length, hidden) as the kernel multiplies them, in float32."""

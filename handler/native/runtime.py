@@ -120,6 +120,9 @@ class NativeKernels:
             Pointer, Pointer, Pointer, i64,  # the weights
             Pointer, i64, i64, i32,  # the output
         ]  # fmt: skip
+        self._fold_quantize = library.srm_fold_quantize
+        self._fold_quantize.restype = None
+        self._fold_quantize.argtypes = [Pointer, Pointer, i64, i64, i64, f32, *[Pointer] * 6, i32]
         self._linear = library.srm_linear_forward
         self._linear.restype = None
         self._linear.argtypes = [
@@ -149,6 +152,23 @@ class NativeKernels:
             raise ValueError(f"at most {MAX_ROWS} rows a product, not {rows}")
         inputs, out = _QuantizedRows(lin, x), torch.empty((rows, lin.padded_shape[0]))
         return _Product(self._linear, lin, _linear_struct(lin), inputs, 0, rows, out)
+
+    def fold_cross_attention(
+        self, keys: torch.Tensor, values: torch.Tensor, query_weight: torch.Tensor, output_weight: torch.Tensor
+    ) -> FoldedCrossAttention:
+        """`FoldedCrossAttention.fold`'s result, bit for bit, quantised by the kernel (`srm_fold_quantize`)."""
+        heads, length, head_dim = (int(size) for size in keys.shape)
+        hidden = int(query_weight.shape[-1])
+        folded_keys, folded_values = FoldedCrossAttention.project(keys, values, query_weight, output_weight)
+        folded = FoldedCrossAttention.empty(heads, length, hidden)
+        self._fold_quantize(
+            folded_keys.data_ptr(), folded_values.data_ptr(), heads, length, hidden,
+            FoldedCrossAttention.key_factor(head_dim),
+            folded.keys.weight.data_ptr(), folded.keys.scale.data_ptr(), folded.keys.row_sum.data_ptr(),
+            folded.values.data_ptr(), folded.value_scale.data_ptr(), folded.value_sum.data_ptr(),
+            torch.get_num_threads(),
+        )  # fmt: skip
+        return folded
 
     def lstm_layer(self, w_hh: Int8Linear, gates_in: torch.Tensor) -> torch.Tensor:
         """One LSTM layer's recurrence from zero state (`srm_lstm`): `gates_in` (steps, batch, 4

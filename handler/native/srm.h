@@ -165,6 +165,9 @@ static inline __attribute__((always_inline)) void prefetch_ahead(const void *ahe
 const srm_abi_info *srm_abi(void);
 void srm_decoder_step(const srm_decoder *m, float *x, int64_t pos);
 void srm_linear_forward(const srm_decoder *m, const srm_linear *lin, int64_t rows, float *out, int64_t out_stride);
+void srm_fold_quantize(const float *keys, const float *values, int64_t heads, int64_t length, int64_t hidden,
+                       float key_factor, int8_t *key_weight, float *key_scale, int32_t *key_row_sum,
+                       int8_t *value_tiles, float *value_scale, int32_t *value_sum, int32_t threads);
 void srm_generate(const srm_decoder *m, const srm_generation *g, float *x, int64_t first, int64_t last);
 void srm_sample(const srm_decoder *m, const srm_generation *g, const float *uniforms);
 void srm_lstm(const srm_decoder *m, const srm_linear *w_hh, const float *gates_in, int64_t steps, float *h_out);

@@ -14,7 +14,7 @@ from torch import nn
 from handler.cpu import cpu_flags
 from handler.native import build, packing, runtime
 from handler.native.build import PLAIN
-from handler.native.packing import Int8Linear
+from handler.native.packing import FoldedCrossAttention, Int8Linear
 from handler.native.runtime import KernelSelectionError, NativeKernels, NativeRun
 from handler.settings import AUTO, Settings
 from tests.support.native_builds import RUNNABLE
@@ -95,6 +95,58 @@ def test_folded_cross_attention_is_for_one_prompt(reference: NativeKernels) -> N
             rows=4, cond_rows=2, capacity=4, cross_k=[keys], cross_v=[values], cross_mask=None,
             folded_cross=[fold(layer, keys[:1], values[:1], 4)],
         )  # fmt: skip
+
+
+def folded_rows(folded: FoldedCrossAttention) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fold's int8 keys and values as rows (heads * length, hidden), unpacked."""
+    tiles, heads, groups, tile, group = (int(size) for size in folded.values.shape)
+    length, hidden = folded.keys.out_features // heads, folded.keys.in_features
+    values = folded.values.permute(1, 2, 4, 0, 3).reshape(heads, groups * group, tiles * tile)
+    return folded.keys.int8_weight(), values[:, :length, :hidden].reshape(heads * length, hidden)
+
+
+FOLD_SHAPES = {"musicgen": (16, 14, 64), "ragged": (2, 5, 12), "long-text": (3, 41, 32)}
+"""(heads, text length, head dim): musicgen-small's with a 14-token prompt; a text that is not whole
+groups of 4 and a width (24) that is neither whole blocks of 64 nor tiles of 32; a longer text."""
+
+
+@pytest.mark.parametrize("shape", FOLD_SHAPES.values(), ids=FOLD_SHAPES.keys())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_kernels_fold_is_the_torch_fold_bit_for_bit(
+    kernels: NativeKernels, shape: tuple[int, int, int], dtype: torch.dtype
+) -> None:
+    torch.manual_seed(3)
+    heads, length, head_dim = shape
+    keys, values = torch.randn(heads, length, head_dim), torch.randn(heads, length, head_dim)
+    query, output = (torch.randn(heads, head_dim, heads * head_dim).to(dtype) for _ in range(2))
+    expected = FoldedCrossAttention.fold(keys, values, query, output)
+    folded = kernels.fold_cross_attention(keys, values, query, output)
+    assert folded.keys.padded_shape == expected.keys.padded_shape
+    assert folded.keys.out_features == expected.keys.out_features
+    assert folded.keys.in_features == expected.keys.in_features
+    for name in ("weight", "scale", "row_sum"):
+        assert torch.equal(getattr(folded.keys, name), getattr(expected.keys, name)), name
+    for name in ("values", "value_scale", "value_sum"):
+        assert torch.equal(getattr(folded, name), getattr(expected, name)), name
+
+
+def test_a_folded_row_that_is_not_finite_is_zeros_with_a_nan_scale(kernels: NativeKernels) -> None:
+    torch.manual_seed(4)
+    heads, length, head_dim = 2, 5, 16
+    keys, values = torch.randn(heads, length, head_dim), torch.randn(heads, length, head_dim)
+    query, output = torch.randn(heads, head_dim, heads * head_dim), torch.randn(heads, head_dim, heads * head_dim)
+    finite = kernels.fold_cross_attention(keys, values, query, output)
+    keys[1, 2, 0], values[0, 3, 5] = float("inf"), float("nan")  # rows 1 * 5 + 2 and 3
+    folded = kernels.fold_cross_attention(keys, values, query, output)
+    for index, (rows, finite_rows, scale, finite_scale, bad) in enumerate(
+        zip(folded_rows(folded), folded_rows(finite), (folded.keys.scale, folded.value_scale),
+            (finite.keys.scale, finite.value_scale), (7, 3), strict=True)
+    ):  # fmt: skip
+        others = torch.arange(heads * length) != bad
+        assert torch.all(rows[bad] == 0), index
+        assert torch.isnan(scale[bad]), index
+        assert torch.equal(rows[others], finite_rows[others]), index
+        assert torch.equal(scale[: heads * length][others], finite_scale[: heads * length][others]), index
 
 
 def test_too_many_rows_are_refused(reference: NativeKernels) -> None:
