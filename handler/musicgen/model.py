@@ -113,8 +113,10 @@ class _Sampling:
 
 FOLD_BYTES_PER_MULTIPLY_ADD = 2
 """Fold a request's cross-attention when the bytes that saves its steps are at least this many per
-multiply-add of folding: the 2-vCPU development machine streams ~30 GB/s and folds at ~16 G
-multiply-adds a second (~50 ms for musicgen-small and a 16-token prompt)."""
+multiply-add of folding. The 2-vCPU Zen 4 of the seventh to twelfth sessions streams 35-65 GB/s
+and folds at ~28-60 G multiply-adds a second (musicgen-small and a 14-token prompt: 19-20 ms with
+AVX-512, 27 ms held to AVX2): the break-even is 0.6-2.3 bytes, so 2 folds only what pays even at
+the slow end (with `int8`, a 14-token prompt's clips of ~1 s or more, a 48-token one's of ~8 s)."""
 
 StepCallback = Callable[[int, int], None] | None
 """Called with (steps done, steps in all) as decoding goes."""
