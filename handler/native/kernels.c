@@ -584,7 +584,8 @@ void srm_fold_quantize(const float *keys, const float *values, int64_t heads, in
             /* quantize_rows's: torch's 127.0 / top is top's reciprocal times 127, a rounding apart */
             const float inverse = top > 0.0f ? 1.0f / top * 127.0f : 0.0f;
             value_scale[r] = finite ? top / 127.0f : NAN;
-            int8_t *group = value_tiles + (h * (text / SRM_VALUE_GROUP) + t / SRM_VALUE_GROUP) * SRM_KEY_TILE * SRM_VALUE_GROUP + t % SRM_VALUE_GROUP;
+            int8_t *group = value_tiles + (h * (text / SRM_VALUE_GROUP) + t / SRM_VALUE_GROUP) * SRM_KEY_TILE * SRM_VALUE_GROUP +
+                            t % SRM_VALUE_GROUP;
             for (int64_t tile = 0; finite && tile < width / SRM_KEY_TILE; tile++) {
                 const int64_t c0 = tile * SRM_KEY_TILE, dims = hidden - c0 < SRM_KEY_TILE ? hidden - c0 : SRM_KEY_TILE;
                 int8_t q[SRM_KEY_TILE];

@@ -18,7 +18,7 @@ from handler.native.packing import FoldedCrossAttention, Int8Linear
 from handler.native.runtime import KernelSelectionError, NativeKernels, NativeRun
 from handler.settings import AUTO, Settings
 from tests.support.native_builds import RUNNABLE
-from tests.support.native_layers import fold, random_layer, without_cross_biases
+from tests.support.native_layers import fold, folded_rows, random_layer, without_cross_biases
 
 
 def test_best_loads_the_first_build_this_cpu_runs(build_directory: Path) -> None:
@@ -95,14 +95,6 @@ def test_folded_cross_attention_is_for_one_prompt(reference: NativeKernels) -> N
             rows=4, cond_rows=2, capacity=4, cross_k=[keys], cross_v=[values], cross_mask=None,
             folded_cross=[fold(layer, keys[:1], values[:1], 4)],
         )  # fmt: skip
-
-
-def folded_rows(folded: FoldedCrossAttention) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fold's int8 keys and values as rows (heads * length, hidden), unpacked."""
-    tiles, heads, groups, tile, group = (int(size) for size in folded.values.shape)
-    length, hidden = folded.keys.out_features // heads, folded.keys.in_features
-    values = folded.values.permute(1, 2, 4, 0, 3).reshape(heads, groups * group, tiles * tile)
-    return folded.keys.int8_weight(), values[:, :length, :hidden].reshape(heads * length, hidden)
 
 
 FOLD_SHAPES = {"musicgen": (16, 14, 64), "ragged": (2, 5, 12), "long-text": (3, 41, 32)}

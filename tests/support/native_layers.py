@@ -59,3 +59,11 @@ def fold(layer: LayerWeights, keys: torch.Tensor, values: torch.Tensor, heads: i
     shape = (heads, hidden // heads, hidden)
     query, output = layer.cross_q.dequantized_weight(), layer.cross_out.dequantized_weight()
     return FoldedCrossAttention.fold(keys[0], values[0], query.reshape(shape), output.t().reshape(shape))
+
+
+def folded_rows(folded: FoldedCrossAttention) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fold's int8 keys and values as rows (heads * length, hidden), unpacked."""
+    tiles, heads, groups, tile, group = (int(size) for size in folded.values.shape)
+    length, hidden = folded.keys.out_features // heads, folded.keys.in_features
+    values = folded.values.permute(1, 2, 4, 0, 3).reshape(heads, groups * group, tiles * tile)
+    return folded.keys.int8_weight(), values[:, :length, :hidden].reshape(heads * length, hidden)
