@@ -90,18 +90,27 @@ static inline float gelu(float x) {
 
 /* ---------------------------------------------------------------- row operations */
 
+/* *top = the largest |factor * x[i]| of x[0:n] (0 for none); whether all of them are finite. */
+static inline __attribute__((always_inline)) int32_t largest_magnitude(const float *x, int64_t n, float factor,
+                                                                     float *top) {
+    float largest = 0.0f;
+    int32_t finite = 1;
+#pragma omp simd reduction(max : largest) reduction(& : finite)
+    for (int64_t i = 0; i < n; i++) {
+        const float magnitude = fabsf(x[i] * factor);
+        largest = magnitude > largest ? magnitude : largest; /* not fmaxf: a libm call the compiler won't vectorise */
+        finite &= magnitude <= FLT_MAX;
+    }
+    *top = largest;
+    return finite;
+}
+
 /* Quantise `src[0:k]` to int8 with one symmetric scale. A row with a NaN or an infinity is zeros
  * with a NaN scale (float-to-int8 of either is undefined): every output that reads it is NaN, as
  * torch's sums would be. */
 static void quantize_row(const float *src, int64_t k, int8_t *dst, float *scale) {
-    float top = 0.0f;
-    int32_t finite = 1;
-#pragma omp simd reduction(max : top) reduction(& : finite)
-    for (int64_t i = 0; i < k; i++) {
-        const float magnitude = fabsf(src[i]);
-        top = magnitude > top ? magnitude : top; /* not fmaxf: a libm call the compiler won't vectorise */
-        finite &= magnitude <= FLT_MAX;
-    }
+    float top;
+    const int32_t finite = largest_magnitude(src, k, 1.0f, &top);
     const float inv = finite && top > 0.0f ? 127.0f / top : 0.0f;
 #pragma omp simd
     for (int64_t i = 0; i < k; i++) dst[i] = finite ? (int8_t)__builtin_rintf(src[i] * inv) : 0;
@@ -262,6 +271,12 @@ static inline void softmax_in_place(float *scores, int64_t len) {
 #define SRM_ATTEND_AHEAD 2 /* tiles ahead of the one being read whose keys and values are fetched into L1 */
 #define SRM_ATTEND_FAR 4   /* and into L2 */
 
+/* Tile `tile` of a head's `tiles` (`base`), or past its end the next head's (`next`; NULL: none). */
+static inline const int8_t *tile_on(const int8_t *base, const int8_t *next, int64_t tile, int64_t tiles,
+                                    int64_t tile_bytes) {
+    return tile < tiles ? base + tile * tile_bytes : (next ? next + (tile - tiles) * tile_bytes : NULL);
+}
+
 /* Attention of one query over `len` cached positions, in one pass over the tiles of SRM_KEY_TILE
  * positions with a running softmax (its maximum and sum rescaled when a tile raises the maximum):
  * each tile's keys and then its values are read once, while they are in L1, and the keys and
@@ -292,14 +307,10 @@ static inline __attribute__((always_inline)) void attend(const float *restrict q
     float top = -FLT_MAX, total = 0.0f;
     for (int64_t tile = 0; tile < tiles; tile++) {
         const int64_t t0 = tile * SRM_KEY_TILE, ahead = tile + SRM_ATTEND_AHEAD, far = tile + SRM_ATTEND_FAR;
-        const int8_t *ahead_keys = ahead < tiles ? keys + ahead * tile_bytes
-                                                 : (next_keys ? next_keys + (ahead - tiles) * tile_bytes : NULL);
-        const int8_t *ahead_values = ahead < tiles ? values + ahead * tile_bytes
-                                                   : (next_values ? next_values + (ahead - tiles) * tile_bytes : NULL);
-        const int8_t *far_keys = far < tiles ? keys + far * tile_bytes
-                                             : (next_keys ? next_keys + (far - tiles) * tile_bytes : NULL);
-        const int8_t *far_values = far < tiles ? values + far * tile_bytes
-                                               : (next_values ? next_values + (far - tiles) * tile_bytes : NULL);
+        const int8_t *ahead_keys = tile_on(keys, next_keys, ahead, tiles, tile_bytes);
+        const int8_t *ahead_values = tile_on(values, next_values, ahead, tiles, tile_bytes);
+        const int8_t *far_keys = tile_on(keys, next_keys, far, tiles, tile_bytes);
+        const int8_t *far_values = tile_on(values, next_values, far, tiles, tile_bytes);
         int32_t dots[SRM_KEY_TILE];
         tile_dots(query, keys + t0 * hd, hd, dots);
         /* the tile's positions beyond `len` hold whatever was there; they are never used */
@@ -547,14 +558,8 @@ void srm_fold_quantize(const float *keys, const float *values, int64_t heads, in
         for (int64_t t = 0; t < length; t++) {
             const int64_t r = h * length + t;
             const float *x = keys + r * hidden;
-            float top = 0.0f;
-            int32_t finite = 1;
-#pragma omp simd reduction(max : top) reduction(& : finite)
-            for (int64_t c = 0; c < hidden; c++) {
-                const float magnitude = fabsf(x[c] * key_factor);
-                top = magnitude > top ? magnitude : top;
-                finite &= magnitude <= FLT_MAX;
-            }
+            float top;
+            int32_t finite = largest_magnitude(x, hidden, key_factor, &top);
             const float scale = (top > 1e-12f ? top : 1e-12f) / 127.0f; /* Int8Linear's clamp(min=1e-12) */
             key_scale[r] = finite ? scale : NAN;
             int32_t sum = 0;
@@ -573,14 +578,7 @@ void srm_fold_quantize(const float *keys, const float *values, int64_t heads, in
             key_row_sum[r] = sum;
 
             const float *v = values + r * hidden;
-            top = 0.0f;
-            finite = 1;
-#pragma omp simd reduction(max : top) reduction(& : finite)
-            for (int64_t c = 0; c < hidden; c++) {
-                const float magnitude = fabsf(v[c]);
-                top = magnitude > top ? magnitude : top;
-                finite &= magnitude <= FLT_MAX;
-            }
+            finite = largest_magnitude(v, hidden, 1.0f, &top);
             /* quantize_rows's: torch's 127.0 / top is top's reciprocal times 127, a rounding apart */
             const float inverse = top > 0.0f ? 1.0f / top * 127.0f : 0.0f;
             value_scale[r] = finite ? top / 127.0f : NAN;
@@ -737,14 +735,8 @@ void srm_conv_quantize(const float *in, int64_t in_stride, int64_t rows, int64_t
             for (int64_t c = 0; c < channels; c++) activated[c] = elu_value(x[c], alpha);
             x = activated;
         }
-        float top = 0.0f;
-        int32_t finite = 1;
-#pragma omp simd reduction(max : top) reduction(& : finite)
-        for (int64_t c = 0; c < channels; c++) {
-            const float magnitude = fabsf(x[c]);
-            top = magnitude > top ? magnitude : top;
-            finite &= magnitude <= FLT_MAX;
-        }
+        float top;
+        const int32_t finite = largest_magnitude(x, channels, 1.0f, &top);
         if (!finite) { /* as torch's sums would be: every output that reads this step NaN */
             memset(dst, 0, (size_t)channels * sizeof *dst);
             row_scale[j] = NAN;
