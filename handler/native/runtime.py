@@ -293,7 +293,8 @@ class _QuantizedRows:
 
 class _Product:
     """The kernel's product of `lin` (its `weights` struct) with `count` of `inputs`' rows from
-    `start` into `out`: each call runs it (it holds what the pointers it passes point at)."""
+    `start` into `out`: each call runs it (it holds `lin` and everything else the pointers it
+    passes point at, so it outlives its caller's references)."""
 
     def __init__(
         self,
@@ -305,7 +306,7 @@ class _Product:
         count: int,
         out: torch.Tensor,
     ) -> None:
-        self.function, self.weights, self.inputs, self.out = function, weights, inputs, out
+        self.function, self.lin, self.weights, self.inputs, self.out = function, lin, weights, inputs, out
         outputs, k = lin.padded_shape
         self.holder = Decoder(threads=torch.get_num_threads(), in_stride=k, rows=count)
         self.holder.quant = inputs.quant[start].data_ptr()

@@ -1,6 +1,8 @@
 """Every build this CPU runs, on the same random inputs, against the plain-C reference build and
 the same arithmetic in torch: int8 and int4 products, decoder steps, sampling."""
 
+import gc
+
 import pytest
 import torch
 from torch import nn
@@ -53,6 +55,20 @@ def test_a_prepared_product_reruns_what_linear_computes(kernels: NativeKernels, 
     assert torch.equal(product()[:, : lin.out_features], first)
     with pytest.raises(ValueError, match="at most"):
         kernels.product(lin, torch.randn(packing.MAX_ROWS + 1, 200))
+
+
+@pytest.mark.parametrize("packed", [Int8Linear, Int4Linear])
+def test_a_prepared_product_holds_its_weights(kernels: NativeKernels, packed: type[PackedLinear]) -> None:
+    # gathered weights live in their own mapping, unmapped when the last reference goes
+    torch.manual_seed(4)
+    lin = packed(torch.randn(4096, 1024), None)
+    packing.gather([lin])
+    x = torch.randn(2, 1024)
+    expected = kernels.linear(lin, x)
+    product = kernels.product(lin, x)
+    del lin
+    gc.collect()
+    assert torch.equal(product()[:, :4096], expected)
 
 
 class Steps:
