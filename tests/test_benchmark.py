@@ -110,6 +110,9 @@ def test_smoke_benchmark_measures_baseline_engine_http_takes_prompts_long_clips_
     if "avx2" in builds:
         assert builds["avx2"]["torch_isa"] == "AVX2"
         assert "int8, NATIVE_KERNELS=avx2 (torch on AVX2):" in printed
+    for figures in builds.values():
+        ratio = figures["ms_per_step"] / figures["floor_ms_per_step"]
+        assert f"{ratio:.2f}x the floor (target <= 1.5x;" in printed
     assert report["machine"]["cpu"]
     assert "EnCodec decode of 1 s as served (best of 3): float32" in printed
     assert "ms per decode step" in printed
