@@ -295,10 +295,13 @@ def measure_prompts(directory: Path, seconds: int, precision: str) -> dict[str, 
 
 def measure_long(directory: Path, seconds: int, precision: str) -> dict[str, Any]:
     """One clip of `seconds`, past one window when longer than 30 s, in a fresh process: its wall
-    time (the model loaded first) and the process's peak memory, which is the clip's."""
+    time (the model loaded first), the process's peak memory, which is the clip's, and the
+    bandwidth read before the model loads (its buffer then stays below the clip's peak) and after
+    the clip."""
     from handler.generation import GenerationParams
     from handler.musicgen.generator import MusicgenGenerator
 
+    before = streaming_bandwidth()
     generator = MusicgenGenerator(str(directory), precision)  # type: ignore[arg-type]
     generator.load()
     loaded_rss = peak_rss_mb()
@@ -306,8 +309,10 @@ def measure_long(directory: Path, seconds: int, precision: str) -> dict[str, Any
     audio = generator.generate(GenerationParams(PROMPT, seconds, 3.0, 1.0, seed=0))
     wall = time.perf_counter() - started
     assert audio.shape == (1, seconds * 32000)
-    return {"seconds": seconds, "wall_s": wall, "rtf": wall / seconds, "peak_rss_mb": peak_rss_mb(),
-            "loaded_peak_rss_mb": loaded_rss}  # fmt: skip
+    peak_rss = peak_rss_mb()
+    return {"seconds": seconds, "wall_s": wall, "rtf": wall / seconds, "peak_rss_mb": peak_rss,
+            "loaded_peak_rss_mb": loaded_rss,
+            "stream_gbs_around": [before / 1e9, streaming_bandwidth() / 1e9]}  # fmt: skip
 
 
 def measure_build(directory: Path, seconds: int, precision: str, build: str) -> dict[str, Any]:
@@ -852,7 +857,8 @@ def table(report: dict[str, Any]) -> str:
     for precision, long in report.get("long", {}).items():
         lines.append(
             f"{precision}, a {long['seconds']} s clip (windows of 30 s): {long['wall_s']:.1f} s"
-            f" (RTF {long['rtf']:.2f}), peak resident memory {long['peak_rss_mb']:.0f} MB (target <= 2500 MB)"
+            f" (RTF {long['rtf']:.2f}; {' -> '.join(f'{gbs:.0f}' for gbs in long['stream_gbs_around'])} GB/s"
+            f" around it), peak resident memory {long['peak_rss_mb']:.0f} MB (target <= 2500 MB)"
         )
     if products := report.get("products"):
         lines.append("")

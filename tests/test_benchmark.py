@@ -81,7 +81,11 @@ def test_smoke_benchmark_measures_baseline_engine_http_takes_prompts_long_clips_
     assert long["seconds"] == 35  # past one 30 s window
     assert long["wall_s"] > 0
     assert long["peak_rss_mb"] >= long["loaded_peak_rss_mb"] > 0
+    before, after = long["stream_gbs_around"]
+    assert before > 0
+    assert after > 0
     printed = capsys.readouterr().out
+    assert f"(RTF {long['rtf']:.2f}; {before:.0f} -> {after:.0f} GB/s around it)" in printed
     decoded = report["encodec"]["decode_s"]
     served = {"float32", "bfloat16"} if cpu_has_bf16() else {"float32"}
     assert set(decoded) == served | {"float32, torch LSTM and ELU"}
