@@ -118,6 +118,15 @@ on AVX2 alone: how a CPU with AVX-512 measures what an AVX2-only CPU gets (the a
 decode step, EnCodec in float32)."""
 
 
+def torch_held_to_avx2(build: str) -> dict[str, str] | None:
+    """The environment that measures `build` as a CPU without AVX-512 runs it (torch held to AVX2,
+    oneDNN to AVX-VNNI for the `avxvnni` build), where this CPU has more; None where it has not or
+    the build uses AVX-512."""
+    if build not in ("avx2", "avxvnni") or not beyond_avx2():
+        return None
+    return AS_AVX2_ONLY | {"ONEDNN_MAX_CPU_ISA": "AVX2_VNNI" if build == "avxvnni" else "AVX2", "NATIVE_KERNELS": build}
+
+
 def beyond_avx2() -> bool:
     """Whether this CPU has more than AVX2 for torch to use (AVX-512), so AVX2 is measured apart."""
     return "avx512f" in cpu_flags()
@@ -823,7 +832,7 @@ def table(report: dict[str, Any]) -> str:
     for precision, builds in report.get("builds", {}).items():
         lines.append("")
         for name, figures in builds.items():
-            limited = f" (torch on {figures['torch_isa']})" if name == "avx2" else ""
+            limited = f" (torch on {figures['torch_isa']})" if name in ("avx2", "avxvnni") else ""
             tries = f"; {figures['attempts']} attempts" if figures["attempts"] > 1 else ""
             straddled = "" if figures["one_mode"] else "; the memory changed speed during it"
             ratio = figures["ms_per_step"] / figures["floor_ms_per_step"]
@@ -943,7 +952,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report["builds"] = {
         precision: {
             variant: measure_build_in_one_mode(
-                AS_AVX2_ONLY if variant == "avx2" and beyond_avx2() else None,
+                torch_held_to_avx2(variant),
                 directory=directory,
                 seconds=seconds,
                 precision=precision,

@@ -212,8 +212,8 @@ class ServedModel(BaseModel):
     kernels: str | None = Field(
         default=None,
         description=(
-            "The native kernels' build running each decode step (avx512vnni, avx2, neon, plain: the best this CPU"
-            " runs unless NATIVE_KERNELS names one), null where torch runs it (fp32, bf16)"
+            "The native kernels' build running each decode step (avx512vnni, avxvnni, avx2, neon, plain: the best"
+            " this CPU runs unless NATIVE_KERNELS names one), null where torch runs it (fp32, bf16)"
         ),
     )
     audio_decoder_dtype: str = Field(

@@ -55,7 +55,7 @@ class Settings(BaseSettings):
         pattern=r"^[a-z0-9_]+$",
         description=(
             "Which build of the native kernels serves: auto (the best this CPU runs), or a build by name"
-            " (x86: avx512vnni, avx2, plain; arm64: neon_i8mm, neon_dotprod, neon, plain), to compare"
+            " (x86: avx512vnni, avxvnni, avx2, plain; arm64: neon_i8mm, neon_dotprod, neon, plain), to compare"
             " builds on one machine. A build this CPU can't run"
             " fails the model load."
         ),

@@ -134,7 +134,7 @@ class LibraryAbi:
 
     library: str
     dots: str
-    """The dot kernels compiled in: "plain", "avx2", "avx512vnni", "neon", "neon_dotprod" or "neon_i8mm"."""
+    """The dot kernels compiled in: "plain", "avx2", "avxvnni", "avx512vnni", "neon", "neon_dotprod" or "neon_i8mm"."""
     layout: Mapping[str, tuple[int, int]]
     """(offset, size) by "struct" (offset 0, the struct's size) and "struct.field"."""
     constants: Mapping[str, int]

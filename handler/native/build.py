@@ -46,6 +46,7 @@ _TUNED = {
             frozenset({"avx512bw", "avx512_vnni"}),
             "avx512vnni",
         ),
+        Variant("avxvnni", ("-march=x86-64-v3", "-mavxvnni"), frozenset({"avx2", "fma", "avx_vnni"}), "avxvnni"),
         Variant("avx2", ("-march=x86-64-v3",), frozenset({"avx2", "fma"}), "avx2"),
     ),
     # dots_neon.h: smmla for pairs of rows with the int8 matrix multiply (Graviton3 and later; it

@@ -9,7 +9,7 @@ import torch
 from handler.native.packing import PackedConvolution
 from handler.native.runtime import NativeKernels
 
-CONVOLUTION_DOTS = frozenset({"avx2", "avx512vnni"})
+CONVOLUTION_DOTS = frozenset({"avx2", "avxvnni", "avx512vnni"})
 """The builds with a tuned `conv_tile`: elsewhere (the plain reference, NEON) float32 stays in torch."""
 MIN_CHANNELS = 64
 """Input channels from which the kernel beats torch's float32: with 32 (EnCodec's last one-tap

@@ -17,7 +17,7 @@
  *
  * Layout: the structs and block constants are in srm.h. The dot kernels (dot_block, dot_block4,
  * dot_block_excess, tile_dots and SRM_QUERY_SHIFT) come from one file per instruction set, chosen
- * below by the build's target: AVX512-VNNI, AVX2, arm64 NEON (with sdot where the target has
+ * below by the build's target: AVX512-VNNI, AVX-VNNI, AVX2, arm64 NEON (with sdot where the target has
  * dotprod), or the plain-C reference (always where SRM_PLAIN is defined: the plain build's flag).
  * They are included here, one translation unit per build, so they inline into the loops that
  * call them.
@@ -33,6 +33,8 @@
 #include "dots_plain.h"
 #elif defined(__AVX512VNNI__) && defined(__AVX512BW__)
 #include "dots_avx512vnni.h"
+#elif defined(__AVXVNNI__)
+#include "dots_avxvnni.h"
 #elif defined(__AVX2__)
 #include "dots_avx2.h"
 #elif defined(__ARM_NEON) && defined(__aarch64__)

@@ -124,7 +124,7 @@ typedef struct {
 
 typedef struct {
     int64_t version; /* SRM_ABI_VERSION: first, so a reader can tell the rest's shape */
-    const char *dots; /* the dot kernels compiled in: "plain", "avx2", "avx512vnni",
+    const char *dots; /* the dot kernels compiled in: "plain", "avx2", "avxvnni", "avx512vnni",
                        * "neon", "neon_dotprod" or "neon_i8mm" */
     int64_t fields;
     const srm_abi_field *field;

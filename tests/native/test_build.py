@@ -20,7 +20,7 @@ def test_every_runnable_variant_builds_and_loads(builds: dict[str, NativeKernels
 @pytest.mark.parametrize(
     ("machine", "names"),
     [
-        ("x86_64", ["avx512vnni", "avx2", "plain"]),
+        ("x86_64", ["avx512vnni", "avxvnni", "avx2", "plain"]),
         ("aarch64", ["neon_i8mm", "neon_dotprod", "neon", "plain"]),
         ("riscv64", ["plain"]),
     ],

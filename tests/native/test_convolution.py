@@ -146,7 +146,7 @@ def test_packed_weights_are_within_half_a_step_of_the_weights() -> None:
 
 
 def test_only_the_tuned_builds_serve_it_and_only_from_enough_channels(kernels: NativeKernels) -> None:
-    assert NativeConvolution.serves_on(kernels) == (kernels.variant.dots in ("avx2", "avx512vnni"))
+    assert NativeConvolution.serves_on(kernels) == (kernels.variant.dots in ("avx2", "avxvnni", "avx512vnni"))
     assert kernels.variant.name != PLAIN.name or not NativeConvolution.serves_on(kernels)
     weight, bias, _ = case(MIN_CHANNELS, 16, 1, 1)
     assert NativeConvolution.where_faster(weight, bias, 1, kernels) is not None
