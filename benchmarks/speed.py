@@ -127,6 +127,10 @@ def torch_held_to_avx2(build: str) -> dict[str, str] | None:
     return AS_AVX2_ONLY | {"ONEDNN_MAX_CPU_ISA": "AVX2_VNNI" if build == "avxvnni" else "AVX2", "NATIVE_KERNELS": build}
 
 
+HELD_CLASSES = {"http_as_avx2_only": "an AVX2-only CPU", "http_as_avxvnni": "an AVX-VNNI CPU without AVX-512"}
+"""The report's requests served as a CPU without AVX-512 (`torch_held_to_avx2`), and which class each stands for."""
+
+
 def beyond_avx2() -> bool:
     """Whether this CPU has more than AVX2 for torch to use (AVX-512), so AVX2 is measured apart."""
     return "avx512f" in cpu_flags()
@@ -843,13 +847,14 @@ def table(report: dict[str, Any]) -> str:
                 f" at {figures['stream_gbs']:.1f} GB/s just after;"
                 f" {figures['stream_gbs_before']:.1f} GB/s just before{tries}{straddled})"
             )
-    for precision, http in report.get("http_as_avx2_only", {}).items():
-        lines.append("")
-        lines.append(
-            f"{precision}, HTTP POST /generate/ {seconds} s as an AVX2-only CPU ({http['kernels']} kernels, EnCodec in"
-            f" {http['audio_decoder_dtype']}, torch on AVX2), warm (best of 2): {http['warm_request_s']:.2f} s"
-            f" (RTF {http['warm_rtf']:.2f}; {around(http)})"
-        )
+    for key, cpu_class in HELD_CLASSES.items():
+        for precision, http in report.get(key, {}).items():
+            lines.append("")
+            lines.append(
+                f"{precision}, HTTP POST /generate/ {seconds} s as {cpu_class} ({http['kernels']} kernels, EnCodec in"
+                f" {http['audio_decoder_dtype']}, torch on AVX2), warm (best of 2): {http['warm_request_s']:.2f} s"
+                f" (RTF {http['warm_rtf']:.2f}; {around(http)})"
+            )
     for precision, takes in report.get("takes", {}).items():
         lines.append("")
         lines.append(
@@ -963,10 +968,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for precision in extras
         if precision in QUANTIZED
     }
-    if beyond_avx2():
-        report["http_as_avx2_only"] = {
-            precision: measure_http(directory, seconds, precision, env=AS_AVX2_ONLY) for precision in extras
-        }
+    for build, key in (("avx2", "http_as_avx2_only"), ("avxvnni", "http_as_avxvnni")):
+        if (env := torch_held_to_avx2(build)) and build in runnable_builds():
+            report[key] = {precision: measure_http(directory, seconds, precision, env=env) for precision in extras}
     report["takes"] = {
         precision: run_isolated("takes", directory=directory, seconds=seconds, precision=precision)
         for precision in extras

@@ -97,10 +97,16 @@ def test_smoke_benchmark_measures_baseline_engine_http_takes_prompts_long_clips_
         assert set(report["encodec_at_avx2"]["decode_s"]) == {"float32"}
         assert "torch on AVX2 alone and avx2 kernels (an AVX2-only CPU): float32" in printed
     assert ("http_as_avx2_only" in report) == ("avx512f" in cpu_flags())
-    for precision, http in report.get("http_as_avx2_only", {}).items():
-        assert (http["kernels"], http["audio_decoder_dtype"]) == ("avx2", "float32")
-        assert http["warm_request_s"] > 0
-        assert f"{precision}, HTTP POST /generate/ 1 s as an AVX2-only CPU (avx2 kernels, EnCodec in float32" in printed
+    assert ("http_as_avxvnni" in report) == ({"avx512f", "avx_vnni"} <= cpu_flags())
+    for key, kernels, cpu_class in (
+        ("http_as_avx2_only", "avx2", "an AVX2-only CPU"),
+        ("http_as_avxvnni", "avxvnni", "an AVX-VNNI CPU without AVX-512"),
+    ):
+        for precision, http in report.get(key, {}).items():
+            assert (http["kernels"], http["audio_decoder_dtype"]) == (kernels, "float32")
+            assert http["warm_request_s"] > 0
+            held = f"as {cpu_class} ({kernels} kernels, EnCodec in float32"
+            assert f"{precision}, HTTP POST /generate/ 1 s {held}" in printed
     for http in report["http"].values():
         assert http["kernels"] == best_kernels.variant.name
         assert http["audio_decoder_dtype"] == ("bfloat16" if cpu_has_bf16() else "float32")
