@@ -11,7 +11,7 @@
 
 /* EnCodec's convolution tile: pairs of int16 products added to 32-bit sums by vpdpwssd */
 #define SRM_CONV_PAIRS(sums, inputs, weights) _mm256_dpwssd_epi32(sums, inputs, weights)
-#include "conv_tile_256.h"
+#include "x86_256.h"
 #include "dots_plain.h"
 
 /* acc[i][r] = sum_k weight[block row i, k] * quant[r, k] for one block of 4 output channels. */

@@ -12,7 +12,7 @@
 
 /* EnCodec's convolution tile: pairs of int16 products added to 32-bit sums by vpdpwssd */
 #define SRM_CONV_PAIRS(sums, inputs, weights) _mm256_dpwssd_avx_epi32(sums, inputs, weights)
-#include "conv_tile_256.h"
+#include "x86_256.h"
 #include "dots_plain.h"
 
 /* acc[i][r] = sum_k weight[block row i, k] * quant[r, k] for one block of 4 output channels. */
@@ -37,11 +37,7 @@ static inline __attribute__((always_inline)) void dot_block(const int8_t *w, con
         }
     }
     for (int i = 0; i < SRM_BLOCK_N; i++)
-        for (int64_t r = 0; r < rows; r++) {
-            const __m128i s = _mm_add_epi32(_mm256_castsi256_si128(sum[i][r]), _mm256_extracti128_si256(sum[i][r], 1));
-            const __m128i s2 = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
-            acc[i][r] = _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32(s2, 0xB1)));
-        }
+        for (int64_t r = 0; r < rows; r++) acc[i][r] = lane_sum_256(sum[i][r]);
 }
 
 /* What dot_block's sum for output channel n holds beyond the dot: the input's +128 shift times

@@ -1,11 +1,19 @@
-/* EnCodec's convolution tile for the x86 builds (256-bit registers): see conv_tile below. */
-#ifndef SRM_CONV_TILE_256_H
-#define SRM_CONV_TILE_256_H
+/* What the x86 builds share in 256-bit registers: the sum of a vector's lanes, and EnCodec's
+ * convolution tile (see conv_tile below). */
+#ifndef SRM_X86_256_H
+#define SRM_X86_256_H
 
 #include <immintrin.h>
 #include <string.h>
 
 #include "srm.h"
+
+/* The sum of v's eight 32-bit lanes. */
+static inline __attribute__((always_inline)) int32_t lane_sum_256(__m256i v) {
+    const __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    const __m128i s2 = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    return _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32(s2, 0xB1)));
+}
 
 #define SRM_CONV_TILE /* the build has its own conv_tile */
 
