@@ -21,7 +21,7 @@ static inline __attribute__((always_inline)) void dot_block(const int8_t *w, con
      * sign keeps every pair sum within int16 (weights and inputs are in [-127, 127]); vpsignb puts
      * the sign on, as llama.cpp's AVX2 dots do. Four instructions a vector of weights and row
      * where an xor and a subtraction for the sign made five: on a Zen 5 EPYC (held to this build)
-     * the products from the caches 61-67 -> 79-80 GB/s. On a Zen 4, whose vpsignb shares the
+     * the products from the caches 61-67 -> 78-83 GB/s. On a Zen 4, whose vpsignb shares the
      * multiply ports, the xor and subtraction had been faster (3.3-3.4 against 3.7 cycles a
      * 32-byte vector of weights, two rows from L1); both have AVX-512 and serve another build. */
     __m256i sum[SRM_BLOCK_N][SRM_MAX_ROWS];

@@ -19,7 +19,7 @@
 static inline __attribute__((always_inline)) void dot_block(const int8_t *w, const int8_t *ahead, const int8_t *quant, int64_t stride, int64_t rows, int64_t k,
                                                             int32_t acc[SRM_BLOCK_N][SRM_MAX_ROWS]) {
     /* The input is shifted by +128 (xor of the sign bit) and 128 * row_sum taken off afterwards:
-     * one instruction a 32-byte vector of weights and row, where AVX2 takes five. */
+     * one instruction a 32-byte vector of weights and row, where AVX2 takes four. */
     __m256i sum[SRM_BLOCK_N][SRM_MAX_ROWS];
     const __m256i flip = _mm256_set1_epi8((char)0x80);
     for (int i = 0; i < SRM_BLOCK_N; i++)

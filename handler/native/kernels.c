@@ -17,8 +17,8 @@
  *
  * Layout: the structs and block constants are in srm.h. The dot kernels (dot_block, dot_block4,
  * dot_block_excess, tile_dots and SRM_QUERY_SHIFT) come from one file per instruction set, chosen
- * below by the build's target: AVX512-VNNI, AVX-VNNI, AVX2, arm64 NEON (with sdot where the target has
- * dotprod), or the plain-C reference (always where SRM_PLAIN is defined: the plain build's flag).
+ * below by the build's target: AVX512-VNNI, AVX-VNNI, AVX2, arm64 NEON (with sdot where the target
+ * has dotprod), or the plain-C reference (always where SRM_PLAIN is defined: the plain build's flag).
  * They are included here, one translation unit per build, so they inline into the loops that
  * call them.
  */
