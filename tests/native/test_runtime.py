@@ -4,20 +4,18 @@ is given."""
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 from pydantic import ValidationError
 from torch import nn
 
-from handler.cpu import cpu_flags
 from handler.native import build, packing, runtime
 from handler.native.build import PLAIN
 from handler.native.packing import FoldedCrossAttention, Int8Linear
 from handler.native.runtime import KernelSelectionError, NativeKernels, NativeRun
-from handler.settings import AUTO, Settings
-from tests.support.native_builds import RUNNABLE
+from handler.settings import Settings
+from tests.support.native_builds import RUNNABLE, auto_build_on
 from tests.support.native_layers import fold, folded_rows, random_layer, without_cross_biases
 
 
@@ -62,16 +60,33 @@ GRAVITON3_FEATURES = (
 def test_auto_on_arm64_picks_the_best_build_its_features_admit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, features: str, expected: str
 ) -> None:
-    """The arm64 builds' selection, from an arm64 /proc/cpuinfo through cpu_flags. They can't load
-    here, so a stand-in loads each; qemu runs them (test_arm64.py)."""
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text(f"processor\t: 0\nFeatures\t: {features}\nCPU implementer\t: 0x41\n")
-    monkeypatch.setattr(runtime, "cpu_flags", lambda: cpu_flags(cpuinfo))
-    monkeypatch.setattr(runtime, "variants", lambda: build.variants("aarch64"))
-    monkeypatch.setattr(runtime, "load", lambda variant, directory: SimpleNamespace(variant=variant))
-    kernels = runtime.select(AUTO, tmp_path)
-    assert kernels is not None
-    assert kernels.variant.name == expected
+    """The arm64 builds' selection, from an arm64 /proc/cpuinfo through cpu_flags (qemu runs the
+    builds themselves: test_arm64.py)."""
+    cpuinfo = f"processor\t: 0\nFeatures\t: {features}\nCPU implementer\t: 0x41\n"
+    assert auto_build_on(cpuinfo, "aarch64", tmp_path, monkeypatch) == expected
+
+
+X86_BASE_FLAGS = "fpu sse sse2 ssse3 sse4_1 sse4_2 popcnt"
+"""What every x86-64 CPU this serves on reports before its vector extensions."""
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ("avx2 fma avx512f avx512bw avx512_vnni avx_vnni amx_int8", "avx512vnni"),  # Sapphire Rapids, Zen 5
+        ("avx2 fma avx512f avx512bw avx512_vnni", "avx512vnni"),  # Cascade Lake, Zen 4
+        ("avx2 fma avx_vnni", "avxvnni"),  # Alder Lake and later without AVX-512, Sierra Forest
+        ("avx2 fma", "avx2"),  # Zen 2 and 3, Haswell to Comet Lake
+        ("avx", "plain"),
+    ],
+    ids=["avx512-and-avx-vnni", "avx512-vnni", "avx-vnni", "avx2", "avx"],
+)
+def test_auto_on_x86_picks_the_best_build_its_flags_admit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flags: str, expected: str
+) -> None:
+    """The x86 builds' selection from an x86 /proc/cpuinfo, whatever this CPU runs."""
+    cpuinfo = f"processor\t: 0\nflags\t\t: {X86_BASE_FLAGS} {flags}\n"
+    assert auto_build_on(cpuinfo, "x86_64", tmp_path, monkeypatch) == expected
 
 
 def test_a_tuned_build_not_built_gives_way_to_the_next(build_directory: Path, tmp_path: Path) -> None:
