@@ -118,17 +118,23 @@ on AVX2 alone: how a CPU with AVX-512 measures what an AVX2-only CPU gets (the a
 decode step, EnCodec in float32)."""
 
 
+HELD_CLASSES = {
+    "http_as_avx2_only": ("avx2", "an AVX2-only CPU"),
+    "http_as_avxvnni": ("avxvnni", "an AVX-VNNI CPU without AVX-512"),
+}
+"""The report's requests served as a CPU without AVX-512 (`torch_held_to_avx2`): the build each is
+served with, and the class of CPU it stands for."""
+HELD_BUILDS = frozenset(build for build, _ in HELD_CLASSES.values())
+"""The builds measured with torch held to AVX2 on a CPU that has AVX-512."""
+
+
 def torch_held_to_avx2(build: str) -> dict[str, str] | None:
     """The environment that measures `build` as a CPU without AVX-512 runs it (torch held to AVX2,
     oneDNN to AVX-VNNI for the `avxvnni` build), where this CPU has more; None where it has not or
     the build uses AVX-512."""
-    if build not in ("avx2", "avxvnni") or not beyond_avx2():
+    if build not in HELD_BUILDS or not beyond_avx2():
         return None
     return AS_AVX2_ONLY | {"ONEDNN_MAX_CPU_ISA": "AVX2_VNNI" if build == "avxvnni" else "AVX2", "NATIVE_KERNELS": build}
-
-
-HELD_CLASSES = {"http_as_avx2_only": "an AVX2-only CPU", "http_as_avxvnni": "an AVX-VNNI CPU without AVX-512"}
-"""The report's requests served as a CPU without AVX-512 (`torch_held_to_avx2`), and which class each stands for."""
 
 
 def beyond_avx2() -> bool:
@@ -836,7 +842,7 @@ def table(report: dict[str, Any]) -> str:
     for precision, builds in report.get("builds", {}).items():
         lines.append("")
         for name, figures in builds.items():
-            limited = f" (torch on {figures['torch_isa']})" if name in ("avx2", "avxvnni") else ""
+            limited = f" (torch on {figures['torch_isa']})" if name in HELD_BUILDS else ""
             tries = f"; {figures['attempts']} attempts" if figures["attempts"] > 1 else ""
             straddled = "" if figures["one_mode"] else "; the memory changed speed during it"
             ratio = figures["ms_per_step"] / figures["floor_ms_per_step"]
@@ -847,7 +853,7 @@ def table(report: dict[str, Any]) -> str:
                 f" at {figures['stream_gbs']:.1f} GB/s just after;"
                 f" {figures['stream_gbs_before']:.1f} GB/s just before{tries}{straddled})"
             )
-    for key, cpu_class in HELD_CLASSES.items():
+    for key, (_, cpu_class) in HELD_CLASSES.items():
         for precision, http in report.get(key, {}).items():
             lines.append("")
             lines.append(
@@ -968,7 +974,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for precision in extras
         if precision in QUANTIZED
     }
-    for build, key in (("avx2", "http_as_avx2_only"), ("avxvnni", "http_as_avxvnni")):
+    for key, (build, _) in HELD_CLASSES.items():
         if (env := torch_held_to_avx2(build)) and build in runnable_builds():
             report[key] = {precision: measure_http(directory, seconds, precision, env=env) for precision in extras}
     report["takes"] = {
